@@ -1,0 +1,1 @@
+"""Thin argv adapters, one module per ``facenet`` command (see ``facenet.cli``)."""

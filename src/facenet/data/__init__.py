@@ -1,0 +1,1 @@
+"""Images, identity folders, batch samplers and benchmark protocol files."""

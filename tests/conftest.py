@@ -1,0 +1,34 @@
+"""Shared fixtures: the real face data (skipped with a reason when absent) and seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from facenet.utils import default_data_dir
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or ``$FACENET_DATA``); skips the test when it is not there."""
+    root = default_data_dir()
+    if root is None:
+        pytest.skip("real face data not found: set FACENET_DATA or place it at ../shared/data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def lfw_dir(shared_data: Path) -> Path:
+    d = shared_data / "lfw"
+    if not (d / "lfw-deepfunneled").is_dir():
+        pytest.skip(f"LFW not found under {d}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def orl_dir(shared_data: Path) -> Path:
+    d = shared_data / "orl"
+    if not d.is_dir():
+        pytest.skip(f"ORL not found under {d}")
+    return d
