@@ -96,7 +96,11 @@ def create_model(name: str, *, pretrained: str | None = None, **kwargs: Any) -> 
         from facenet.models.pretrained import load_pretrained
 
         return load_pretrained(name, pretrained, **kwargs)
-    return _REGISTRY[name](**kwargs)
+    model = _REGISTRY[name](**kwargs)
+    # why: a saved model rebuilds itself from these (see facenet.models.loading).
+    model.model_name = name
+    model.model_kwargs = dict(kwargs)
+    return model
 
 
 def get_spec(name: str, **kwargs: Any) -> ModelSpec:
