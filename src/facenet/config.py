@@ -1,0 +1,301 @@
+"""Training configuration: frozen dataclasses with a comment per field, YAML + overrides.
+
+A run is described by one ``Config``. It is loaded from YAML (``load_config``), adjusted with
+``key.sub=value`` overrides from the command line (values parsed as YAML), and written back
+resolved beside the run and inside every checkpoint, so a checkpoint alone says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny"  # registry name (see `facenet models`)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # factory kwargs, e.g. embedding_dim
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and tensor cores
+    sync_batchnorm: bool = True  # SyncBatchNorm under DDP on CUDA (GPU-only in PyTorch)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    random_crop: bool = True  # random crop of input size from the cached image (else centre)
+    flip: bool = True  # horizontal flip with probability 1/2
+    brightness: float = 0.2  # multiply by U(1-b, 1+b)
+    contrast: float = 0.2  # blend with the image mean by U(1-c, 1+c)
+    saturation: float = 0.2  # blend with greyscale by U(1-s, 1+s)
+    jpeg_probability: float = 0.0  # re-encode as JPEG with this probability (robustness, SPEC §6)
+    jpeg_quality: tuple[int, int] = (30, 95)  # quality drawn uniformly from this range
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    roots: tuple[str, ...] = ()  # folder-per-identity roots (e.g. `facenet align` outputs)
+    synthetic_identities: int = 0  # > 0: use facenet.data.synthetic instead of roots (tests)
+    synthetic_images_per_identity: int = 8  # images per synthetic identity
+    min_images_per_identity: int = 2  # an identity needs an anchor and a positive
+    max_identities: int = 0  # keep at most this many identities (0 = all), for quick runs
+    # person-disjoint split against LFW: "lfw_view1" drops peopleDevTest.txt people,
+    # "lfw_folds" drops people of fold `test_fold` of people.txt, "none" keeps everyone.
+    split: Literal["none", "lfw_view1", "lfw_folds"] = "none"
+    lfw_dir: str = ""  # folder with LFW protocol files; "" = <shared data>/lfw
+    test_fold: int = 0  # held-out fold of people.txt for split="lfw_folds" (0..9)
+    exclude_people: tuple[str, ...] = ()  # extra people-list files whose people are dropped
+    stored_size: int = 0  # side of cached images in pixels; 0 = input size * 8/7 (crop room)
+    cache_dir: str = "~/.cache/facenet/images"  # decoded uint8 caches, reused across runs
+    decode_threads: int = 2  # threads decoding JPEGs while building the cache
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    # why: the paper used ~1,800-face batches with ~40 faces per identity (SPEC §3): 45 x 40.
+    identities_per_batch: int = 45  # P identities in each global batch
+    images_per_identity: int = 40  # K faces per identity
+    extra_negatives: int = 0  # random extra faces per global batch (negatives only)
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    rule: str = "semi_hard"  # see facenet.losses.RULES; the paper's rule is semi_hard
+    margin: float = 0.2  # why: alpha = 0.2 in the paper (SPEC §2)
+
+
+@dataclass(frozen=True)
+class OptimiserConfig:
+    name: Literal["adagrad", "sgd", "adamw"] = "adagrad"  # why: AdaGrad is the paper's (SPEC §4)
+    lr: float = 0.05  # why: the paper's initial learning rate (SPEC §4)
+    weight_decay: float = 0.0  # L2 (adagrad, sgd) or decoupled (adamw) weight decay
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw only
+    eps: float = 1e-8  # adamw / adagrad denominator epsilon
+    initial_accumulator_value: float = 0.1  # adagrad only (TensorFlow's default)
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0 = off)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: Literal["constant", "cosine", "step", "linear"] = "constant"  # shape after warm-up
+    warmup_steps: int = 0  # linear warm-up from 0 over this many steps
+    min_lr_ratio: float = 0.0  # cosine/linear floor as a fraction of the initial lr
+    milestones: tuple[int, ...] = ()  # step schedule: multiply by gamma at each of these steps
+    gamma: float = 0.1  # step schedule factor
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    # pairs file ("" = <lfw_dir>/pairsDevTest.txt); "synthetic" = pairs of held-out synthetic ids
+    pairs: str = ""
+    root: str = ""  # folder-per-identity images of the pairs' people (aligned LFW)
+    every: int = 500  # validate every this many steps (and at the end); 0 = only at the end
+    far_target: float = 1e-3  # why: the paper reports VAL at FAR = 1e-3 (SPEC §6)
+    folds: int = 10  # k-fold threshold selection, as LFW's protocol
+    batch_size: int = 256  # images per forward pass while embedding
+    flip: bool = False  # add the embedding of the mirrored image (test-time augmentation)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "runs/train"  # run folder: config.yaml, checkpoints, logs, curves
+    checkpoint_every: int = 200  # write last.pt every this many steps (and at the end)
+    log_every: int = 10  # CSV / TensorBoard row every this many steps
+    tensorboard: bool = True  # write TensorBoard events (needs the `train` extra)
+    progress: bool = True  # tqdm progress bar on stderr
+    weights: bool = True  # also write best/last weights as safetensors at the end
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    # collapse: all embeddings converging to one point (SPEC §3); spread = mean squared
+    # distance of the batch's embeddings to their mean (2 = spread over the sphere, 0 = a point).
+    collapse_spread: float = 0.02  # spread below this counts as collapsed
+    collapse_patience: int = 20  # consecutive collapsed steps before the run stops
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0  # every random stream is derived from (seed, step)
+    max_steps: int = 1000  # optimiser steps of the run; schedules are functions of the step
+    time_limit_minutes: float = 0.0  # also stop (with a checkpoint) after this (0 = no limit)
+    device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype on CUDA; CPU uses fp32
+    threads: int = 0  # torch intra-op threads (0 = leave PyTorch's default)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the dataclasses."""
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp`` (tuples, nested dataclasses, numbers)."""
+    origin = typing.get_origin(tp)
+    if is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError("; ".join(errors))
+    if origin is tuple:
+        if isinstance(value, str | int | float):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+        return tuple(
+            _coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        return str(value)
+    return value
+
+
+def _from_dict(cls: type, d: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(where + k for k in unknown)}; "
+            f"valid keys{' under ' + where.rstrip('.') if where else ''}: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(hints[k], v, where + k) for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Build a ``Config`` from a nested mapping (missing keys take their defaults)."""
+    return _from_dict(Config, d or {})
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain dict (tuples as lists) — what is written to YAML and into checkpoints."""
+
+    def plain(v: Any) -> Any:
+        if is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(config)
+
+
+def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """Apply ``key.sub=value`` overrides; values are parsed as YAML (``0.1``, ``[a, b]``, ``true``).
+
+    Raises ``ConfigError`` naming the key when it does not exist or the value does not fit.
+    """
+    d = config_to_dict(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = d
+        parts = key.strip().split(".")
+        for i, p in enumerate(parts[:-1]):
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ConfigError(
+                f"override {item!r}: unknown key {key!r}; valid here: {', '.join(sorted(node))}"
+            )
+        if isinstance(node[parts[-1]], dict) and parts[-1] != "kwargs":
+            raise ConfigError(f"override {item!r}: {key!r} is a section; set one of its keys")
+        node[parts[-1]] = value
+    return config_from_dict(d)
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Read a YAML config (``None`` = all defaults) and apply command-line overrides."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        config = config_from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    return apply_overrides(config, overrides)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def replace(config: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported for frozen configs."""
+    return dataclasses.replace(config, **changes)

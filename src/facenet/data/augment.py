@@ -1,0 +1,95 @@
+"""Training augmentation on batches of cached uint8 faces: random crop, flip, colour jitter,
+optional JPEG re-encoding. All randomness comes from a ``numpy.random.Generator`` the caller
+derives from (seed, step), so a batch's augmentation is reproducible after a resume.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from facenet.config import AugmentConfig
+
+# why: ITU-R BT.601 luma weights, the usual greyscale for saturation jitter.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
+    """An independent generator for (seed, step, stream); the same triple gives the same draws."""
+    return np.random.default_rng(np.random.SeedSequence([seed, step, stream]))
+
+
+def center_crops(images: np.ndarray, size: tuple[int, int]) -> Tensor:
+    """uint8 (B, S, S, 3) -> float (B, 3, h, w) in [0, 255]: the central h x w window."""
+    h, w = size
+    top = (images.shape[1] - h) // 2
+    left = (images.shape[2] - w) // 2
+    crop = np.ascontiguousarray(images[:, top : top + h, left : left + w])
+    return torch.from_numpy(crop).permute(0, 3, 1, 2).float()
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
+        return image
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+def augment_batch(
+    images: np.ndarray, size: tuple[int, int], config: AugmentConfig, rng: np.random.Generator
+) -> Tensor:
+    """Augment a batch of cached faces.
+
+    Args:
+        images: uint8 (B, S, S, 3) with S >= the crop size.
+        size: (h, w) of the model input.
+        config: which augmentations, and how strong.
+        rng: the batch's generator (see ``step_rng``).
+
+    Returns:
+        float32 (B, 3, h, w) with values in [0, 255] (normalise with the model's spec).
+    """
+    b, sh, sw = images.shape[:3]
+    h, w = size
+    if sh < h or sw < w:
+        raise ValueError(f"cached images are {sh}x{sw}, smaller than the {h}x{w} input")
+    if config.random_crop:
+        tops = rng.integers(0, sh - h + 1, size=b)
+        lefts = rng.integers(0, sw - w + 1, size=b)
+    else:
+        tops = np.full(b, (sh - h) // 2)
+        lefts = np.full(b, (sw - w) // 2)
+    flips = rng.random(b) < 0.5 if config.flip else np.zeros(b, dtype=bool)
+    jpeg = rng.random(b) < config.jpeg_probability
+    lo, hi = config.jpeg_quality
+    qualities = rng.integers(lo, hi + 1, size=b)
+    out = np.empty((b, h, w, 3), dtype=np.uint8)
+    for i in range(b):
+        crop = images[i, tops[i] : tops[i] + h, lefts[i] : lefts[i] + w]
+        if flips[i]:
+            crop = crop[:, ::-1]
+        if jpeg[i]:
+            crop = _jpeg(np.ascontiguousarray(crop), qualities[i])
+        out[i] = crop
+    x = torch.from_numpy(out).permute(0, 3, 1, 2).float()  # (B, 3, h, w)
+
+    def factors(strength: float) -> Tensor:
+        f = rng.uniform(1 - strength, 1 + strength, size=b) if strength > 0 else np.ones(b)
+        return torch.from_numpy(f.astype(np.float32)).view(b, 1, 1, 1)
+
+    brightness, contrast, saturation = (
+        factors(config.brightness),
+        factors(config.contrast),
+        factors(config.saturation),
+    )
+    if config.brightness > 0 or config.contrast > 0 or config.saturation > 0:
+        luma = x.new_tensor(_LUMA).view(1, 3, 1, 1)
+        x = x * brightness
+        mean = (x * luma).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
+        x = (x - mean) * contrast + mean
+        grey = (x * luma).sum(1, keepdim=True)  # (B, 1, h, w)
+        x = (x - grey) * saturation + grey
+        x = x.clamp_(0, 255)
+    return x
