@@ -1,0 +1,1 @@
+"""Converters from published face-embedding weights into our models (no TensorFlow needed)."""
