@@ -1,0 +1,359 @@
+"""Align a whole photo collection: folder-per-identity in, the same layout of face crops out.
+
+Parallel (one detector per worker process), resumable (a rerun skips files already done), and
+never silent: every input file gets a manifest record with its status and, if it failed, why.
+
+Files written under DST:
+
+- ``<identity>/<name>.png``: the crops (each written atomically);
+- ``.align_journal.jsonl``: one JSON record per finished file, appended as the run goes (a crash
+  loses at most the torn last line); the basis of resuming;
+- ``align_config.json``: the settings, so a rerun with different settings is refused instead of
+  mixing two kinds of crop in one folder;
+- ``manifest.csv`` and ``manifest.json`` (records + summary), written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from facenet.data.images import ImageError, is_image_file, load_image
+from facenet.detect.align import AlignConfig, align_detections, detect_resized
+from facenet.utils import atomic_write, write_json
+
+JOURNAL = ".align_journal.jsonl"
+CONFIG_FILE = "align_config.json"
+MANIFEST_CSV = "manifest.csv"
+MANIFEST_JSON = "manifest.json"
+MANIFEST_FIELDS = ("source", "output", "status", "box", "landmarks", "score", "num_faces", "reason")
+DONE_STATUSES = ("ok", "fallback")
+
+
+@dataclass
+class AlignSummary:
+    """What a run did; ``exit_code`` is 0 only when every image got a real detection."""
+
+    total: int  # image files found under SRC (by extension)
+    counts: dict[str, int]  # status -> files: ok, fallback, no_face, error
+    resumed: int  # files skipped because an earlier run finished them
+    seconds: float  # wall time of this run
+    processed: int  # files processed in this run
+    ignored: int  # files under SRC without an image extension (not processed)
+    manifest: str  # path of manifest.csv
+    errors: list[dict[str, Any]] = field(default_factory=list)  # first few error records
+
+    @property
+    def detection_rate(self) -> float:
+        """Share of readable images with a real detection (not the centre-crop fallback)."""
+        readable = sum(self.counts.get(s, 0) for s in ("ok", "fallback", "no_face"))
+        return self.counts.get("ok", 0) / readable if readable else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.counts.get("ok", 0) == self.total else 1
+
+    def format(self) -> str:
+        """Human-readable summary lines."""
+        rate = self.processed / self.seconds if self.seconds > 0 else 0.0
+        c = self.counts
+        lines = [
+            f"{self.total:,} images: {c.get('ok', 0):,} face detected, "
+            f"{c.get('fallback', 0):,} centre-crop fallback, {c.get('no_face', 0):,} no face "
+            f"(skipped), {c.get('error', 0):,} unreadable",
+            f"detection rate {100 * self.detection_rate:.2f}% of readable images; "
+            f"this run processed {self.processed:,} in {self.seconds:.1f} s ({rate:.1f} images/s), "
+            f"{self.resumed:,} already done",
+        ]
+        if self.ignored:
+            lines.append(f"{self.ignored:,} files without an image extension were ignored")
+        for e in self.errors[:10]:
+            lines.append(f"  {e['status']}: {e['source']}: {e['reason']}")
+        if c.get("error", 0) > 10:
+            lines.append(f"  ... {c['error'] - 10:,} more errors in the manifest")
+        lines.append(f"manifest: {self.manifest}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- walking SRC
+
+
+def find_images(src: Path) -> tuple[list[str], list[dict[str, Any]], int]:
+    """Image files under ``src`` as sorted relative POSIX paths, plus error records for
+    unreadable folders and the count of ignored non-image files."""
+    files: list[str] = []
+    errors: list[dict[str, Any]] = []
+    ignored = 0
+
+    def onerror(e: OSError) -> None:
+        rel = os.path.relpath(e.filename, src) if e.filename else "."
+        errors.append(_record(rel, "error", reason=f"cannot list folder ({e.strerror or e})"))
+
+    for root, dirs, names in os.walk(src, onerror=onerror):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            if name.startswith("."):
+                continue
+            rel = Path(root, name).relative_to(src).as_posix()
+            if is_image_file(name):
+                files.append(rel)
+            else:
+                ignored += 1
+    return sorted(files), errors, ignored
+
+
+def output_names(files: Sequence[str], ext: str = ".png") -> dict[str, str]:
+    """Source -> output relative path with ``ext``; ``a.jpg`` and ``a.png`` in one folder become
+    ``a.jpg.png`` and ``a.png.png`` instead of overwriting each other."""
+    stems = Counter(str(Path(f).with_suffix("")) for f in files)
+    out = {}
+    for f in files:
+        stem = str(Path(f).with_suffix(""))
+        out[f] = (f + ext) if stems[stem] > 1 else stem + ext
+    return out
+
+
+# --------------------------------------------------------------------------- one worker
+
+
+def _record(source: str, status: str, **kw: Any) -> dict[str, Any]:
+    r = {k: "" for k in MANIFEST_FIELDS}
+    r.update(source=source, status=status, **kw)
+    return r
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(detector: str, config: AlignConfig, max_side: int | None, threads: int) -> None:
+    import torch
+
+    from facenet.detect.base import create_detector
+
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    _WORKER.update(
+        detector=create_detector(detector), config=config, max_side=max_side, threads=threads
+    )
+
+
+def _encode_png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _process_chunk(chunk: Sequence[tuple[str, str, str, str]]) -> list[dict[str, Any]]:
+    """Load, detect (batched), align and write one chunk of (src_abs, dst_abs, rel, out_rel)."""
+    detector, config = _WORKER["detector"], _WORKER["config"]
+    records: dict[int, dict[str, Any]] = {}
+    images, slots = [], []
+    for i, (src_abs, _, rel, _) in enumerate(chunk):
+        try:
+            images.append(load_image(src_abs))
+            slots.append(i)
+        except ImageError as e:
+            records[i] = _record(rel, "error", reason=e.reason)
+    try:
+        detections = detect_resized(detector, images, _WORKER["max_side"])
+    except Exception:  # one bad image must not sink the chunk: retry one by one
+        detections = []
+        for im in images:
+            try:
+                detections.append(detect_resized(detector, [im], _WORKER["max_side"])[0])
+            except Exception as e:
+                detections.append(e)
+    for i, image, dets in zip(slots, images, detections):
+        src_abs, dst_abs, rel, out_rel = chunk[i]
+        try:
+            if isinstance(dets, Exception):
+                raise dets
+            result = align_detections(image, dets, config)
+            rec = _record(rel, result.status, num_faces=result.num_faces, reason=result.reason)
+            if result.detection is not None:
+                d = result.detection.to_dict()
+                rec.update(box=d["box"], landmarks=d["landmarks"], score=d["score"])
+            if result.crop is not None:
+                with atomic_write(dst_abs, "wb") as f:
+                    f.write(_encode_png(result.crop))
+                rec["output"] = out_rel
+            records[i] = rec
+        except Exception as e:  # keep the batch going; the manifest says what happened
+            records[i] = _record(rel, "error", reason=f"processing failed: {type(e).__name__}: {e}")
+    return [records[i] for i in range(len(chunk))]
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _read_journal(path: Path) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return done
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a crash
+            done[rec["source"]] = rec
+    return done
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _write_manifest(dst: Path, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        row = dict(r)
+        for key in ("box", "landmarks"):
+            row[key] = json.dumps(row[key]) if row[key] != "" else ""
+        writer.writerow({k: row.get(k, "") for k in MANIFEST_FIELDS})
+    with atomic_write(dst / MANIFEST_CSV, "w") as f:
+        f.write(buf.getvalue())
+    write_json(dst / MANIFEST_JSON, {"summary": summary, "records": records})
+
+
+def align_folder(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    config: AlignConfig = AlignConfig(),
+    detector: str = "mtcnn",
+    workers: int = 1,
+    batch_size: int = 16,
+    max_side: int | None = 1280,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> AlignSummary:
+    """Detect and crop the face of every image under ``src`` into ``dst`` (same layout, PNG).
+
+    Args:
+        src: folder of photos, usually one sub-folder per identity.
+        dst: output folder (created); must not lie inside ``src``.
+        config: crop settings.
+        detector: name for ``create_detector``.
+        workers: processes; 1 runs in this process (with all torch threads).
+        batch_size: images per detector call (and per task sent to a worker).
+        max_side: photos larger than this are detected on a shrunk copy.
+        overwrite: redo every file even when an earlier run finished it, and accept changed
+            settings.
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        The run's ``AlignSummary`` (also written into ``dst/manifest.json``).
+
+    Raises:
+        FileNotFoundError: ``src`` is not a folder.
+        ValueError: ``dst`` inside ``src``, or ``dst`` holds crops made with other settings.
+    """
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"source folder not found: {src}")
+    if dst == src or src in dst.parents:
+        raise ValueError(f"output folder {dst} must not be inside the source folder {src}")
+    dst.mkdir(parents=True, exist_ok=True)
+    settings = {"detector": detector, "max_side": max_side, **asdict(config)}
+    config_path = dst / CONFIG_FILE
+    journal_path = dst / JOURNAL
+    if config_path.exists() and not overwrite:
+        previous = json.loads(config_path.read_text())
+        if previous != settings:
+            changed = sorted(k for k in settings.keys() | previous.keys()
+                             if settings.get(k) != previous.get(k))
+            raise ValueError(
+                f"{dst} holds crops made with other settings ({', '.join(changed)} differ: "
+                f"{ {k: previous.get(k) for k in changed} }); use another output folder or "
+                "--overwrite"
+            )
+    if overwrite and journal_path.exists():
+        journal_path.unlink()
+    write_json(config_path, settings)
+
+    t0 = time.perf_counter()
+    files, walk_errors, ignored = find_images(src)
+    names = output_names(files)
+    journal = _read_journal(journal_path)
+    final: dict[str, dict[str, Any]] = {}
+    todo = []
+    for rel in files:
+        rec = journal.get(rel)
+        if (
+            rec is not None
+            and rec["status"] in DONE_STATUSES
+            and rec.get("output") == names[rel]
+            and (dst / names[rel]).exists()
+        ):
+            final[rel] = rec
+        else:
+            todo.append((str(src / rel), str(dst / names[rel]), rel, names[rel]))
+    resumed = len(final)
+
+    chunks = list(_chunks(todo, batch_size))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), initial=resumed, unit="img", desc="align", file=sys.stderr)
+    init_args = (detector, config, max_side, 1 if workers > 1 else max(1, os.cpu_count() or 1))
+    with open(journal_path, "a", encoding="utf-8") as journal_file:
+
+        def collect(records: list[dict[str, Any]]) -> None:
+            for rec in records:
+                final[rec["source"]] = rec
+                journal_file.write(json.dumps(rec) + "\n")
+            journal_file.flush()
+            if bar is not None:
+                bar.update(len(records))
+
+        if workers <= 1:
+            _init_worker(*init_args)
+            for chunk in chunks:
+                collect(_process_chunk(chunk))
+        elif chunks:
+            ctx = mp.get_context("spawn")  # why: never fork a process that may hold torch threads
+            with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+                for records in pool.imap_unordered(_process_chunk, chunks):
+                    collect(records)
+    if bar is not None:
+        bar.close()
+
+    records = [final[rel] for rel in files] + walk_errors
+    counts = Counter(r["status"] for r in records)
+    summary = AlignSummary(
+        total=len(files) + len(walk_errors),
+        counts={s: counts.get(s, 0) for s in ("ok", "fallback", "no_face", "error")},
+        resumed=resumed,
+        seconds=time.perf_counter() - t0,
+        processed=len(todo),
+        ignored=ignored,
+        manifest=str(dst / MANIFEST_CSV),
+        errors=[r for r in records if r["status"] == "error"][:10],
+    )
+    summary_dict = {
+        **{k: v for k, v in asdict(summary).items() if k != "errors"},
+        "detection_rate": summary.detection_rate,
+        "exit_code": summary.exit_code,
+        "settings": settings,
+        "source_folder": str(src),
+    }
+    _write_manifest(dst, records, summary_dict)
+    return summary
