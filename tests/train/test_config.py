@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import pytest
+
+from facenet.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_defaults_are_the_papers_recipe():
+    c = Config()
+    assert c.optimiser.name == "adagrad" and c.optimiser.lr == 0.05
+    assert c.mining.rule == "semi_hard" and c.mining.margin == 0.2
+    assert (c.sampler.identities_per_batch, c.sampler.images_per_identity) == (45, 40)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load_and_round_trip(path):
+    c = load_config(path)
+    assert config_from_dict(config_to_dict(c)) == c
+    import yaml
+
+    assert config_from_dict(yaml.safe_load(dump_config(c))) == c
+
+
+def test_paper_yaml_matches_the_paper():
+    c = load_config(CONFIGS / "paper.yaml")
+    assert (c.optimiser.name, c.optimiser.lr, c.mining.margin, c.mining.rule) == (
+        "adagrad",
+        0.05,
+        0.2,
+        "semi_hard",
+    )
+    assert c.sampler.identities_per_batch * c.sampler.images_per_identity == 1800
+
+
+def test_overrides_parse_yaml_values_and_nested_keys():
+    c = apply_overrides(
+        Config(),
+        [
+            "optimiser.lr=0.1",
+            "data.roots=[a, b]",
+            "model.kwargs={width: 8}",
+            "optimiser.betas=[0.8, 0.9]",
+            "output.tensorboard=false",
+            "max_steps=7",
+        ],
+    )
+    assert c.optimiser.lr == 0.1 and isinstance(c.optimiser.lr, float)
+    assert c.data.roots == ("a", "b")
+    assert c.model.kwargs == {"width": 8}
+    assert c.optimiser.betas == (0.8, 0.9)
+    assert c.output.tensorboard is False and c.max_steps == 7
+
+
+def test_single_value_for_a_tuple_field_becomes_a_tuple():
+    assert apply_overrides(Config(), ["data.roots=/x"]).data.roots == ("/x",)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimiser.lrr=0.1", "unknown key 'optimiser.lrr'"),
+        ("optimizer.lr=0.1", "optimizer"),
+        ("optimiser.name=adam", "not one of"),
+        ("max_steps=ten", "expected an integer"),
+        ("output.tensorboard=3", "true/false"),
+        ("optimiser=3", "section"),
+        ("noequals", "key.sub=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(Config(), [override])
+
+
+def test_unknown_yaml_key_lists_valid_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optimiser:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="valid keys under optimiser: .*lr"):
+        load_config(p)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_configs_are_frozen():
+    with pytest.raises(AttributeError):
+        Config().seed = 3  # type: ignore[misc]
