@@ -1,0 +1,378 @@
+"""Embeddings for every image a protocol file names: batched, optional flips, cached on disk.
+
+Pipeline per image (each step recorded in the cache key):
+
+1. ``load_image`` (uint8 RGB);
+2. the face crop, by ``align``:
+   - ``"center"``: the central ``center_fraction`` of the frame (default 0.6, i.e. 150x150 of
+     LFW's deep-funneled 250x250, where the face spans about 1/2.2 of the width = ~114 px, so the
+     crop is the face plus ~18 px of margin on each side: close to a detector box with margin);
+   - ``"box"`` / ``"similarity"``: the image is already a face crop written by ``facenet align``
+     (``--data`` points at the aligned folder), or, when an ``aligner`` callable is given, it
+     runs on the fly;
+   - a peer model that detects and aligns by itself (``facenet.eval.peers``) ignores ``align``.
+3. resize to the model's ``ModelSpec.input_size``;
+4. an optional degradation for the robustness sweeps (``"jpeg:Q"`` or ``"size:S"``, applied to
+   the crop at the model's input size, see ``degrade``);
+5. an optional horizontal flip: the model also embeds the mirrored crop and the two embeddings
+   are combined by ``flip_mode``: ``"mean"`` (average; re-normalised to unit length for models
+   with unit-length outputs, so distances keep their 0..4 range) or ``"concat"`` ((2D,) vector,
+   scaled by 1/sqrt(2) for unit-length models so it stays unit length, Sandberg's variant);
+6. the model's ``ModelSpec`` normalisation (``facenet.data.transforms.to_tensor``).
+
+Cache: one ``.npz`` per (model identity, preprocessing) under ``cache_dir``, holding a key per
+image (absolute path + size + mtime) and its embedding. Sweeps and repeated runs only compute
+what is missing; the file is rewritten atomically every ``SAVE_EVERY`` images, so an interrupted
+run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from facenet.data.images import ImageError, load_image
+
+Align = Literal["center", "box", "similarity"]
+FlipMode = Literal["mean", "concat"]
+DEFAULT_CENTER_FRACTION = 0.6  # why: 150 of 250 px keeps the deep-funneled face + a thin margin
+SAVE_EVERY = 512  # images between cache checkpoints
+
+
+@runtime_checkable
+class FaceEmbedder(Protocol):
+    """What ``embed_paths`` drives: a crop step and a batched embedding step.
+
+    Torch models are wrapped automatically; peers (``facenet.eval.peers``) implement it directly.
+    """
+
+    identity: str  # changes whenever the weights or architecture change (cache key)
+    input_size: tuple[int, int]  # (H, W) of the crops ``embed_crops`` takes
+    unit_norm: bool  # True when embeddings are L2-normalised
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """uint8 RGB (H0, W0, 3) full image -> uint8 (H, W, 3) face crop at ``input_size``."""
+        ...
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """B crops at ``input_size`` -> float32 (B, D)."""
+        ...
+
+
+class EmbeddingError(RuntimeError):
+    """Images that could not be embedded; ``failures`` maps path -> reason."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = failures
+        lines = [f"  {p}: {r}" for p, r in list(failures.items())[:20]]
+        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+        super().__init__(
+            f"{len(failures)} image(s) could not be embedded:\n" + "\n".join(lines) + more
+        )
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything between the file and the model that changes an embedding (cache key)."""
+
+    align: str = "center"  # "center", "box", "similarity" or the peer's own
+    center_fraction: float = DEFAULT_CENTER_FRACTION  # used by align="center" only
+    flip: bool = False  # also embed the mirrored crop
+    flip_mode: str = "mean"  # "mean" or "concat" (see module docstring)
+    degrade: str | None = None  # "jpeg:Q" or "size:S" (robustness sweeps)
+    aligner: str | None = None  # name of an on-the-fly aligner, None for pre-aligned data
+
+    def key(self) -> str:
+        d = asdict(self)
+        if self.align != "center":
+            d.pop("center_fraction")
+        if not self.flip:
+            d.pop("flip_mode")
+        return json.dumps(d, sort_keys=True)
+
+
+def degrade(crop: np.ndarray, spec: str | None) -> np.ndarray:
+    """Apply a robustness degradation to a uint8 (H, W, 3) crop; the output has the same size.
+
+    - ``"jpeg:Q"``: encode as JPEG at quality Q (Pillow, 4:2:0 subsampling) and decode;
+    - ``"size:S"``: the face seen at S x S pixels: resize to S x S (area filter when shrinking),
+      then back to (H, W) bilinearly, as if a small face had been upscaled to the model input.
+    """
+    if spec is None:
+        return crop
+    kind, _, value = spec.partition(":")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"degradation must be 'jpeg:Q' or 'size:S', got {spec!r}") from None
+    if kind == "jpeg":
+        if not 1 <= number <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {number}")
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(crop).save(buf, format="JPEG", quality=number)
+        buf.seek(0)
+        return np.asarray(Image.open(buf).convert("RGB"), dtype=np.uint8)
+    if kind == "size":
+        if number < 1:
+            raise ValueError(f"face size must be >= 1 px, got {number}")
+        import cv2
+
+        h, w = crop.shape[:2]
+        interp = cv2.INTER_AREA if number < max(h, w) else cv2.INTER_LINEAR
+        small = cv2.resize(crop, (number, number), interpolation=interp)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    raise ValueError(f"degradation must be 'jpeg:Q' or 'size:S', got {spec!r}")
+
+
+def model_identity(model: Any) -> str:
+    """A stable id for a torch model: name, kwargs, spec and a SHA-1 of every weight."""
+    h = hashlib.sha1()
+    info = {
+        "model": getattr(model, "model_name", type(model).__name__),
+        "kwargs": getattr(model, "model_kwargs", {}),
+        "spec": model.spec.to_dict() if hasattr(model, "spec") else None,
+    }
+    h.update(json.dumps(info, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return f"{info['model']}-{h.hexdigest()[:16]}"
+
+
+class TorchEmbedder:
+    """A ``FaceEmbedder`` over an ``EmbeddingNet`` (our models)."""
+
+    unit_norm = True
+
+    def __init__(
+        self,
+        model: Any,
+        align: str = "center",
+        center_fraction: float = DEFAULT_CENTER_FRACTION,
+        aligner: Callable[[np.ndarray], np.ndarray] | None = None,
+        device: str = "cpu",
+    ) -> None:
+        if align not in ("center", "box", "similarity"):
+            raise ValueError(f"align must be 'center', 'box' or 'similarity', got {align!r}")
+        if not 0 < center_fraction <= 1:
+            raise ValueError(f"center_fraction must be in (0, 1], got {center_fraction}")
+        self.model = model.eval().to(device)
+        self.spec = model.spec
+        self.input_size = tuple(model.spec.input_size)
+        self.align = align
+        self.center_fraction = center_fraction
+        self.aligner = aligner
+        self.device = device
+        self.identity = model_identity(model)
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        from facenet.data.transforms import center_crop, resize
+
+        if self.align == "center":
+            image = center_crop(image, self.center_fraction)
+        elif self.aligner is not None:
+            image = self.aligner(image)
+        return resize(image, self.input_size)
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from facenet.data.transforms import to_tensor
+
+        with torch.no_grad():
+            batch = to_tensor(list(crops), self.spec).to(self.device)
+            return self.model(batch).float().cpu().numpy()
+
+
+def as_embedder(
+    model: Any,
+    align: str = "center",
+    center_fraction: float = DEFAULT_CENTER_FRACTION,
+    aligner: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> FaceEmbedder:
+    """``model`` itself when it is a ``FaceEmbedder`` (peers), else a ``TorchEmbedder``."""
+    if isinstance(model, FaceEmbedder):
+        return model
+    return TorchEmbedder(model, align=align, center_fraction=center_fraction, aligner=aligner)
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+@dataclass
+class EmbeddingStats:
+    """Filled in by ``embed_paths``: how many images came from the cache, timing, failures."""
+
+    n_images: int = 0
+    n_cached: int = 0
+    n_computed: int = 0
+    seconds: float = 0.0
+    cache_file: str | None = None
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def cache_file_for(cache_dir: str | os.PathLike, identity: str, prep: Preprocessing) -> Path:
+    """``<cache_dir>/<identity>-<hash of preprocessing>.npz``."""
+    digest = hashlib.sha1(f"{identity}\n{prep.key()}".encode()).hexdigest()[:16]
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", identity)[:80]
+    return Path(cache_dir) / f"{safe}-{digest}.npz"
+
+
+def _load_cache(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return dict(zip(z["keys"].tolist(), z["embeddings"], strict=True))
+    except (OSError, ValueError, KeyError):  # a corrupt cache is recomputed, never trusted
+        return {}
+
+
+def _save_cache(path: Path, cache: dict[str, np.ndarray], prep: Preprocessing, identity: str):
+    from facenet.utils import atomic_write
+
+    keys = np.array(list(cache), dtype=str)
+    emb = np.stack(list(cache.values())).astype(np.float32)
+    with atomic_write(path) as f:
+        np.savez(f, keys=keys, embeddings=emb, identity=identity, preprocessing=prep.key())
+
+
+def embed_paths(
+    model: Any,
+    paths: Sequence[str | os.PathLike],
+    batch_size: int = 64,
+    flip: bool = False,
+    align: str = "center",
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    center_fraction: float = DEFAULT_CENTER_FRACTION,
+    flip_mode: FlipMode = "mean",
+    degradation: str | None = None,
+    aligner: Callable[[np.ndarray], np.ndarray] | None = None,
+    aligner_name: str | None = None,
+    on_error: Literal["raise", "nan"] = "raise",
+    stats: EmbeddingStats | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Embed every image in ``paths`` (duplicates are embedded once).
+
+    Args:
+        model: an ``EmbeddingNet`` or a ``FaceEmbedder`` (a peer such as ``dlib-resnet``).
+        paths: N image files.
+        batch_size: crops per forward pass.
+        flip: also embed the horizontally mirrored crop and combine by ``flip_mode``.
+        align: ``"center"`` | ``"box"`` | ``"similarity"`` (see module docstring).
+        cache_dir: folder for the embedding cache; None disables it.
+        center_fraction: fraction of the frame kept by ``align="center"``.
+        flip_mode: ``"mean"`` or ``"concat"``.
+        degradation: ``"jpeg:Q"`` / ``"size:S"`` robustness degradation, or None.
+        aligner: on-the-fly face aligner for ``box``/``similarity`` on unaligned data.
+        aligner_name: name of ``aligner`` for the cache key (required with ``aligner``).
+        on_error: ``"raise"`` (after trying every image, ``EmbeddingError`` lists all failures)
+            or ``"nan"`` (failed rows are NaN).
+        stats: filled with counts and timing when given.
+        progress: called as ``progress(done, total)`` after each batch.
+
+    Returns:
+        float32 (N, D) embeddings, (N, 2D) for ``flip_mode="concat"``.
+    """
+    t0 = time.perf_counter()
+    if flip_mode not in ("mean", "concat"):
+        raise ValueError(f"flip_mode must be 'mean' or 'concat', got {flip_mode!r}")
+    if aligner is not None and aligner_name is None:
+        raise ValueError("aligner_name is required with aligner (it keys the cache)")
+    embedder = as_embedder(model, align, center_fraction, aligner)
+    is_peer = not isinstance(embedder, TorchEmbedder)
+    prep = Preprocessing(
+        align=getattr(embedder, "align_name", "own") if is_peer else align,
+        center_fraction=center_fraction,
+        flip=flip,
+        flip_mode=flip_mode,
+        degrade=degradation,
+        aligner=None if is_peer else aligner_name,
+    )
+    degrade(np.zeros((8, 8, 3), np.uint8), degradation)  # validate the spec before any work
+    stats = stats if stats is not None else EmbeddingStats()
+    paths = [Path(p) for p in paths]
+    unique = list(dict.fromkeys(paths))
+    stats.n_images = len(unique)
+
+    keys: dict[Path, str] = {}
+    for p in unique:
+        try:
+            keys[p] = _file_key(p)
+        except OSError:
+            keys[p] = f"{p.resolve()}|missing"
+    cache_path = cache_file_for(cache_dir, embedder.identity, prep) if cache_dir else None
+    cache = _load_cache(cache_path) if cache_path else {}
+    stats.cache_file = str(cache_path) if cache_path else None
+    todo = [p for p in unique if keys[p] not in cache]
+    stats.n_cached = len(unique) - len(todo)
+
+    since_save = 0
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        crops, ok = [], []
+        for p in chunk:
+            try:
+                crop = degrade(embedder.crop(load_image(p)), degradation)
+            except ImageError as e:
+                stats.failures[str(p)] = e.reason
+                continue
+            except (ValueError, RuntimeError) as e:  # e.g. an aligner that found no face
+                stats.failures[str(p)] = str(e)
+                continue
+            crops.append(crop)
+            ok.append(p)
+        if crops:
+            emb = embedder.embed_crops(crops)
+            if flip:
+                mirrored = embedder.embed_crops([c[:, ::-1].copy() for c in crops])
+                emb = _combine_flips(emb, mirrored, flip_mode, embedder.unit_norm)
+            for p, e in zip(ok, emb, strict=True):
+                cache[keys[p]] = np.asarray(e, dtype=np.float32)
+            stats.n_computed += len(ok)
+            since_save += len(ok)
+        if cache_path and since_save >= SAVE_EVERY:
+            _save_cache(cache_path, cache, prep, embedder.identity)
+            since_save = 0
+        if progress:
+            progress(min(start + batch_size, len(todo)), len(todo))
+    if cache_path and since_save:
+        _save_cache(cache_path, cache, prep, embedder.identity)
+    stats.seconds = time.perf_counter() - t0
+    if stats.failures and on_error == "raise":
+        raise EmbeddingError(stats.failures)
+
+    dim = next(iter(cache.values())).shape[0] if cache else 0
+    out = np.full((len(paths), dim), np.nan, dtype=np.float32)
+    for i, p in enumerate(paths):
+        e = cache.get(keys[p])
+        if e is not None:
+            out[i] = e
+    return out
+
+
+def _combine_flips(a: np.ndarray, b: np.ndarray, mode: str, unit_norm: bool) -> np.ndarray:
+    """(B, D), (B, D) -> (B, D) mean or (B, 2D) concatenation (unit length if inputs are)."""
+    if mode == "concat":
+        out = np.concatenate([a, b], axis=1)
+        return out / np.sqrt(2.0) if unit_norm else out
+    out = (a + b) / 2.0
+    if unit_norm:
+        out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out

@@ -1,0 +1,66 @@
+"""The glue: a model + an image folder + a pairs file -> distances -> ``VerificationReport``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facenet.data.lfw import ImageResolver, Pairs
+from facenet.eval.distances import Distance, pair_distances
+from facenet.eval.embedding import EmbeddingStats, embed_paths
+from facenet.eval.verification import DEFAULT_FAR, VerificationReport, evaluate_verification
+
+
+@dataclass
+class PairsEvaluation:
+    """One verification run: the report plus what produced it."""
+
+    report: VerificationReport
+    distances: np.ndarray  # (N,) pair distances
+    issame: np.ndarray  # (N,) bool
+    folds: np.ndarray  # (N,) fold ids
+    distance: str  # "l2" | "cosine" | "cosine-centered"
+    stats: EmbeddingStats = field(default_factory=EmbeddingStats)
+
+
+def embed_pairs(
+    model: Any,
+    pairs: Pairs,
+    root: str | os.PathLike,
+    stats: EmbeddingStats | None = None,
+    **embed_kwargs: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) left and (N, D) right embeddings; each image is embedded once.
+
+    ``embed_kwargs`` go to ``facenet.eval.embedding.embed_paths``.
+    """
+    resolver = ImageResolver(root)
+    stems = pairs.stems()
+    paths: list[Path] = [resolver(s) for s in stems]
+    emb = embed_paths(model, paths, stats=stats, **embed_kwargs)
+    row = {s: i for i, s in enumerate(stems)}
+    left = emb[[row[s] for s in pairs.left]]
+    right = emb[[row[s] for s in pairs.right]]
+    return left, right
+
+
+def evaluate_pairs(
+    model: Any,
+    pairs: Pairs,
+    root: str | os.PathLike,
+    distance: Distance = "l2",
+    far_target: float = DEFAULT_FAR,
+    progress: Callable[[int, int], None] | None = None,
+    **embed_kwargs: Any,
+) -> PairsEvaluation:
+    """Embed, measure distances and run the k-fold protocol with ``pairs.folds``."""
+    stats = EmbeddingStats()
+    left, right = embed_pairs(model, pairs, root, stats=stats, progress=progress, **embed_kwargs)
+    d = pair_distances(left, right, distance, folds=pairs.folds)
+    report = evaluate_verification(d, pairs.issame, pairs.folds, far_target)
+    return PairsEvaluation(report, d, pairs.issame, pairs.folds, distance, stats)
