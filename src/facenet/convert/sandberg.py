@@ -121,7 +121,9 @@ def convert_graph(nodes: list[Node]) -> tuple[InceptionResnetV1, ConversionRepor
     consts = {n.name: n for n in nodes if n.op == "Const"}
     bottleneck = consts.get(PREFIX + "Bottleneck/weights")
     if bottleneck is None:
-        raise ConversionError("no InceptionResnetV1/Bottleneck/weights: not a Sandberg FaceNet graph")
+        raise ConversionError(
+            "no InceptionResnetV1/Bottleneck/weights: not a Sandberg FaceNet graph"
+        )
     dim = int(bottleneck.value.shape[1])
     model = create_model("inception_resnet_v1", embedding_dim=dim).eval()
     modules = dict(model.named_modules())
@@ -218,6 +220,7 @@ def convert_sandberg(
     *,
     source: dict[str, Any] | None = None,
     thresholds: dict[str, float] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Path, ConversionReport, dict[str, Any]]:
     """Convert the frozen graph at ``graph_path`` into a self-describing safetensors file.
 
@@ -226,6 +229,7 @@ def convert_sandberg(
         out_path: the ``.safetensors`` file to write (atomically).
         source: provenance merged into the metadata's ``source`` field.
         thresholds: operating thresholds stored with the weights (see ``facenet.models.pretrained``).
+        extra: more metadata fields (e.g. the pretrained reference, how thresholds were chosen).
 
     Returns:
         (written path, conversion report, the metadata written).
@@ -254,7 +258,7 @@ def convert_sandberg(
             "batch_norm": "folded in the graph; BatchNorm set to identity statistics + offset",
         },
         "weights_sha256": state_sha256(model.state_dict()),
-    }
+    } | (extra or {})
     path = save_weights(model, out_path, extra=meta)
     return path, report, meta
 
@@ -262,4 +266,3 @@ def convert_sandberg(
 def tensor_names(nodes: list[Node]) -> list[str]:
     """Names of every constant in the graph (the converter's coverage universe)."""
     return [n.name for n in nodes if n.op == "Const"]
-

