@@ -116,9 +116,9 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class FaultConfig:
-    # collapse: all embeddings converging to one point (SPEC §3); spread = mean squared
-    # distance of the batch's embeddings to their mean (2 = spread over the sphere, 0 = a point).
-    collapse_spread: float = 0.02  # spread below this counts as collapsed
+    # collapse: all embeddings converging to one point (SPEC §3), seen as the batch's
+    # embedding spread (sqrt of total variance: ~1 spread over the sphere, 0 = one point).
+    collapse_spread: float = 0.1  # spread below this counts as collapsed
     collapse_patience: int = 20  # consecutive collapsed steps before the run stops
 
 

@@ -45,6 +45,7 @@ def save_checkpoint(
     metrics: dict[str, Any] | None = None,
     best: dict[str, Any] | None = None,
     thresholds: dict[str, float] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically (temporary file, fsync, rename).
 
@@ -69,7 +70,7 @@ def save_checkpoint(
         "rng": rng_state,
         "metrics": metrics or {},
         "best": best or {},
-    }
+    } | (extra or {})
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     path = Path(path)

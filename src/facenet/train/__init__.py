@@ -1,0 +1,1 @@
+"""Training: the loop, self-describing checkpoints, LR schedules and DDP setup."""
