@@ -228,7 +228,7 @@ def detect_resized(
         factors.append(f)
     results = detector.detect_batch(small)
     out = []
-    for dets, f in zip(results, factors):
+    for dets, f in zip(results, factors, strict=True):
         if f == 1.0:
             out.append(list(dets))
             continue

@@ -15,12 +15,15 @@ Files written under DST:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -177,7 +180,7 @@ def _process_chunk(chunk: Sequence[tuple[str, str, str, str]]) -> list[dict[str,
                 detections.append(detect_resized(detector, [im], _WORKER["max_side"])[0])
             except Exception as e:
                 detections.append(e)
-    for i, image, dets in zip(slots, images, detections):
+    for i, image, dets in zip(slots, images, detections, strict=True):
         src_abs, dst_abs, rel, out_rel = chunk[i]
         try:
             if isinstance(dets, Exception):
@@ -214,6 +217,24 @@ def _read_journal(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+@contextlib.contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """Turn SIGTERM into an exception so the worker pool is torn down (workers would outlive a
+    plain kill of the parent); the journal keeps what was finished."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -236,7 +257,7 @@ def _write_manifest(dst: Path, records: list[dict[str, Any]], summary: dict[str,
 def align_folder(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    config: AlignConfig = AlignConfig(),
+    config: AlignConfig | None = None,
     detector: str = "mtcnn",
     workers: int = 1,
     batch_size: int = 16,
@@ -249,7 +270,7 @@ def align_folder(
     Args:
         src: folder of photos, usually one sub-folder per identity.
         dst: output folder (created); must not lie inside ``src``.
-        config: crop settings.
+        config: crop settings (default ``AlignConfig()``).
         detector: name for ``create_detector``.
         workers: processes; 1 runs in this process (with all torch threads).
         batch_size: images per detector call (and per task sent to a worker).
@@ -265,6 +286,7 @@ def align_folder(
         FileNotFoundError: ``src`` is not a folder.
         ValueError: ``dst`` inside ``src``, or ``dst`` holds crops made with other settings.
     """
+    config = AlignConfig() if config is None else config
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if not src.is_dir():
         raise FileNotFoundError(f"source folder not found: {src}")
@@ -277,8 +299,9 @@ def align_folder(
     if config_path.exists() and not overwrite:
         previous = json.loads(config_path.read_text())
         if previous != settings:
-            changed = sorted(k for k in settings.keys() | previous.keys()
-                             if settings.get(k) != previous.get(k))
+            changed = sorted(
+                k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k)
+            )
             raise ValueError(
                 f"{dst} holds crops made with other settings ({', '.join(changed)} differ: "
                 f"{ {k: previous.get(k) for k in changed} }); use another output folder or "
@@ -330,7 +353,10 @@ def align_folder(
                 collect(_process_chunk(chunk))
         elif chunks:
             ctx = mp.get_context("spawn")  # why: never fork a process that may hold torch threads
-            with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+            with (
+                _terminate_raises(),
+                ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool,
+            ):
                 for records in pool.imap_unordered(_process_chunk, chunks):
                     collect(records)
     if bar is not None:

