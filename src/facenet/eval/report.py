@@ -35,24 +35,41 @@ def plot_roc(rep: VerificationReport, path: str | os.PathLike, title: str = "") 
 
     far, tar = rep.roc["far"], rep.roc["tar"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
-    # log axis: FAR = 0 points cannot be drawn; start at the resolution 1/n_different
-    keep = far > 0
-    ax.step(far[keep], tar[keep], where="post", color="C0", lw=1.6, label=f"AUC {rep.auc:.4f}")
+    # log axis: FAR = 0 cannot be drawn, so the FAR = 0 part of the curve is pinned to the left
+    # edge (a decade below both the target and the resolution 1/n_different) and labelled.
+    x_min = min(rep.far_target, rep.far_resolution) / 10
+    far_plot = np.where(far > 0, far, x_min)
+    ax.step(far_plot, tar, where="post", color="C0", lw=1.6, label=f"AUC {rep.auc:.4f}")
     ax.axvline(rep.far_resolution, color="grey", ls=":", lw=1)
     ax.text(
         rep.far_resolution, 0.02, f" 1/{rep.n_different}", color="grey", fontsize=8, va="bottom"
     )
     ax.axvline(rep.far_target, color="C3", ls="--", lw=1, label=f"FAR target {rep.far_target:g}")
+    point_label = f"VAL {100 * rep.val:.1f}% @ FAR {rep.far:.1e}"
+    if rep.far == 0:
+        point_label = f"VAL {100 * rep.val:.1f}% @ FAR 0 (target below 1/{rep.n_different})"
     ax.plot(
-        [max(rep.far, rep.far_resolution / 2)],
+        [rep.far if rep.far > 0 else x_min],
         [rep.val],
         "o",
         color="C3",
-        label=f"VAL {100 * rep.val:.1f}% @ FAR {rep.far:.1e}",
+        ms=7,
+        clip_on=False,
+        label=point_label,
+    )
+    ax.text(
+        x_min,
+        -0.06,
+        "FAR=0",
+        color="grey",
+        fontsize=8,
+        ha="center",
+        va="top",
+        transform=ax.get_xaxis_transform(),
     )
     ax.set_xscale("log")
-    ax.set_xlim(rep.far_resolution / 2, 1.0)
-    ax.set_ylim(min(0.5, float(np.nanmin(tar[keep])) if keep.any() else 0.0), 1.005)
+    ax.set_xlim(x_min, 1.0)
+    ax.set_ylim(0.0, 1.005)
     ax.set_xlabel("FAR (false accept rate, log)")
     ax.set_ylabel("VAL (true accept rate)")
     ax.set_title("ROC, log FAR")
@@ -61,11 +78,13 @@ def plot_roc(rep: VerificationReport, path: str | os.PathLike, title: str = "") 
     ax2.plot(far, tar, color="C0", lw=1.6)
     ax2.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
     ax2.plot([rep.eer], [1 - rep.eer], "s", color="C2", label=f"EER {100 * rep.eer:.2f}%")
-    ax2.set_xlim(0, 1)
-    ax2.set_ylim(0, 1.005)
+    # zoom on the interesting corner: 4x the EER on both axes (whole square for weak models)
+    span = min(1.0, 4 * max(rep.eer, 0.02))
+    ax2.set_xlim(0, span)
+    ax2.set_ylim(1 - span, 1.0 + span * 0.005)
     ax2.set_xlabel("FAR")
     ax2.set_ylabel("VAL")
-    ax2.set_title("ROC, linear")
+    ax2.set_title("ROC, linear (zoom: top-left corner)" if span < 1 else "ROC, linear")
     ax2.grid(True, alpha=0.3)
     ax2.legend(loc="lower right", fontsize=8)
     if title:
@@ -103,14 +122,14 @@ def plot_histograms(
         color="k",
         ls="--",
         lw=1,
-        label=f"accuracy threshold {rep.threshold_accuracy:.3f}",
+        label=f"accuracy threshold {rep.threshold_accuracy:.4g}",
     )
     ax.axvline(
         rep.threshold_far,
         color="C3",
         ls=":",
         lw=1.2,
-        label=f"FAR {rep.far_target:g} threshold {rep.threshold_far:.3f}",
+        label=f"FAR {rep.far_target:g} threshold {rep.threshold_far:.4g}",
     )
     names = {"l2": "squared L2 distance", "cosine": "cosine distance"}
     ax.set_xlabel(names.get(distance, f"{distance} distance"))
