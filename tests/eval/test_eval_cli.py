@@ -88,3 +88,25 @@ def test_sweep_and_report_library(mini_lfw, tiny_model, tmp_path):
     assert Image.open(files["roc"]).size[0] > 500
     assert "Robustness" in files["markdown"].read_text()
     assert np.isfinite(json.loads(files["json"].read_text())["verification"]["auc"])
+
+
+def test_align_modes_use_the_aligned_folder_or_align_on_the_fly(mini_lfw, tmp_path, capsys):
+    import shutil
+
+    root, pairs = mini_lfw
+    aligned = tmp_path / "aligned"
+    shutil.copytree(root, aligned)
+    (aligned / "align_config.json").write_text('{"mode": "similarity", "size": 160}')
+    base = ["eval", "--model", "tiny", "--pairs", str(pairs), "--no-cache", "--quiet"]
+    assert main([*base, "--data", str(aligned), "--align", "box"]) == 2
+    assert "aligned with mode 'similarity'" in capsys.readouterr().err
+    out_json = tmp_path / "sim.json"
+    assert (
+        main([*base, "--data", str(aligned), "--align", "similarity", "--json", str(out_json)]) == 0
+    )
+    meta = json.loads(out_json.read_text())["meta"]
+    assert meta["aligned_folder_config"]["mode"] == "similarity"
+    # a folder without align_config.json is aligned on the fly (mtcnn; synthetic faces fall
+    # back to the detector pipeline's flagged centre crop)
+    assert main([*base, "--data", str(root), "--align", "box"]) == 0
+    assert "aligning on the fly with detector mtcnn" in capsys.readouterr().err

@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--detector",
         default=None,
-        help="align on the fly with this facenet.detect detector (box/similarity only)",
+        help="align on the fly with this facenet.detect detector (box/similarity only); by "
+        "default a folder written by 'facenet align' (it has align_config.json) is used as is "
+        "and any other folder is aligned on the fly with mtcnn",
     )
     parser.add_argument("--flip", action="store_true", help="add horizontally flipped crops")
     parser.add_argument(
@@ -131,6 +133,24 @@ def run(args: argparse.Namespace) -> int:
             "cache_dir": None if args.no_cache else args.cache,
         }
         peer = is_peer(args.model)
+        aligned_by = None
+        if not peer and args.align != "center":
+            aligned_by = _aligned_folder_config(data)
+            if aligned_by is not None and not args.detector:
+                mode = aligned_by.get("mode", args.align)
+                if mode != args.align:
+                    raise ValueError(
+                        f"{data} was aligned with mode {mode!r} (align_config.json), "
+                        f"not {args.align!r}"
+                    )
+            elif not args.detector:
+                # why: not written by `facenet align`: detect and crop on the fly instead
+                args.detector = "mtcnn"
+                print(
+                    f"note: {data} has no align_config.json (not written by 'facenet align'); "
+                    f"aligning on the fly with detector {args.detector}",
+                    file=sys.stderr,
+                )
         if args.detector and not peer:
             if args.align == "center":
                 raise ValueError("--detector needs --align box or --align similarity")
@@ -172,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
             "align": "dlib-hog-5pt" if peer else args.align,
             "distance": args.distance,
             "flip": args.flip,
+            "aligned_folder_config": aligned_by,
             "setting": setting,
             "images": ev.stats.n_images,
             "images_from_cache": ev.stats.n_cached,
@@ -221,6 +242,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"facenet eval: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _aligned_folder_config(data: Path) -> dict[str, Any] | None:
+    """The settings ``facenet align`` left in ``data/align_config.json``, or None."""
+    import json
+
+    path = data / "align_config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({e})") from None
+    return config if isinstance(config, dict) else {"config": config}
 
 
 def _command_line(args: argparse.Namespace) -> str:
