@@ -1,0 +1,480 @@
+"""Clustering face embeddings by person, at scale.
+
+Three methods, all on a sparse k-nearest-neighbour graph built with FAISS (never an N x N matrix):
+
+- ``agglomerative`` (the paper's choice, SPEC §1): average-linkage agglomerative clustering on
+  squared L2 distance, cut at the model's calibrated threshold. Average linkage over squared L2
+  of unit vectors has a closed form from cluster sums, ``2 - 2 * s_A . s_B / (|A| |B|)``, so the
+  linkage between two clusters is exact, not estimated from graph edges; the graph only decides
+  which cluster pairs are *candidates*. Merging runs in rounds of reciprocal nearest neighbours
+  (RAC, Sumengen et al. 2021): for a reducible linkage such as average linkage this gives the
+  same tree as the one-merge-at-a-time algorithm, and with a complete graph (``k >= N - 1``) it
+  equals scikit-learn's ``AgglomerativeClustering(linkage="average")`` (tested).
+- ``hdbscan``: scikit-learn's HDBSCAN on the sparse graph of k-NN distances (faces of no dense
+  group get label -1, "noise").
+- ``chinese-whispers``: label propagation on the graph of k-NN edges closer than the threshold
+  (Biemann 2006; dlib's face clustering).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+ClusterMethod = Literal["agglomerative", "hdbscan", "chinese-whispers"]
+METHODS: tuple[str, ...] = ("agglomerative", "hdbscan", "chinese-whispers")
+# why: exact k-NN search costs O(N^2 D); beyond this many faces an IVF index answers ~50x faster
+# at recall@k ~0.98 on face embeddings (benchmarks/gallery.py).
+EXACT_KNN_BELOW = 20_000
+DEFAULT_K = 20
+
+
+@dataclass(frozen=True)
+class KnnGraph:
+    """Each row's ``k`` nearest other rows: (N, k) int64 ``neighbors`` (-1 = none) and (N, k)
+    float32 squared L2 ``distances``."""
+
+    neighbors: np.ndarray
+    distances: np.ndarray
+
+    def edges(self, max_distance: float = math.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Undirected edge list (i < j, unique) with distance <= ``max_distance``:
+        (E,) rows, (E,) cols, (E,) distances."""
+        n, k = self.neighbors.shape
+        rows = np.repeat(np.arange(n, dtype=np.int64), k)
+        cols = self.neighbors.ravel()
+        d = self.distances.ravel()
+        keep = (cols >= 0) & (cols != rows) & (d <= max_distance)
+        rows, cols, d = rows[keep], cols[keep], d[keep]
+        lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
+        key = lo * n + hi
+        key, first = np.unique(key, return_index=True)
+        return lo[first], hi[first], d[first]
+
+
+def _progress(total: int | None, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit=" faces", leave=False)
+
+
+def knn_graph(
+    embeddings: np.ndarray,
+    k: int = DEFAULT_K,
+    exact_below: int = EXACT_KNN_BELOW,
+    progress: bool = False,
+    seed: int = 0,
+) -> KnnGraph:
+    """The ``k`` nearest neighbours of every row of (N, D) unit ``embeddings`` (self excluded).
+
+    Exact (``IndexFlatIP``) below ``exact_below`` rows, else an IVF index with
+    ``4 sqrt(N)`` lists probed 24 at a time (approximate).
+    """
+    import faiss
+
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    n, d = x.shape
+    k = max(1, min(k, n - 1)) if n > 1 else 0
+    if k == 0:
+        return KnnGraph(np.full((n, 0), -1, np.int64), np.zeros((n, 0), np.float32))
+    if n < exact_below:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = int(4 * math.sqrt(n))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        # why: k-means needs ~40 points per list; more only slows training.
+        sample = x[rng.choice(n, size=min(n, 40 * nlist), replace=False)]
+        index.cp.seed = seed
+        index.train(sample)
+        index.nprobe = 24
+    index.add(x)
+    neighbors = np.empty((n, k), np.int64)
+    distances = np.empty((n, k), np.float32)
+    chunk = 4096
+    with _progress(n, "k-NN graph", progress) as bar:
+        for start in range(0, n, chunk):
+            sims, ids = index.search(x[start : start + chunk], k + 1)
+            rows = np.arange(start, start + len(ids))
+            # drop each row's own entry (normally first); keep the k best others
+            not_self = ids != rows[:, None]
+            order = np.argsort(~not_self, axis=1, kind="stable")[:, :k]
+            ids = np.take_along_axis(ids, order, 1)
+            sims = np.take_along_axis(sims, order, 1)
+            neighbors[start : start + len(ids)] = ids
+            distances[start : start + len(ids)] = np.clip(2.0 - 2.0 * sims, 0.0, 4.0)
+            bar.update(len(ids))
+    distances[neighbors < 0] = np.inf
+    return KnnGraph(neighbors, distances)
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0..C-1 by decreasing cluster size (ties: first appearance); -1 kept."""
+    out = np.full(len(labels), -1, np.int64)
+    valid = labels >= 0
+    if not valid.any():
+        return out
+    uniq, first, inverse, counts = np.unique(
+        labels[valid], return_index=True, return_inverse=True, return_counts=True
+    )
+    order = np.lexsort((first, -counts))
+    rank = np.empty(len(uniq), np.int64)
+    rank[order] = np.arange(len(uniq))
+    out[valid] = rank[inverse]
+    return out
+
+
+def _pair_linkage(sums: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact average squared L2 distance between clusters ``a[i]`` and ``b[i]`` of unit vectors:
+    ``2 - 2 s_a . s_b / (|a| |b|)``, in chunks to bound memory."""
+    out = np.empty(len(a), np.float64)
+    chunk = 1 << 15
+    for start in range(0, len(a), chunk):
+        i, j = a[start : start + chunk], b[start : start + chunk]
+        out[start : start + chunk] = 2.0 - 2.0 * np.einsum("ij,ij->i", sums[i], sums[j]) / (
+            sizes[i] * sizes[j]
+        )
+    return out
+
+
+def average_linkage(
+    embeddings: np.ndarray,
+    threshold: float,
+    graph: KnnGraph,
+    progress: bool = False,
+) -> np.ndarray:
+    """Average-linkage agglomerative clustering of (N, D) unit vectors, cut at ``threshold``.
+
+    Two clusters merge while their average squared L2 distance is <= ``threshold`` and some
+    ``graph`` edge joins them. Returns (N,) labels 0..C-1, largest cluster first.
+    """
+    sums = np.array(embeddings, dtype=np.float64)  # (N, D) member sums; row = cluster id
+    n = len(sums)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    sizes = np.ones(n, np.float64)
+    label = np.arange(n, dtype=np.int64)  # point -> cluster (the id of a surviving member)
+    ids = np.arange(n, dtype=np.int64)
+    rows, cols, _ = graph.edges()  # candidate cluster pairs, rows < cols
+    dist = _pair_linkage(sums, sizes, rows, cols)
+    with _progress(n - 1, "merging", progress) as bar:
+        while len(rows):
+            # each cluster's nearest candidate; ties go to the smaller id
+            ends = np.concatenate([rows, cols])
+            other = np.concatenate([cols, rows])
+            both = np.concatenate([dist, dist])
+            nearest_d = np.full(n, np.inf)
+            np.minimum.at(nearest_d, ends, both)
+            best = both == nearest_d[ends]
+            nearest = np.full(n, n, np.int64)
+            np.minimum.at(nearest, ends[best], other[best])
+            # reciprocal nearest pairs within the threshold merge this round; for a reducible
+            # linkage this never changes the tree (Sumengen et al. 2021)
+            a = ids[(nearest_d <= threshold) & (nearest < n) & (nearest > ids)]
+            a = a[nearest[nearest[a]] == a]
+            if not len(a):
+                break
+            b = nearest[a]
+            sums[a] += sums[b]
+            sizes[a] += sizes[b]
+            parent = ids.copy()
+            parent[b] = a
+            label = parent[label]
+            touched = np.zeros(n, bool)
+            touched[a] = True
+            rows, cols = parent[rows], parent[cols]
+            hit = touched[rows] | touched[cols]
+            # untouched pairs keep their linkage; pairs of a merged cluster are deduplicated
+            # and recomputed exactly from the new sums
+            lo = np.minimum(rows[hit], cols[hit])
+            hi = np.maximum(rows[hit], cols[hit])
+            key = np.unique(lo[lo != hi] * n + hi[lo != hi])
+            lo, hi = key // n, key % n
+            rows = np.concatenate([rows[~hit], lo])
+            cols = np.concatenate([cols[~hit], hi])
+            dist = np.concatenate([dist[~hit], _pair_linkage(sums, sizes, lo, hi)])
+            bar.update(len(a))
+    return _relabel(label)
+
+
+def chinese_whispers(
+    graph: KnnGraph,
+    threshold: float,
+    iterations: int = 20,
+    seed: int = 0,
+    progress: bool = False,
+) -> np.ndarray:
+    """Chinese-whispers label propagation on k-NN edges with squared distance <= ``threshold``.
+
+    Every node starts in its own class; in each iteration, nodes in a random order take the
+    class with the largest total edge weight among their neighbours (weight ``threshold - d``
+    plus a small floor, so closer faces pull harder). Stops early when nothing changes.
+    Returns (N,) labels, largest cluster first.
+    """
+    n = len(graph.neighbors)
+    rows, cols, d = graph.edges(threshold)
+    weight = (threshold - d) + 1e-3 * max(threshold, 1e-6)
+    # adjacency lists as Python lists: the algorithm is sequential by definition
+    order = np.argsort(np.concatenate([rows, cols]), kind="stable")
+    src = np.concatenate([rows, cols])[order]
+    dst = np.concatenate([cols, rows])[order].tolist()
+    w = np.concatenate([weight, weight])[order].tolist()
+    starts = np.searchsorted(src, np.arange(n + 1)).tolist()
+    labels = list(range(n))
+    rng = np.random.default_rng(seed)
+    with _progress(iterations, "chinese whispers", progress) as bar:
+        bar.unit = " iterations"
+        for _ in range(iterations):
+            changed = 0
+            for node in rng.permutation(n).tolist():
+                lo, hi = starts[node], starts[node + 1]
+                if lo == hi:
+                    continue
+                score: dict[int, float] = {}
+                for j in range(lo, hi):
+                    lab = labels[dst[j]]
+                    score[lab] = score.get(lab, 0.0) + w[j]
+                best = max(score.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+                if best != labels[node]:
+                    labels[node] = best
+                    changed += 1
+            bar.update(1)
+            if changed == 0:
+                break
+    return _relabel(np.asarray(labels, np.int64))
+
+
+def hdbscan_graph(
+    graph: KnnGraph, min_cluster_size: int = 2, min_samples: int | None = None
+) -> np.ndarray:
+    """scikit-learn HDBSCAN on the sparse matrix of k-NN squared distances; -1 = noise."""
+    from scipy import sparse
+    from sklearn.cluster import HDBSCAN
+
+    n = len(graph.neighbors)
+    if n < 2:
+        return np.zeros(n, np.int64) if n else np.zeros(0, np.int64)
+    rows, cols, d = graph.edges()
+    # why: a zero distance is an implicit "no edge" in a sparse matrix; nudge exact duplicates.
+    d = np.maximum(d.astype(np.float64), 1e-9)
+    m = sparse.coo_matrix(
+        (np.concatenate([d, d]), (np.concatenate([rows, cols]), np.concatenate([cols, rows]))),
+        shape=(n, n),
+    ).tocsr()
+    k = graph.neighbors.shape[1]
+    min_samples = min(min_samples or min_cluster_size, max(1, k))
+    model = HDBSCAN(
+        min_cluster_size=max(2, min_cluster_size),
+        min_samples=min_samples,
+        metric="precomputed",
+        copy=False,
+    )
+    return _relabel(model.fit_predict(m))
+
+
+def cluster_embeddings(
+    embeddings: np.ndarray,
+    method: ClusterMethod = "agglomerative",
+    threshold: float | None = None,
+    k: int = DEFAULT_K,
+    min_cluster_size: int = 2,
+    progress: bool = False,
+    seed: int = 0,
+    graph: KnnGraph | None = None,
+) -> np.ndarray:
+    """Cluster (N, D) unit embeddings; returns (N,) labels (-1 = noise, HDBSCAN only).
+
+    Args:
+        method: ``agglomerative`` | ``hdbscan`` | ``chinese-whispers``.
+        threshold: squared-L2 cut; required by agglomerative and chinese-whispers (use the
+            model's calibrated verification threshold).
+        k: neighbours per face in the candidate graph.
+        min_cluster_size: HDBSCAN's smallest cluster.
+    """
+    if method not in METHODS:
+        raise ValueError(
+            f"unknown clustering method {method!r}; choose one of {', '.join(METHODS)}"
+        )
+    if method != "hdbscan" and threshold is None:
+        raise ValueError(f"{method} clustering needs a distance threshold")
+    x = np.asarray(embeddings, dtype=np.float32)
+    if graph is None:
+        graph = knn_graph(x, k=k, progress=progress, seed=seed)
+    if method == "agglomerative":
+        return average_linkage(x, float(threshold), graph, progress=progress)
+    if method == "chinese-whispers":
+        return chinese_whispers(graph, float(threshold), seed=seed, progress=progress)
+    return hdbscan_graph(graph, min_cluster_size=min_cluster_size)
+
+
+# --------------------------------------------------------------------------- photo collections
+
+
+@dataclass(frozen=True)
+class ClusterOutput:
+    """Where ``write_clusters`` put things."""
+
+    directory: str
+    csv: str
+    html: str | None
+    n_faces: int
+    n_clusters: int  # clusters with 2+ faces
+    n_singletons: int  # faces alone (or HDBSCAN noise)
+
+
+def cluster_folder_name(label: int, size: int) -> str:
+    return "noise" if label < 0 else (f"cluster_{label:04d}" if size > 1 else "singletons")
+
+
+def write_clusters(
+    out_dir: str | os.PathLike,
+    paths: Sequence[str],
+    boxes: np.ndarray,
+    face_index: Sequence[int],
+    labels: np.ndarray,
+    crops: Sequence[np.ndarray | None] | None = None,
+    link: Literal["symlink", "copy", "none"] = "symlink",
+    html: bool = True,
+    max_faces_per_cluster: int = 60,
+    title: str = "facenet clusters",
+) -> ClusterOutput:
+    """Write a clustering of faces: a folder per cluster with links to the source photos,
+    ``clusters.csv`` (photo, face index, box, cluster) and ``index.html``, a contact sheet of the
+    face crops of each cluster (largest cluster first).
+
+    Args:
+        paths: (N,) photo of each face.
+        boxes: (N, 4) face boxes in photo pixels.
+        labels: (N,) cluster labels (0 = largest; -1 = noise).
+        crops: optional (N,) uint8 face crops for the contact sheet (re-cut from the photos
+            when None).
+    """
+    import csv
+    import shutil
+
+    from facenet.utils import atomic_write
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = np.asarray(labels)
+    sizes = {
+        int(lab): int(c) for lab, c in zip(*np.unique(labels, return_counts=True), strict=True)
+    }
+    folder = [cluster_folder_name(int(lab), sizes[int(lab)]) for lab in labels]
+    # folders of photos
+    if link != "none":
+        made: set[tuple[str, str]] = set()
+        for p, f in zip(paths, folder, strict=True):
+            if (f, p) in made:
+                continue
+            made.add((f, p))
+            d = out / f
+            d.mkdir(exist_ok=True)
+            src = Path(p).resolve()
+            target = d / src.name
+            if target.exists() or target.is_symlink():
+                target = d / f"{hashlib_short(str(src))}_{src.name}"
+            if target.exists() or target.is_symlink():
+                continue
+            if link == "symlink":
+                os.symlink(src, target)
+            else:
+                shutil.copy2(src, target)
+    # table
+    csv_path = out / "clusters.csv"
+    with atomic_write(csv_path, "w") as fh:
+        w = csv.writer(fh)
+        w.writerow(["photo", "face_index", "x1", "y1", "x2", "y2", "cluster", "folder"])
+        for p, i, b, lab, f in zip(paths, face_index, boxes, labels, folder, strict=True):
+            w.writerow([p, int(i), *(f"{v:.1f}" for v in b), int(lab), f])
+    html_path = None
+    if html:
+        html_path = str(
+            _contact_sheet(out, paths, boxes, labels, folder, crops, max_faces_per_cluster, title)
+        )
+    n_clusters = sum(1 for lab, c in sizes.items() if lab >= 0 and c > 1)
+    n_single = sum(c for lab, c in sizes.items() if lab < 0 or c == 1)
+    return ClusterOutput(str(out), str(csv_path), html_path, len(labels), n_clusters, n_single)
+
+
+def hashlib_short(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _contact_sheet(
+    out: Path,
+    paths: Sequence[str],
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    folder: Sequence[str],
+    crops: Sequence[np.ndarray | None] | None,
+    per_cluster: int,
+    title: str,
+) -> Path:
+    """``index.html`` with up to ``per_cluster`` face thumbnails per cluster (in ``faces/``)."""
+    import html as html_lib
+
+    from PIL import Image
+
+    from facenet.data.images import ImageError, load_image
+    from facenet.utils import atomic_write
+
+    faces_dir = out / "faces"
+    faces_dir.mkdir(exist_ok=True)
+    order = np.lexsort(
+        (np.arange(len(labels)), np.where(labels < 0, np.iinfo(np.int64).max, labels))
+    )
+    groups: dict[str, list[int]] = {}
+    for i in order.tolist():
+        groups.setdefault(folder[i], []).append(i)
+    parts = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>{html_lib.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1em}h2{font-size:1em;margin:1.2em 0 .3em}"
+        "img{width:80px;height:80px;object-fit:cover;margin:1px;border-radius:3px}</style>",
+        f"<h1>{html_lib.escape(title)}</h1>",
+        f"<p>{len(labels)} faces, {sum(1 for g in groups if g.startswith('cluster_'))} clusters."
+        " Open a cluster's folder for its photos; <code>clusters.csv</code> has every face.</p>",
+    ]
+    cache: dict[str, np.ndarray | None] = {}
+    for name, members in groups.items():
+        parts.append(f"<h2>{name} — {len(members)} face(s)</h2><div>")
+        for i in members[:per_cluster]:
+            thumb = faces_dir / f"{i:06d}.jpg"
+            if not thumb.exists():
+                crop = None if crops is None else crops[i]
+                if crop is None:
+                    p = paths[i]
+                    if p not in cache:
+                        try:
+                            cache = {p: load_image(p)}  # keep one photo in memory
+                        except ImageError:
+                            cache = {p: None}
+                    img = cache[p]
+                    if img is not None:
+                        x1, y1, x2, y2 = (int(round(v)) for v in boxes[i])
+                        crop = img[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
+                if crop is None or crop.size == 0:
+                    continue
+                im = Image.fromarray(np.ascontiguousarray(crop)).convert("RGB")
+                im.thumbnail((96, 96))
+                with atomic_write(thumb) as fh:
+                    im.save(fh, format="JPEG", quality=85)
+            alt = html_lib.escape(f"{paths[i]} face {i}")
+            parts.append(f"<img src='faces/{thumb.name}' title='{alt}' alt='{alt}'>")
+        if len(members) > per_cluster:
+            parts.append(f" … and {len(members) - per_cluster} more")
+        parts.append("</div>")
+    page = out / "index.html"
+    with atomic_write(page, "w") as fh:
+        fh.write("\n".join(parts))
+    return page

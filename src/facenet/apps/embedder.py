@@ -1,0 +1,514 @@
+"""``Embedder``: photos -> detected faces -> crops the model expects -> unit embeddings.
+
+Every application (embed, verify, gallery, identify, cluster, demo) goes through this one class,
+so a face is cropped and normalised the same way everywhere:
+
+1. load the photo (``facenet.data.images.load_image``: EXIF, greyscale, 16-bit, ... handled);
+2. detect faces (``facenet.detect``; MTCNN by default), or take the whole image as the face for
+   pre-cropped inputs (``crop="none"``);
+3. crop each face at the model's input size (``ModelSpec.input_size``): a box crop with margin
+   (the paper's "scaled and translated" thumbnail) or a 5-point similarity alignment;
+4. embed the crops in batches (``ModelSpec`` normalisation), giving (N, D) unit vectors.
+
+The embedder also carries what the applications need from the model: its calibrated distance
+thresholds (``model.thresholds``) and a fingerprint of its weights, recorded with every gallery
+embedding so that two embedding spaces are never mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from facenet.apps.gallery import ModelFingerprint
+from facenet.data.images import ImageError, is_image_file, load_image
+
+CropMode = Literal["box", "similarity", "none"]
+CROP_MODES: tuple[str, ...] = ("box", "similarity", "none")
+# why: the published model and the paper's best model; used when the user names no model.
+DEFAULT_MODEL = "inception_resnet_v1:casia-webface"
+# why: Sandberg's LFW protocol crops 160 px with a 32 px margin (the box fills 128/160 = 80%);
+# we keep that proportion at any model input size.
+MARGIN_FRACTION = 32.0 / 160.0
+
+
+class NoFaceError(ValueError):
+    """A photo in which the detector finds no face; ``str(e)`` names the file."""
+
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        self.path = None if path is None else str(path)
+        super().__init__(
+            f"{self.path or 'image'}: no face found (if the photos are already tight face crops, "
+            "use --crop none)"
+        )
+
+
+@dataclass
+class Face:
+    """One face of one photo."""
+
+    path: str | None  # the photo (None for an in-memory image)
+    face_index: int  # 0.. in detector order (highest score first)
+    box: tuple[float, float, float, float]  # (x1, y1, x2, y2) in photo pixels
+    score: float  # detector confidence (1.0 for crop="none")
+    crop: np.ndarray = field(repr=False)  # uint8 RGB (H, W, 3) at the model's input size
+    embedding: np.ndarray | None = field(default=None, repr=False)  # (D,) float32 unit vector
+
+
+@dataclass
+class PhotoResult:
+    """The faces of one photo, or why there are none."""
+
+    path: str
+    faces: list[Face]
+    error: str | None = None  # set when the photo could not be read
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's weights (names, dtypes, shapes, bytes); same scheme as the converter."""
+    h = hashlib.sha256()
+    state = model.state_dict()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def expand_paths(paths: Sequence[str | os.PathLike], recursive: bool = True) -> list[Path]:
+    """Files as given plus every image file inside given folders (sorted), duplicates removed.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(
+                f for f in (p.rglob("*") if recursive else p.iterdir()) if is_image_file(f)
+            )
+        elif p.exists() or p.is_symlink():
+            found = [p]
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        for f in found:
+            if f not in seen:
+                seen.add(f)
+                out.append(f)
+    return out
+
+
+class Embedder:
+    """Photos -> faces -> embeddings with one model.
+
+    Args:
+        model: an ``EmbeddingNet`` (carries ``spec``; optional ``thresholds``).
+        detector: a detector name (``facenet.detect.list_detectors()``), a detector object, or
+            None (only valid with ``crop="none"``).
+        crop: ``box`` (detector box + margin), ``similarity`` (5-point alignment) or ``none``
+            (each photo already is one face crop; no detection).
+        margin_fraction: margin as a fraction of the crop side (box and similarity modes).
+        batch_size: crops per forward pass.
+        device: torch device for the model.
+        ref: how the model was named by the user (kept in gallery provenance).
+        max_side: photos are shrunk to at most this side for detection (boxes mapped back).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        detector: str | Any | None = "mtcnn",
+        crop: CropMode = "box",
+        margin_fraction: float = MARGIN_FRACTION,
+        batch_size: int = 32,
+        device: str = "cpu",
+        ref: str = "",
+        max_side: int | None = 1280,
+    ) -> None:
+        if crop not in CROP_MODES:
+            raise ValueError(f"unknown crop mode {crop!r}; choose one of {', '.join(CROP_MODES)}")
+        if crop != "none" and detector is None:
+            raise ValueError(f"crop={crop!r} needs a face detector")
+        self.model = model.eval().to(device)
+        self.spec = model.spec
+        self.crop_mode = crop
+        self.margin_fraction = margin_fraction
+        self.batch_size = max(1, int(batch_size))
+        self.device = device
+        self.max_side = max_side
+        self.ref = ref or getattr(model, "pretrained", "") or getattr(model, "model_name", "")
+        self._detector_arg = detector if crop != "none" else None
+        self._detector: Any = None
+        self._fingerprint: ModelFingerprint | None = None
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_ref(cls, ref: str = DEFAULT_MODEL, **kwargs: Any) -> Embedder:
+        """Build from what a user typed: a weights/checkpoint path, ``NAME:PRETRAINED`` or
+        ``NAME`` (randomly initialised; only useful for tests)."""
+        from facenet.models.loading import load_model
+
+        device = kwargs.get("device", "cpu")
+        model = load_model(ref, map_location=device)
+        return cls(model, ref=ref, **kwargs)
+
+    # ------------------------------------------------------------------ model facts
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.spec.embedding_dim)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Calibrated squared-L2 thresholds shipped with the model (may be empty)."""
+        return {k: float(v) for k, v in (getattr(self.model, "thresholds", None) or {}).items()}
+
+    @property
+    def fingerprint(self) -> ModelFingerprint:
+        """Which embedding space this embedder produces (cached; hashing weights takes ~0.1 s)."""
+        if self._fingerprint is None:
+            name = getattr(self.model, "model_name", self.spec.name)
+            version = getattr(self.model, "pretrained", "") or (
+                Path(self.ref).name if self.ref and os.path.exists(self.ref) else "random-init"
+            )
+            self._fingerprint = ModelFingerprint(
+                name=name,
+                version=str(version),
+                weights_hash=weights_sha256(self.model),
+                embedding_dim=self.embedding_dim,
+                ref=self.ref,
+                compatible_with=tuple(getattr(self.model, "compatible_with", ()) or ()),
+            )
+        return self._fingerprint
+
+    @property
+    def detector(self) -> Any:
+        """The face detector (built on first use)."""
+        if self._detector is None and self._detector_arg is not None:
+            if isinstance(self._detector_arg, str):
+                from facenet.detect.base import create_detector
+
+                name = self._detector_arg
+                kwargs = {"device": self.device} if name == "mtcnn" else {}
+                self._detector = create_detector(name, **kwargs)
+            else:
+                self._detector = self._detector_arg
+        return self._detector
+
+    def describe(self) -> str:
+        return json.dumps(
+            {"model": self.ref, "crop": self.crop_mode, "dim": self.embedding_dim}, sort_keys=True
+        )
+
+    # ------------------------------------------------------------------ pixels -> crops
+
+    def _crop(self, image: np.ndarray, box: Sequence[float], landmarks: np.ndarray) -> np.ndarray:
+        from facenet.data.transforms import resize
+        from facenet.detect.align import crop_box, crop_similarity
+
+        h, w = self.spec.input_size
+        side = max(h, w)
+        margin = self.margin_fraction * side
+        if self.crop_mode == "similarity":
+            crop = crop_similarity(image, landmarks, side, margin)
+        else:
+            crop = crop_box(image, box, side, margin, margin_unit="output")
+        return resize(crop, (h, w))
+
+    def _faces_in(
+        self, images: Sequence[np.ndarray], paths: Sequence[str | None]
+    ) -> list[list[Face]]:
+        """Detected, cropped (not yet embedded) faces of each image."""
+        from facenet.data.transforms import resize
+
+        if self.crop_mode == "none":
+            return [
+                [
+                    Face(
+                        p,
+                        0,
+                        (0.0, 0.0, float(im.shape[1]), float(im.shape[0])),
+                        1.0,
+                        resize(im, self.spec.input_size),
+                    )
+                ]
+                for im, p in zip(images, paths, strict=True)
+            ]
+        from facenet.detect.align import detect_resized
+
+        detections = detect_resized(self.detector, images, self.max_side)
+        out = []
+        for im, p, dets in zip(images, paths, detections, strict=True):
+            faces = []
+            for i, d in enumerate(dets):
+                try:
+                    crop = self._crop(im, d.box, np.asarray(d.landmarks))
+                except ValueError:  # a box outside the image or degenerate landmarks
+                    continue
+                box = tuple(float(v) for v in d.box)
+                faces.append(Face(p, i, box, float(d.score), crop))  # type: ignore[arg-type]
+            out.append(faces)
+        return out
+
+    # ------------------------------------------------------------------ crops -> embeddings
+
+    @torch.inference_mode()
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """uint8 RGB crops (each (H, W, 3)) -> (N, D) float32 unit embeddings, batched."""
+        from facenet.data.transforms import to_tensor
+
+        out = np.zeros((len(crops), self.embedding_dim), np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            batch = to_tensor(list(crops[start : start + self.batch_size]), self.spec)
+            emb = self.model(batch.to(self.device)).float().cpu().numpy()
+            out[start : start + len(emb)] = emb
+        return out
+
+    def _embed_faces(self, faces: Sequence[Face]) -> None:
+        if not faces:
+            return
+        emb = self.embed_crops([f.crop for f in faces])
+        for f, e in zip(faces, emb, strict=True):
+            f.embedding = e
+
+    # ------------------------------------------------------------------ public entry points
+
+    def faces(self, image: np.ndarray, path: str | None = None) -> list[Face]:
+        """Every face of one uint8 RGB (H, W, 3) image, embedded."""
+        faces = self._faces_in([np.asarray(image)], [path])[0]
+        self._embed_faces(faces)
+        return faces
+
+    def subject(self, image: np.ndarray, path: str | None = None) -> Face:
+        """The main face of a photo (largest and most central, Sandberg's rule), embedded.
+
+        Raises:
+            NoFaceError: no face was found.
+        """
+        faces = self._faces_in([np.asarray(image)], [path])[0]
+        if not faces:
+            raise NoFaceError(path)
+        face = faces[_subject_index(faces, image.shape)]
+        self._embed_faces([face])
+        return face
+
+    def subject_of_file(self, path: str | os.PathLike) -> Face:
+        """``subject(load_image(path))``; raises ``ImageError`` or ``NoFaceError`` naming the file."""
+        return self.subject(load_image(path), str(path))
+
+    def embed_files(
+        self,
+        paths: Sequence[str | os.PathLike],
+        subject_only: bool = False,
+        progress: bool = False,
+        chunk: int = 16,
+    ) -> Iterator[PhotoResult]:
+        """Embed the faces of many photos, batched; yields one ``PhotoResult`` per path, in order.
+
+        A photo that cannot be read yields a result with ``error`` set (the batch continues);
+        a photo without a face yields an empty ``faces`` list.
+
+        Args:
+            subject_only: keep only each photo's main face.
+            progress: show a progress bar.
+            chunk: photos detected together.
+        """
+        from tqdm.auto import tqdm
+
+        paths = [str(p) for p in paths]
+        bar = tqdm(total=len(paths), desc="embedding", unit=" photos", disable=not progress)
+        try:
+            for start in range(0, len(paths), chunk):
+                group = paths[start : start + chunk]
+                images: list[np.ndarray] = []
+                ok: list[str] = []
+                errors: dict[str, str] = {}
+                for p in group:
+                    try:
+                        images.append(load_image(p))
+                        ok.append(p)
+                    except ImageError as e:
+                        errors[p] = str(e)
+                found = dict(zip(ok, self._faces_in(images, ok), strict=True))
+                if subject_only:
+                    shapes = dict(zip(ok, (im.shape for im in images), strict=True))
+                    found = {
+                        p: [f[_subject_index(f, shapes[p])]] if f else [] for p, f in found.items()
+                    }
+                self._embed_faces([f for faces in found.values() for f in faces])
+                for p in group:
+                    if p in errors:
+                        yield PhotoResult(p, [], errors[p])
+                    else:
+                        yield PhotoResult(p, found[p])
+                bar.update(len(group))
+        finally:
+            bar.close()
+
+
+def _subject_index(faces: Sequence[Face], shape: tuple[int, ...]) -> int:
+    from facenet.detect.align import choose_subject
+    from facenet.detect.base import Detection
+
+    dets = [Detection(f.box, np.zeros((5, 2)), f.score) for f in faces]
+    return choose_subject(dets, shape)
+
+
+def resolve_threshold(
+    thresholds: dict[str, float],
+    threshold: float | None = None,
+    far: float | None = None,
+    default: Sequence[str] = ("accuracy", "far_1e-3"),
+) -> tuple[float, str]:
+    """The squared-L2 decision threshold and where it came from.
+
+    ``threshold`` wins; else the model's ``far_<F>`` entry for ``far``; else the first of
+    ``default`` the model has.
+
+    Raises:
+        ValueError: nothing applies (the message lists what the model has and what to pass).
+    """
+    if threshold is not None:
+        if not 0.0 <= threshold <= 4.0:
+            raise ValueError(
+                f"--threshold {threshold} is outside [0, 4] (squared L2 of unit vectors)"
+            )
+        return float(threshold), "--threshold"
+    have = ", ".join(f"{k}={v:.4f}" for k, v in thresholds.items()) or "none"
+    if far is not None:
+        for key, value in thresholds.items():
+            if key.startswith("far_"):
+                try:
+                    if np.isclose(float(key[4:]), far, rtol=1e-6, atol=0.0):
+                        return float(value), f"model {key}"
+                except ValueError:
+                    continue
+        raise ValueError(
+            f"the model has no threshold calibrated for FAR={far:g} (it has: {have}); "
+            "pass --threshold T"
+        )
+    for key in default:
+        if key in thresholds:
+            return float(thresholds[key]), f"model {key}"
+    raise ValueError(
+        f"the model carries no calibrated threshold (it has: {have}); pass --threshold T "
+        "(squared L2 distance) or use a calibrated model such as " + DEFAULT_MODEL
+    )
+
+
+# --------------------------------------------------------------------------- embedding files
+
+EMBEDDING_FILE_FORMATS = (".npz", ".parquet")
+
+
+@dataclass
+class EmbeddingTable:
+    """Faces written by ``facenet embed``: one row per face."""
+
+    paths: np.ndarray  # (N,) str: the photo
+    face_index: np.ndarray  # (N,) int64: face number within the photo
+    boxes: np.ndarray  # (N, 4) float32: (x1, y1, x2, y2) in photo pixels
+    scores: np.ndarray  # (N,) float32: detector confidence
+    embeddings: np.ndarray  # (N, D) float32 unit vectors
+    meta: dict[str, Any] = field(default_factory=dict)  # model fingerprint, crop mode, ...
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def from_faces(cls, faces: Sequence[Face], dim: int, meta: dict[str, Any]) -> EmbeddingTable:
+        return cls(
+            paths=np.array([str(f.path) for f in faces], dtype=str),
+            face_index=np.array([f.face_index for f in faces], np.int64),
+            boxes=np.array([f.box for f in faces], np.float32).reshape(-1, 4),
+            scores=np.array([f.score for f in faces], np.float32),
+            embeddings=np.array([f.embedding for f in faces], np.float32).reshape(-1, dim),
+            meta=meta,
+        )
+
+
+def save_embeddings(path: str | os.PathLike, table: EmbeddingTable) -> Path:
+    """Write ``table`` atomically as ``.npz`` (NumPy) or ``.parquet`` (needs pyarrow)."""
+    from facenet.utils import atomic_write
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in EMBEDDING_FILE_FORMATS:
+        raise ValueError(f"{path}: output must end in {' or '.join(EMBEDDING_FILE_FORMATS)}")
+    if suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError(
+                f"{path}: writing Parquet needs pyarrow (pip install pyarrow); or use .npz"
+            ) from None
+        dim = table.embeddings.shape[1]
+        arrow = pa.table(
+            {
+                "path": pa.array(table.paths.tolist(), pa.string()),
+                "face_index": pa.array(table.face_index),
+                "box": pa.FixedSizeListArray.from_arrays(pa.array(table.boxes.ravel()), 4),
+                "score": pa.array(table.scores),
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    pa.array(table.embeddings.ravel()), dim
+                ),
+            },
+            metadata={"facenet": json.dumps(table.meta)},
+        )
+        with atomic_write(path) as f:
+            pq.write_table(arrow, f)
+        return path
+    with atomic_write(path) as f:
+        np.savez(
+            f,
+            path=table.paths,
+            face_index=table.face_index,
+            box=table.boxes,
+            score=table.scores,
+            embedding=table.embeddings,
+            meta=np.array(json.dumps(table.meta)),
+        )
+    return path
+
+
+def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
+    """Read a file written by ``save_embeddings``."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(path)
+        meta = json.loads((t.schema.metadata or {}).get(b"facenet", b"{}"))
+        emb = np.array(t.column("embedding").to_pylist(), np.float32)
+        return EmbeddingTable(
+            np.array(t.column("path").to_pylist(), dtype=str),
+            np.array(t.column("face_index").to_pylist(), np.int64),
+            np.array(t.column("box").to_pylist(), np.float32).reshape(-1, 4),
+            np.array(t.column("score").to_pylist(), np.float32),
+            emb.reshape(len(emb), -1),
+            meta,
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return EmbeddingTable(
+                z["path"],
+                z["face_index"],
+                z["box"],
+                z["score"],
+                z["embedding"],
+                json.loads(str(z["meta"])),
+            )
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: not a facenet embeddings file ({e})") from None
