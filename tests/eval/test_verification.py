@@ -219,3 +219,12 @@ def test_report_to_dict_is_json_ready():
 def test_bad_inputs(d, y, match):
     with pytest.raises(ValueError, match=match):
         evaluate_verification(d, y, folds=2)
+
+
+def test_single_class_folds_are_flagged_not_inf():
+    d, y = random_case(2, n=200, ties=False)
+    order = np.argsort(~y, kind="stable")  # all same pairs first: blocks hold one class
+    d, y = d[order], y[order]
+    rep = evaluate_verification(d, y, np.repeat(np.arange(4), 50))
+    assert any("only one class" in n for n in rep.notes)
+    assert np.isfinite(rep.fold_far_resolution) and np.isfinite(rep.val_mean)

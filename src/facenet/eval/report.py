@@ -145,6 +145,14 @@ def plot_histograms(
     return path
 
 
+def _pct(x: float) -> str:
+    return "-" if not np.isfinite(x) else f"{100 * x:.2f}%"
+
+
+def _num(x: float) -> str:
+    return "-" if not np.isfinite(x) else f"{x:.4f}"
+
+
 def lfw_table_row(name: str, rep: VerificationReport, extra: str = "") -> str:
     """One Markdown row: model | accuracy ± std | VAL@FAR | AUC | EER | notes."""
     flag = "" if rep.far_attainable else " (FAR=0: target below resolution)"
@@ -181,7 +189,7 @@ def markdown_report(
         zip(rep.fold_accuracies, rep.fold_thresholds, rep.fold_vals, rep.fold_fars, strict=True),
         start=1,
     ):
-        lines.append(f"| {i} | {100 * a:.2f}% | {t:.4f} | {100 * v:.2f}% | {f:.4f} |")
+        lines.append(f"| {i} | {100 * a:.2f}% | {t:.4f} | {_pct(v)} | {_num(f)} |")
     if rep.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in rep.notes]
     for title, body in (sections or {}).items():
@@ -261,7 +269,7 @@ def write_report(
         + "\n".join(f"| {n} | {v:.1f}% ± {s:.1f} |" for n, v, s in PAPER_VAL_HOLDOUT)
     )
     folds_md = "| fold | accuracy | threshold | VAL | FAR |\n|---|---|---|---|---|\n" + "\n".join(
-        f"| {i} | {100 * a:.2f}% | {t:.4f} | {100 * v:.2f}% | {f:.4f} |"
+        f"| {i} | {100 * a:.2f}% | {t:.4f} | {_pct(v)} | {_num(f)} |"
         for i, (a, t, v, f) in enumerate(
             zip(
                 rep.fold_accuracies, rep.fold_thresholds, rep.fold_vals, rep.fold_fars, strict=True

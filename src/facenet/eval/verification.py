@@ -310,17 +310,24 @@ def evaluate_verification(
     roc = roc_curve(d, y)
     eer, eer_thr = equal_error_rate(roc)
     t_acc, _ = best_accuracy_threshold(d, y)
-    fold_res = 1.0 / min(test_diffs) if min(test_diffs) else float("inf")
+    with_diff = [n for n in test_diffs if n > 0]
+    fold_res = 1.0 / min(with_diff) if with_diff else float("nan")
     notes = []
+    lopsided = [int(f) + 1 for f in fold_values if not (y[ids == f].any() and (~y[ids == f]).any())]
+    if lopsided:
+        notes.append(
+            f"Fold(s) {', '.join(map(str, lopsided))} hold only one class of pairs: their "
+            f"accuracy is still defined, their per-fold VAL or FAR is not (left out of the means)."
+        )
     if not pooled.attainable:
         notes.append(
             f"FAR target {far_target:g} is below the smallest non-zero FAR these pairs can show "
             f"(1/{n_diff} = {pooled.far_resolution:.2e}); VAL is reported at FAR = 0 "
             f"(the strictest threshold), not extrapolated."
         )
-    if fold_res > far_target:
+    if with_diff and fold_res > far_target:
         notes.append(
-            f"Per-fold VAL@FAR: the smallest held-out fold has {min(test_diffs)} different pairs, "
+            f"Per-fold VAL@FAR: the smallest held-out fold has {min(with_diff)} different pairs, "
             f"so its measured FAR is 0 or >= {fold_res:.2e}; the threshold is fitted on the "
             f"other folds at FAR <= {far_target:g}."
         )
