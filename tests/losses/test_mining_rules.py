@@ -73,7 +73,7 @@ CASES = cases()
 
 
 def as_list(triplets: Triplets) -> list[tuple[int, int, int]]:
-    return list(zip(*(t.tolist() for t in triplets)))
+    return list(zip(*(t.tolist() for t in triplets), strict=True))
 
 
 def check_rule(rule: str, sq: torch.Tensor, labels_t: torch.Tensor, margin: float, out: Triplets):

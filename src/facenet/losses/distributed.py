@@ -49,7 +49,7 @@ def _all_gather_padded(x: Tensor, sizes: list[int], group: dist.ProcessGroup | N
     padded[: x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous(), group=group)
-    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
 
 
 class _GatherWithGrad(torch.autograd.Function):

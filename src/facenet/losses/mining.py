@@ -139,12 +139,14 @@ def _cat(parts: list[Tensor], device: torch.device) -> Tensor:
 def _repeat_index(counts: Tensor) -> Tensor:
     """``[0] * counts[0] + [1] * counts[1] + ...`` as an int64 tensor.
 
-    Same as ``torch.repeat_interleave(counts)``, whose CPU kernel starts a parallel region even for
-    tiny inputs and stalls for milliseconds on a busy machine; a binary search does not.
+    Same as ``torch.repeat_interleave(counts)``, whose CPU kernel opens a parallel region even for
+    tiny inputs and stalls for milliseconds on a busy machine, so CPU uses ``numpy.repeat``.
     """
-    ends = torch.cumsum(counts, 0)
-    total = int(ends[-1]) if ends.numel() else 0
-    return torch.searchsorted(ends, torch.arange(total, device=counts.device), right=True)
+    if counts.device.type == "cpu":
+        return torch.from_numpy(
+            np.repeat(np.arange(counts.numel(), dtype=np.int64), counts.numpy())
+        )
+    return torch.repeat_interleave(counts)
 
 
 def _uniform(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -234,9 +236,8 @@ def _sorted_chunks(
     step = _chunk_rows(batch, chunk_size)
     device = sq_dist.device
     pair_anchor, pair_positive = _positive_pairs(labels)
-    bounds = torch.searchsorted(
-        pair_anchor, torch.arange(0, batch + step, step, device=device).clamp_max(batch)
-    ).tolist()
+    pairs_before = torch.cumsum(torch.bincount(pair_anchor, minlength=batch), 0).tolist()
+    bounds = [0] + [pairs_before[min(s + step, batch) - 1] for s in range(0, batch, step)]
     for i, start in enumerate(range(0, batch, step)):
         rows = torch.arange(start, min(start + step, batch), device=device)  # (c,)
         dist = sq_dist[start : start + step]  # (c, B)
@@ -254,14 +255,26 @@ def _sorted_chunks(
 
 
 def _row_search(sorted_rows: Tensor, row: Tensor, values: Tensor, right: bool) -> Tensor:
-    """For each i, ``searchsorted(sorted_rows[row[i]], values[i])`` without gathering rows.
+    """For each i, ``searchsorted(sorted_rows[row[i]], values[i])``, without gathering rows.
 
-    Pairs are grouped by row (``row`` is non-decreasing) into a padded (c, k_max) matrix so that
-    one batched ``searchsorted`` over the (c, B) sorted rows answers all of them.
+    ``row`` is non-decreasing (pairs are anchor-major). On CPU this is one ``numpy.searchsorted``
+    per row: torch's CPU ``searchsorted`` opens a parallel region even for tiny inputs, which
+    stalls for milliseconds per call on a busy machine. Elsewhere the pairs are packed into a
+    padded (c, k_max) matrix for one batched ``torch.searchsorted``.
     """
     c = sorted_rows.shape[0]
     if row.numel() == 0:
         return _empty(sorted_rows.device)
+    side = "right" if right else "left"
+    if sorted_rows.device.type == "cpu":
+        rows_np, values_np, sorted_np = row.numpy(), values.numpy(), sorted_rows.numpy()
+        bounds = np.searchsorted(rows_np, np.arange(c + 1), side="left")
+        out = np.empty(len(rows_np), dtype=np.int64)
+        for r in range(c):
+            lo, hi = bounds[r], bounds[r + 1]
+            if hi > lo:
+                out[lo:hi] = np.searchsorted(sorted_np[r], values_np[lo:hi], side=side)
+        return torch.from_numpy(out)
     counts = torch.bincount(row, minlength=c)  # pairs per row
     k_max = int(counts.max())
     starts = torch.cumsum(counts, 0) - counts
@@ -275,10 +288,9 @@ def _row_search(sorted_rows: Tensor, row: Tensor, values: Tensor, right: bool) -
 def _pick(chunk: _Chunk, first: Tensor, count: Tensor, u: Tensor | None) -> tuple[Tensor, ...]:
     """Pick, per pair, the sorted negative at ``first`` (u None) or uniform in [first, first+count)."""
     keep = count > 0
-    if u is None:
-        k = first
-    else:
-        k = first + (u * count).floor().long().clamp_max(count - 1).clamp_min(0)
+    k = first
+    if u is not None:
+        k = k + (u * count).floor().long().clamp_max(count - 1).clamp_min(0)
     row, pos, k = chunk.pair_row[keep], chunk.pair_pos[keep], k[keep]
     negative = _column(chunk.neg_order[row, k])
     return chunk.rows[row], pos, negative, int((~keep).sum())
