@@ -112,20 +112,23 @@ def best_accuracy_threshold(distances: np.ndarray, issame: np.ndarray) -> tuple[
     and the threshold sits halfway between its distance and the next distinct one.
     """
     d, y = _check(distances, issame)
-    roc = roc_curve(d, y)
-    n_same, n_diff = int(y.sum()), int((~y).sum())
-    tp = np.nan_to_num(roc["tar"]) * n_same
-    tn = n_diff - np.nan_to_num(roc["far"]) * n_diff
-    acc = (tp + tn) / d.size
-    k = int(np.argmax(acc))
-    thr = roc["thresholds"]
+    order = np.argsort(d, kind="stable")
+    ds, ys = d[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ds)), ds.size - 1]  # last index of each distinct value
+    tp = np.r_[0, np.cumsum(ys)[last]]  # integer counts: exact ties between candidates
+    fp = np.r_[0, np.cumsum(~ys)[last]]
+    correct = tp + (int((~y).sum()) - fp)  # (M+1,) correctly classified pairs
+    k = int(np.argmax(correct))
+    thr = np.r_[-np.inf, ds[last]]
     if k == 0:
         threshold = float(np.nextafter(thr[1], -np.inf))  # below every distance: accept none
     elif k == thr.size - 1:
         threshold = float(thr[k])
     else:
         threshold = float((thr[k] + thr[k + 1]) / 2)
-    return threshold, float(acc[k])
+        if not threshold < thr[k + 1]:  # adjacent floats: the midpoint rounded up
+            threshold = float(thr[k])
+    return threshold, float(correct[k] / d.size)
 
 
 @dataclass(frozen=True)
