@@ -38,6 +38,12 @@ def _graph_file() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "graph_final.pb"
 
 
+@pytest.fixture(autouse=True)
+def _never_the_user_cache(tmp_path, monkeypatch):
+    """No test may read or write ~/.cache: point the cache at a fresh folder by default."""
+    monkeypatch.setenv("FACENET_CACHE", str(tmp_path / "default-cache"))
+
+
 @pytest.fixture(scope="module")
 def graph_nodes() -> list[Node]:
     return read_graphdef(_graph_file())
