@@ -188,8 +188,8 @@ def build_validation(config: Config, input_size: tuple[int, int], progress: bool
 class BatchStream:
     """Endless identity-balanced batches for this rank, with a resumable position.
 
-    Wraps ``facenet.data.sampler.IdentityBalancedSampler``: epoch ``e`` is the sampler's
-    deterministic permutation for (seed, e); the position is (epoch, batch index in epoch).
+    Wraps ``facenet.data.sampler.IdentityBalancedSampler`` (global batch ``i`` of epoch ``e`` is a
+    pure function of (seed, e, i)); the position is (epoch, batches consumed in the epoch).
     """
 
     def __init__(self, labels: np.ndarray, config: Config, rank: int, world_size: int) -> None:
@@ -228,16 +228,15 @@ class BatchStream:
                 self._start_epoch()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+        """The sampler's state at the number of batches *consumed* (no prefetching here)."""
+        return {**self.sampler.state_dict(), "epoch": self.epoch, "position": self.batch_in_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue at (epoch, batch): replay the epoch's deterministic order up to there."""
+        """Continue at (epoch, position); the sampler checks its configuration matches."""
+        self.sampler.load_state_dict(state)
         self.epoch = int(state["epoch"])
-        self.batch_in_epoch = 0
-        self._start_epoch()
-        for _ in range(int(state["batch_in_epoch"])):
-            next(self._it)
-            self.batch_in_epoch += 1
+        self.batch_in_epoch = int(state["position"])
+        self._it = iter(self.sampler)
 
 
 # ------------------------------------------------------------------------------ optimiser

@@ -1,0 +1,163 @@
+"""A real (tiny, synthetic-data) training run through the CLI: outputs, resume, faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from facenet.cli import main
+from facenet.config import load_config
+from facenet.models.loading import load_weights_file
+from facenet.train.checkpoint import load_checkpoint
+
+SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
+
+
+def _args(run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--config",
+        SMOKE,
+        f"output.dir={run_dir}",
+        f"data.cache_dir={run_dir.parent / 'cache'}",
+        *extra,
+    ]
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref") / "run"
+    assert main(_args(run, "output.tensorboard=true")) == 0
+    return run
+
+
+def test_run_writes_everything_a_user_needs(reference_run):
+    run = reference_run
+    for name in (
+        "config.yaml",
+        "train_log.csv",
+        "val_log.csv",
+        "curves.png",
+        "last.pt",
+        "best.pt",
+        "best.safetensors",
+        "last.safetensors",
+    ):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["step"] == 24 and ckpt["model"] == "tiny"
+    assert ckpt["config"]["max_steps"] == 24 and ckpt["spec"]["input_size"] == [32, 32]
+    for key in ("optimizer", "sampler", "rng", "metrics", "thresholds", "model_kwargs"):
+        assert ckpt[key], key
+    assert set(ckpt["thresholds"]) == {"accuracy", "far_1e-3"}
+    # the resolved config beside the run rebuilds the same config
+    assert load_config(run / "config.yaml").max_steps == 24
+    # checkpoints load as models, thresholds included (verify/identify/cluster use them)
+    model = load_weights_file(run / "best.pt")
+    assert model.thresholds == load_checkpoint(run / "best.pt")["thresholds"]
+    st = load_weights_file(run / "last.safetensors")
+    assert _states_equal(st.state_dict(), ckpt["model_state"])
+    # validation rows at steps 8, 16, 24 on identities never trained on
+    rows = (run / "val_log.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [8, 16, 24]
+    assert load_checkpoint(run / "best.pt")["best"]["accuracy"] > 0.6
+
+
+def test_existing_run_needs_resume(reference_run, capsys):
+    assert main(_args(reference_run)) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_resume_after_sigkill_is_bit_exact(reference_run, tmp_path):
+    """Kill a real training process with SIGKILL mid-run, resume, compare final weights."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "facenet", *_args(run)]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    killed_at = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if (run / "last.pt").exists():
+                step = load_checkpoint(run / "last.pt")["step"]
+                if step >= 8:  # past a validation and a few checkpoints, well before the end
+                    proc.send_signal(signal.SIGKILL)
+                    killed_at = step
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.wait(timeout=60)
+    if killed_at is None:
+        pytest.fail(f"process ended before it could be killed: {proc.stdout.read().decode()}")
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(run / "last.pt")["step"] < 24
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    final = load_checkpoint(run / "last.pt")
+    ref = load_checkpoint(reference_run / "last.pt")
+    assert final["step"] == ref["step"] == 24
+    assert _states_equal(final["model_state"], ref["model_state"])
+    # the logs are continuous too: one row per logged step, no duplicates from the replay
+    steps = [int(r.split(",")[0]) for r in (run / "train_log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(2, 25, 2))
+    ref_val = (reference_run / "val_log.csv").read_text().splitlines()
+    assert (run / "val_log.csv").read_text().splitlines() == ref_val
+
+
+def test_collapse_stops_with_a_clear_message(tmp_path, capsys):
+    # spread is always < 2, so every step counts as collapsed: the run must stop at step 3
+    code = main(_args(tmp_path / "run", "faults.collapse_spread=2.0", "faults.collapse_patience=3"))
+    assert code == 5
+    err = capsys.readouterr().err
+    assert "collapsed at step 3" in err and "embedding spread" in err
+
+
+def test_divergence_stops_before_the_weights_are_touched(tmp_path, monkeypatch, capsys):
+    import facenet.losses as losses
+
+    real = losses.triplet_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **kw):
+        out = real(*a, **kw)
+        calls["n"] += 1
+        if calls["n"] == 7:  # step 7: after the checkpoint of step 4
+            return type(out)(out.loss * float("nan"), out.stats, out.triplets)
+        return out
+
+    monkeypatch.setattr(losses, "triplet_loss", poisoned)
+    run = tmp_path / "run"
+    assert main(_args(run)) == 4
+    err = capsys.readouterr().err
+    assert "diverged at step 7" in err and str(run / "last.pt") in err
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["step"] == 4
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["model_state"].values() if v.is_floating_point()
+    )
+    load_weights_file(run / "last.pt")  # the last good checkpoint is intact and loadable
+
+
+def test_bad_override_is_exit_code_2(tmp_path, capsys):
+    assert main(_args(tmp_path / "run", "optimiser.lrr=1")) == 2
+    assert "optimiser.lrr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+def test_other_optimisers_train(tmp_path, name):
+    lr = 0.05 if name == "adagrad" else 0.01
+    run = tmp_path / "run"
+    assert main(_args(run, "max_steps=6", f"optimiser.name={name}", f"optimiser.lr={lr}")) == 0
+    assert load_checkpoint(run / "last.pt")["optimizer"]["state"]
