@@ -51,6 +51,10 @@ class DataConfig:
     test_fold: int = 0  # held-out fold of people.txt for split="lfw_folds" (0..9)
     exclude_people: tuple[str, ...] = ()  # extra people-list files whose people are dropped
     stored_size: int = 0  # side of cached images in pixels; 0 = input size * 8/7 (crop room)
+    # centre fraction of each image kept before resizing into the cache (training and
+    # validation images alike): 1.0 for `facenet align` crops; ~0.6 for deep-funneled LFW
+    # originals, whose face spans about 1/2.2 of the 250 px frame.
+    crop_fraction: float = 1.0
     cache_dir: str = "~/.cache/facenet/images"  # decoded uint8 caches, reused across runs
     decode_threads: int = 2  # threads decoding JPEGs while building the cache
     augment: AugmentConfig = field(default_factory=AugmentConfig)

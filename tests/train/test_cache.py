@@ -47,3 +47,14 @@ def test_square_resize_takes_the_centre_of_non_square_images():
     img[10:30] = 255
     out = square_resize(img, 10)
     assert out.shape == (10, 10, 3) and out.min() == 255
+
+
+def test_crop_fraction_keeps_the_centre():
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[20:80, 20:80] = 200
+    out = square_resize(img, 30, crop_fraction=0.6)
+    assert out.shape == (30, 30, 3) and out.min() == 200
+
+
+def test_crop_fraction_is_part_of_the_key(files):
+    assert cache_key(files, 20, 0.6) != cache_key(files, 20)

@@ -46,17 +46,19 @@ class CachedImages:
         return int(self.images.shape[1])
 
 
-def square_resize(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, 3) -> (size, size, 3): centre square of the shorter side, then resize."""
+def square_resize(image: np.ndarray, size: int, crop_fraction: float = 1.0) -> np.ndarray:
+    """uint8 (H, W, 3) -> (size, size, 3): centre square of ``crop_fraction`` of the shorter
+    side, then resize."""
     h, w = image.shape[:2]
-    s = min(h, w)
+    s = max(1, round(min(h, w) * crop_fraction))
     top, left = (h - s) // 2, (w - s) // 2
     return resize(image[top : top + s, left : left + s], (size, size))
 
 
-def cache_key(paths: Sequence[str], size: int) -> str:
-    """Hex digest of (paths, file sizes, mtimes, size): changes when any input changes."""
-    h = hashlib.sha1(f"v{CACHE_VERSION}:{size}:{len(paths)}".encode())
+def cache_key(paths: Sequence[str], size: int, crop_fraction: float = 1.0) -> str:
+    """Hex digest of (paths, file sizes, mtimes, size, crop): changes when any input changes."""
+    crop = "" if crop_fraction == 1.0 else f":crop{crop_fraction!r}"
+    h = hashlib.sha1(f"v{CACHE_VERSION}:{size}:{len(paths)}{crop}".encode())
     for p in paths:
         try:
             st = os.stat(p)
@@ -66,9 +68,9 @@ def cache_key(paths: Sequence[str], size: int) -> str:
     return h.hexdigest()[:20]
 
 
-def _decode(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
+def _decode(path: str, size: int, crop_fraction: float) -> tuple[np.ndarray | None, str | None]:
     try:
-        return square_resize(load_image(path), size), None
+        return square_resize(load_image(path), size, crop_fraction), None
     except ImageError as e:
         return None, str(e)
 
@@ -79,8 +81,12 @@ def build_cache(
     cache_dir: str | os.PathLike,
     threads: int = 2,
     progress: bool = False,
+    crop_fraction: float = 1.0,
 ) -> CachedImages:
     """Decode ``paths`` into an (N, size, size, 3) uint8 memmap under ``cache_dir`` (or reuse it).
+
+    Each image keeps its centre square of ``crop_fraction`` of the shorter side, resized to
+    ``size`` (see ``square_resize``).
 
     Unreadable images are reported with a warning naming the file and marked in ``ok``; the
     rest of the batch continues. The finished cache is published atomically: a crash leaves
@@ -88,7 +94,7 @@ def build_cache(
     """
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(paths, size)
+    key = cache_key(paths, size, crop_fraction)
     data_path = cache_dir / f"{key}.u8"
     index_path = cache_dir / f"{key}.json"
     n = len(paths)
@@ -112,7 +118,9 @@ def build_cache(
             chunk = 256
             for start in range(0, n, chunk):
                 batch = paths[start : start + chunk]
-                for i, (img, err) in enumerate(pool.map(lambda p: _decode(p, size), batch)):
+                for i, (img, err) in enumerate(
+                    pool.map(lambda p: _decode(p, size, crop_fraction), batch)
+                ):
                     if img is None:
                         errors.append(err or f"{batch[i]}: unreadable")
                         out[start + i] = 0

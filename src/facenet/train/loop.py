@@ -155,7 +155,12 @@ def build_train_data(
             "use data.split / data.exclude_people to keep them out"
         )
     cached = build_cache(
-        dataset.paths, size, config.data.cache_dir, config.data.decode_threads, progress
+        dataset.paths,
+        size,
+        config.data.cache_dir,
+        config.data.decode_threads,
+        progress,
+        config.data.crop_fraction,
     )
     keep = np.flatnonzero(cached.ok)
     labels = dataset.labels[keep]
@@ -181,7 +186,13 @@ def build_validation(config: Config, input_size: tuple[int, int], progress: bool
     if not pairs or not v.root:
         raise ValueError("validation needs validation.pairs and validation.root (aligned images)")
     return load_lfw_pairs(
-        pairs, Path(v.root).expanduser(), size, config.data.cache_dir, v.folds, progress
+        pairs,
+        Path(v.root).expanduser(),
+        size,
+        config.data.cache_dir,
+        v.folds,
+        progress,
+        config.data.crop_fraction,
     )
 
 

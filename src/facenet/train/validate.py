@@ -68,6 +68,7 @@ def load_lfw_pairs(
     cache_dir: str | os.PathLike,
     folds: int = 10,
     progress: bool = False,
+    crop_fraction: float = 1.0,
 ) -> PairSet:
     """Read an LFW pairs file and cache its images from ``root`` (e.g. aligned LFW) at ``size``.
 
@@ -95,7 +96,7 @@ def load_lfw_pairs(
         keep.append(i)
     if not keep:
         raise FileNotFoundError(f"{root}: none of the images of {pairs_path} were found")
-    cached = build_cache(paths, size, cache_dir, progress=progress)
+    cached = build_cache(paths, size, cache_dir, progress=progress, crop_fraction=crop_fraction)
     left_a, right_a, keep_a = np.asarray(left), np.asarray(right), np.asarray(keep)
     ok = cached.ok[left_a] & cached.ok[right_a]
     skipped = len(pairs) - int(ok.sum())
