@@ -284,3 +284,20 @@ def test_property_rules_hold_for_random_batches(labels, seed, margin, rule, doub
         sq, labels_t, rule, margin, torch.Generator().manual_seed(seed), chunk_size=2
     )
     assert as_list(chunked) == as_list(out)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_pure_torch_path_used_on_gpus_matches(rule: str, monkeypatch):
+    """The GPU code path (torch sort / searchsorted / repeat_interleave), exercised on CPU."""
+    from facenet.losses import mining
+
+    inputs = [CASES["random-f32"], CASES["ties-f32"], CASES["duplicates"], random_batch(9, 40, 6)]
+    numpy_results = [
+        as_list(mine_triplets(sq, lab, rule, 0.2, torch.Generator().manual_seed(1), chunk_size=7))
+        for sq, lab in inputs
+    ]
+    monkeypatch.setattr(mining, "_NUMPY_ON_CPU", False)
+    for (sq, labels), expected in zip(inputs, numpy_results, strict=True):
+        out = mine_triplets(sq, labels, rule, 0.2, torch.Generator().manual_seed(1), chunk_size=7)
+        check_rule(rule, sq, labels, 0.2, out)
+        assert as_list(out) == expected
