@@ -83,12 +83,15 @@ def run(args: argparse.Namespace) -> int:
         spec = create_model(args.model).spec
         h, w = spec.input_size
         if h != w:
-            print(f"error: model {args.model} wants {h}x{w} input; only square crops are made",
-                  file=sys.stderr)
+            print(
+                f"error: model {args.model} wants {h}x{w} input; only square crops are made",
+                file=sys.stderr,
+            )
             return 2
         if size is not None and size != h:
-            print(f"error: --size {size} contradicts --model {args.model} ({h}x{w})",
-                  file=sys.stderr)
+            print(
+                f"error: --size {size} contradicts --model {args.model} ({h}x{w})", file=sys.stderr
+            )
             return 2
         size = h
     size = 160 if size is None else size
