@@ -1,0 +1,282 @@
+"""Every application command end to end through ``facenet.cli.main`` on ORL (tight crops, so
+``--crop none``) with a ``tiny`` model trained on ORL for a few seconds; bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facenet.apps.embedder import load_embeddings
+from facenet.apps.gallery import Gallery
+from facenet.cli import main
+
+
+@pytest.fixture
+def args(trained_tiny):
+    return ["--model", str(trained_tiny), "--crop", "none"]
+
+
+def test_embed_writes_one_row_per_face(orl_dir, tmp_path, args, capsys):
+    out = tmp_path / "e.npz"
+    assert (
+        main(
+            ["embed", str(orl_dir / "s1"), str(orl_dir / "s2" / "1.pgm"), "--out", str(out), *args]
+        )
+        == 0
+    )
+    t = load_embeddings(out)
+    assert len(t) == 11 and t.embeddings.shape == (11, 128)
+    np.testing.assert_allclose(np.linalg.norm(t.embeddings, axis=1), 1.0, atol=1e-5)
+    assert t.boxes[0].tolist() == [0, 0, 92, 112] and set(t.face_index) == {0}
+    assert t.meta["model"]["name"] == "tiny" and "11 faces" in capsys.readouterr().out
+
+
+def test_embed_reports_a_corrupt_file_and_continues(orl_dir, tmp_path, args, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    out = tmp_path / "e.npz"
+    assert main(["embed", str(bad), str(orl_dir / "s1" / "1.pgm"), "--out", str(out), *args]) == 1
+    assert "broken.jpg" in capsys.readouterr().err
+    assert len(load_embeddings(out)) == 1
+    assert main(["embed", str(tmp_path / "missing"), "--out", str(out), *args]) == 1
+    assert main(["embed", str(orl_dir / "s1"), "--out", str(tmp_path / "e.txt"), *args]) == 1
+
+
+def test_verify_same_and_different(orl_dir, args, capsys):
+    assert (
+        main(["verify", str(orl_dir / "s1/1.pgm"), str(orl_dir / "s1/2.pgm"), "--json", *args]) == 0
+    )
+    same = json.loads(capsys.readouterr().out)
+    assert (
+        main(["verify", str(orl_dir / "s1/1.pgm"), str(orl_dir / "s7/1.pgm"), "--json", *args]) == 0
+    )
+    diff = json.loads(capsys.readouterr().out)
+    assert same["same"] and not diff["same"] and same["distance"] < diff["distance"]
+    assert same["threshold_source"] == "model accuracy"
+    assert (
+        main(
+            [
+                "verify",
+                str(orl_dir / "s1/1.pgm"),
+                str(orl_dir / "s1/2.pgm"),
+                "--threshold",
+                "0",
+                *args,
+            ]
+        )
+        == 0
+    )
+    assert "DIFFERENT people" in capsys.readouterr().out
+    assert (
+        main(
+            ["verify", str(orl_dir / "s1/1.pgm"), str(orl_dir / "s1/2.pgm"), "--far", "1e-3", *args]
+        )
+        == 0
+    )
+    assert "far_1e-3" in capsys.readouterr().out
+    assert (
+        main(
+            ["verify", str(orl_dir / "s1/1.pgm"), str(orl_dir / "s1/2.pgm"), "--far", "0.5", *args]
+        )
+        == 1
+    )
+    assert "no threshold calibrated for FAR=0.5" in capsys.readouterr().err
+
+
+def test_verify_with_detection_finds_no_face_in_a_blank_image(tmp_path, trained_tiny, capsys):
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (120, 120), (128, 128, 128)).save(blank)
+    assert main(["verify", str(blank), str(blank), "--model", str(trained_tiny)]) == 1
+    assert "blank.png: no face found" in capsys.readouterr().err
+
+
+def gallery_state(directory: Path):
+    with Gallery(directory, create=False) as g:
+        return [(p.name, p.embeddings) for p in g.identities()], len(g), g.generation
+
+
+def test_gallery_enroll_identify_remove_list(orl_dir, tmp_path, args, other_tiny, capsys):
+    gdir = str(tmp_path / "gallery")
+    for person in range(1, 11):
+        photos = [str(orl_dir / f"s{person}" / f"{k}.pgm") for k in (1, 2, 3)]
+        assert main(["gallery", "enroll", f"s{person}", *photos, "--gallery", gdir, *args]) == 0
+    capsys.readouterr()
+    # known people, later photos: found (the gallery remembers the model; only --crop is given)
+    right = 0
+    for person in range(1, 11):
+        assert (
+            main(
+                [
+                    "identify",
+                    str(orl_dir / f"s{person}/7.pgm"),
+                    "--gallery",
+                    gdir,
+                    "--crop",
+                    "none",
+                    "--json",
+                ]
+            )
+            == 0
+        )
+        right += json.loads(capsys.readouterr().out)["identity"] == f"s{person}"
+    assert right >= 9
+    # strangers (never enrolled, never trained on) at a strict threshold: unknown
+    answer = None
+    assert (
+        main(
+            [
+                "identify",
+                str(orl_dir / "s40/1.pgm"),
+                "--gallery",
+                gdir,
+                "--crop",
+                "none",
+                "--threshold",
+                "0.05",
+            ]
+        )
+        == 0
+    )
+    answer = capsys.readouterr().out
+    assert "unknown" in answer and "1. s" in answer
+    assert main(["gallery", "list", "--gallery", gdir, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [p["name"] for p in listed["identities"]] == sorted(f"s{i}" for i in range(1, 11))
+    assert all(p["faces"] == 3 for p in listed["identities"])
+    before = gallery_state(tmp_path / "gallery")
+    # bad inputs: clear errors, gallery untouched
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert main(["gallery", "enroll", "eve", str(bad), "--gallery", gdir, *args]) == 1
+    err = capsys.readouterr().err
+    assert "nothing enrolled for 'eve'" in err and "corrupt.png" in err
+    assert main(["gallery", "remove", "nobody", "--gallery", gdir]) == 1
+    assert "no identity 'nobody'" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "gallery",
+                "enroll",
+                "s11",
+                str(orl_dir / "s11/1.pgm"),
+                "--gallery",
+                gdir,
+                "--model",
+                str(other_tiny),
+                "--crop",
+                "none",
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "was built with" in err and "not comparable" in err
+    assert (
+        main(
+            [
+                "identify",
+                str(orl_dir / "s1/1.pgm"),
+                "--gallery",
+                gdir,
+                "--model",
+                str(other_tiny),
+                "--crop",
+                "none",
+            ]
+        )
+        == 1
+    )
+    assert "not comparable" in capsys.readouterr().err
+    assert gallery_state(tmp_path / "gallery") == before
+    # partial enrolment: the good photo goes in, the bad one is reported
+    assert (
+        main(
+            [
+                "gallery",
+                "enroll",
+                "s11",
+                str(orl_dir / "s11/1.pgm"),
+                str(bad),
+                "--gallery",
+                gdir,
+                *args,
+            ]
+        )
+        == 1
+    )
+    assert "corrupt.png" in capsys.readouterr().err
+    assert main(["gallery", "remove", "s11", "--gallery", gdir]) == 0
+    assert main(["gallery", "remove", "s3", "--gallery", gdir]) == 0
+    assert "removed 's3' (3 face(s))" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "identify",
+                str(orl_dir / "s3/7.pgm"),
+                "--gallery",
+                gdir,
+                "--crop",
+                "none",
+                "--json",
+                "--k",
+                "3",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["identity"] != "s3" and len(out["matches"]) == 3
+    assert main(["gallery", "rebuild", "--gallery", gdir]) == 0
+    assert main(["gallery", "list", "--gallery", gdir]) == 0
+    assert "9 people, 27 faces" in capsys.readouterr().out
+
+
+def test_identify_without_a_gallery_is_a_clear_error(orl_dir, tmp_path, args, capsys):
+    assert (
+        main(["identify", str(orl_dir / "s1/1.pgm"), "--gallery", str(tmp_path / "none"), *args])
+        == 1
+    )
+    assert "no gallery at" in capsys.readouterr().err
+    assert main(["gallery", "list", "--gallery", str(tmp_path / "none")]) == 1
+
+
+@pytest.mark.parametrize("method", ["agglomerative", "hdbscan", "chinese-whispers"])
+def test_cluster_orl_people(orl_dir, tmp_path, args, method, capsys):
+    from facenet.eval.clustering import clustering_metrics
+
+    photos = tmp_path / "photos"
+    for person in range(1, 9):  # seen in training: the tiny model separates them well
+        shutil.copytree(orl_dir / f"s{person}", photos / f"s{person}")
+    out = tmp_path / "out"
+    extra = ["--min-cluster-size", "3"] if method == "hdbscan" else []
+    assert main(["cluster", str(photos), "--out", str(out), "--method", method, *extra, *args]) == 0
+    assert "80 faces" in capsys.readouterr().out
+    import csv
+
+    with open(out / "clusters.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    truth = [Path(r["photo"]).parent.name for r in rows]
+    report = clustering_metrics(truth, [int(r["cluster"]) for r in rows])
+    assert report.bcubed_f > 0.8, report
+    assert (out / "index.html").is_file() and (out / "cluster_0000").is_dir()
+
+
+def test_cluster_from_an_embeddings_file(orl_dir, tmp_path, args, capsys):
+    emb = tmp_path / "e.npz"
+    assert main(["embed", str(orl_dir / "s1"), str(orl_dir / "s2"), "--out", str(emb), *args]) == 0
+    out = tmp_path / "out"
+    assert (
+        main(
+            ["cluster", "--embeddings", str(emb), "--out", str(out), "--link", "none", "--no-html"]
+        )
+        == 0
+    )
+    assert "20 faces" in capsys.readouterr().out
+    assert (out / "clusters.csv").is_file() and not (out / "index.html").exists()
+    assert main(["cluster", "--out", str(out)]) == 1
