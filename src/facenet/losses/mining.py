@@ -24,6 +24,7 @@ order, so the result does not depend on ``chunk_size``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,10 +118,12 @@ def _check_inputs(sq_dist: Tensor, labels: Tensor | Sequence[int], margin: float
         raise TypeError(f"labels must be integers, got {labels.dtype}")
     if not (margin >= 0.0 and margin < float("inf")):
         raise ValueError(f"margin must be a finite number >= 0, got {margin}")
-    if sq_dist.numel() and not bool(torch.isfinite(sq_dist).all()):
-        raise ValueError("sq_dist contains NaN or infinite values (diverged embeddings?)")
-    if sq_dist.numel() and bool((sq_dist < 0).any()):
-        raise ValueError("sq_dist contains negative values; squared distances must be >= 0")
+    if sq_dist.numel():
+        low, high = torch.aminmax(sq_dist.detach())  # one pass; NaN propagates into both
+        if not bool(high < float("inf")) or not bool(low == low):
+            raise ValueError("sq_dist contains NaN or infinite values (diverged embeddings?)")
+        if not bool(low >= 0):
+            raise ValueError("sq_dist contains negative values; squared distances must be >= 0")
     return labels.long()
 
 
@@ -220,11 +223,32 @@ def _sort_negatives(masked: Tensor) -> tuple[Tensor, Tensor]:
         bits = masked.view(torch.int32).clamp_min(0)  # -0.0 is the only negative bit pattern
         columns = torch.arange(batch, dtype=torch.long)[None, :]
         key = torch.add(columns, bits.long(), alpha=2**32)  # (value bits << 32) | column
-        key = torch.from_numpy(np.sort(key.numpy(), axis=1))
+        _sort_rows_inplace(key.numpy())
         values = torch.bitwise_right_shift(key, 32).int().view(torch.float32)
         return values, key
     values, order = masked.sort(dim=1, stable=True)
     return values, order
+
+
+_SORT_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _sort_rows_inplace(keys: np.ndarray) -> None:
+    """Sort every row of a 2-D numpy array in place, row blocks spread over torch's CPU threads.
+
+    ``numpy.sort`` releases the GIL, so blocks of rows sort concurrently.
+    """
+    workers = torch.get_num_threads()
+    if workers <= 1 or keys.shape[0] < 2 * workers or keys.size < 1 << 16:
+        keys.sort(axis=1)
+        return
+    pool = _SORT_POOLS.get(workers)
+    if pool is None:
+        pool = _SORT_POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="facenet-sort")
+    edges = np.linspace(0, keys.shape[0], workers + 1).astype(int)
+    blocks = [keys[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    for future in [pool.submit(block.sort, axis=1) for block in blocks]:
+        future.result()
 
 
 def _column(order: Tensor) -> Tensor:
