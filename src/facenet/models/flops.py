@@ -15,6 +15,17 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+# why: the paper's figures (Tables 1-3, §4; SPEC §5): (params, multiply-adds); None = not given.
+# NN3 has no figure of its own in the paper (same architecture as NN2 at 160x160).
+PAPER_COSTS: dict[str, tuple[float | None, float | None]] = {
+    "nn1": (140e6, 1.6e9),
+    "nn2": (7.5e6, 1.6e9),
+    "nn3": (None, None),
+    "nn4": (None, 285e6),
+    "nns1": (26e6, 220e6),
+    "nns2": (4.3e6, 20e6),
+}
+
 
 @dataclass(frozen=True)
 class ModelCost:

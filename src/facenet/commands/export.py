@@ -1,0 +1,77 @@
+"""``facenet export``: write a model or checkpoint as ONNX or TorchScript, checked against PyTorch.
+
+Examples:
+    facenet export nn4 --format onnx nn4.onnx
+    facenet export runs/x/weights.safetensors --format torchscript model.pt
+    facenet export inception_resnet_v1:casia-webface casia.onnx     # format from the suffix
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# why: the suffixes users give each format; anything else needs --format.
+_SUFFIX_FORMATS = {
+    ".onnx": "onnx",
+    ".pt": "torchscript",
+    ".ts": "torchscript",
+    ".jit": "torchscript",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="weights file (.safetensors/.pt), NAME:PRETRAINED or NAME")
+    parser.add_argument("out", type=Path, help="output file")
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "torchscript"),
+        default=None,
+        help="output format (default: from OUT's suffix: .onnx, or .pt/.ts for TorchScript)",
+    )
+    parser.add_argument(
+        "--no-check", action="store_true", help="skip the parity check against PyTorch"
+    )
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=1e-4,
+        help="largest allowed max abs difference of embeddings (default 1e-4)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    fmt = args.format or _SUFFIX_FORMATS.get(args.out.suffix.lower())
+    if fmt is None:
+        print(
+            f"facenet export: cannot tell the format from {args.out.name!r}; "
+            "pass --format onnx|torchscript",
+            file=sys.stderr,
+        )
+        return 2
+    from facenet.models.export import ExportParityError, export_model
+    from facenet.models.loading import load_model
+
+    try:
+        model = load_model(args.model)
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        print(f"facenet export: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        report = export_model(model, args.out, fmt, check=not args.no_check, atol=args.atol)
+    except ExportParityError as e:
+        print(f"facenet export: parity check failed: {e}", file=sys.stderr)
+        return 1
+    h, w = model.spec.input_size
+    check = (
+        f"max |diff| vs PyTorch {report.max_abs_diff:.2e} on batches {report.batch_sizes}"
+        if not args.no_check
+        else "not checked"
+    )
+    print(
+        f"wrote {report.path} ({report.format}, {report.bytes / 1e6:.1f} MB): "
+        f"input (B, 3, {h}, {w}) -> (B, {model.spec.embedding_dim}); {check}"
+    )
+    return 0

@@ -1,0 +1,75 @@
+"""``facenet models`` and ``facenet export`` through the real CLI."""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from facenet.cli import main
+from facenet.models import create_model
+from facenet.models.flops import model_cost
+from facenet.models.loading import save_weights
+
+
+def test_models_table_has_counts_and_paper_figures(capsys):
+    assert main(["models", "nns2", "tiny"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| nns2")]
+    assert len(lines) == 1
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    # model, input, dim, params, paper params, delta, flops, paper flops, delta, buffers
+    assert cells[:3] == ["nns2", "140x116", "128"]
+    assert cells[3] == "4.33M" and cells[4] == "4.3M" and cells[7] == "20M"
+    assert "| tiny | 32x32 |" in out
+
+
+def test_models_json_one_object_per_model(tmp_path, capsys):
+    path = tmp_path / "models.json"
+    assert main(["models", "nn4", "tiny", "--norm", "batchnorm", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())
+    assert [r["name"] for r in rows] == ["nn4", "tiny"]
+    for key in ("name", "input_size", "embedding_dim", "params", "flops"):
+        assert key in rows[0]
+    expected = model_cost(create_model("nn4", norm="batchnorm"))
+    assert rows[0]["params"] == expected.params and rows[0]["flops"] == expected.flops
+    assert rows[0]["norm"] == "batchnorm" and rows[0]["buffers"] > 0
+    assert rows[0]["input_size"] == [96, 96] and rows[0]["paper_flops"] == 285e6
+    assert main(["models", "tiny", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # after the "wrote" line
+    assert printed[0]["name"] == "tiny"
+
+
+def test_models_unknown_name_fails_listing_the_valid_ones(capsys):
+    assert main(["models", "nn9"]) == 2
+    assert "nn4" in capsys.readouterr().err
+
+
+def test_export_a_weights_file_to_onnx_runs_in_onnxruntime(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = create_model("tiny", embedding_dim=32).eval()
+    weights = save_weights(model, tmp_path / "w.safetensors")
+    out = tmp_path / "sub" / "tiny.onnx"
+    assert main(["export", str(weights), str(out)]) == 0  # format from the suffix
+    assert "max |diff|" in capsys.readouterr().out
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3, 32, 32)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-5)
+
+
+def test_export_torchscript_by_name(tmp_path):
+    out = tmp_path / "tiny.bin"
+    assert main(["export", "tiny", "--format", "torchscript", str(out)]) == 0
+    module = torch.jit.load(str(out))
+    assert module(torch.randn(2, 3, 32, 32)).shape == (2, 128)
+
+
+def test_export_errors_are_clear(tmp_path, capsys):
+    assert main(["export", "no_such_model", str(tmp_path / "x.onnx")]) == 2
+    assert "available" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.onnx")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+    assert main(["export", "tiny", str(tmp_path / "x.bin")]) == 2
+    assert "--format" in capsys.readouterr().err
