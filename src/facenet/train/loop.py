@@ -46,6 +46,7 @@ TRAIN_FIELDS = (
     "loss",
     "fraction_active",
     "num_triplets",
+    "num_pairs",
     "pairs_without_negative",
     "mean_ap",
     "mean_an",
@@ -350,7 +351,11 @@ def plot_curves(run_dir: str | os.PathLike) -> Path | None:
 
     axes[0].plot(steps, col(train_rows, "loss"))
     axes[0].set(title="triplet loss", xlabel="step")
-    axes[1].plot(steps, col(train_rows, "fraction_active"), label="fraction active")
+    axes[1].plot(steps, col(train_rows, "fraction_active"), label="fraction of triplets active")
+    if "num_pairs" in train_rows[0]:
+        pairs = np.maximum(np.array(col(train_rows, "num_pairs")), 1)
+        mined = 1 - np.array(col(train_rows, "pairs_without_negative")) / pairs
+        axes[1].plot(steps, mined, label="pairs with a mined negative")
     axes[1].plot(steps, col(train_rows, "embedding_spread"), label="embedding spread")
     axes[1].set(title="mining health", xlabel="step", ylim=(0, 1.05))
     axes[1].legend()
@@ -623,6 +628,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                     "loss": loss_value,
                     "fraction_active": stats.fraction_active,
                     "num_triplets": stats.num_triplets,
+                    "num_pairs": stats.num_pairs,
                     "pairs_without_negative": stats.pairs_without_negative,
                     "mean_ap": stats.mean_ap,
                     "mean_an": stats.mean_an,
