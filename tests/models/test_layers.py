@@ -13,6 +13,7 @@ from facenet.models.layers import (
     Inception,
     InceptionSpec,
     L2Pool2d,
+    LocalResponseNorm,
     Maxout,
     check_norm,
     conv_unit,
@@ -56,6 +57,23 @@ def test_lrn_is_caffes_formula():
     torch.testing.assert_close(got, ref)
     assert not torch.allclose(got, x)  # it did normalise
     assert isinstance(local_response_norm("batchnorm"), nn.Identity)
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_lrn_matches_pytorchs_values_and_gradients(beta, channels_last):
+    x = (torch.rand(2, 7, 3, 4, generator=_gen(5)) * 40).double()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    fast, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = LocalResponseNorm(LRN_SIZE, alpha=0.5, beta=beta, k=2.0)  # big alpha: a real effect
+    theirs = nn.LocalResponseNorm(LRN_SIZE, alpha=0.5, beta=beta, k=2.0)
+    y_fast, y_ref = ours(fast), theirs(ref)
+    torch.testing.assert_close(y_fast, y_ref)
+    w = torch.randn(y_ref.shape, generator=_gen(6), dtype=torch.float64)
+    (y_fast * w).sum().backward()
+    (y_ref * w).sum().backward()
+    torch.testing.assert_close(fast.grad, ref.grad)
 
 
 def test_maxout_takes_the_max_of_its_pieces():

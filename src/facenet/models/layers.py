@@ -86,10 +86,36 @@ def conv_unit(
     return nn.Sequential(*layers)
 
 
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """``nn.LocalResponseNorm`` (same formula, attributes and state) computed about 3x faster.
+
+    ``y_c = x_c * (k + alpha / size * sum_{|c' - c| <= size // 2} x_{c'}^2) ^ -beta``
+    (Caffe's formula, as PyTorch's). PyTorch's version builds the channel-window sum with a 3-D
+    average pool over a padded copy, which took as long as all of NN4's convolutions at batch
+    32; here it is ``size`` shifted slice adds, and ``t^-0.75`` is ``rsqrt(t) * sqrt(rsqrt(t))``
+    instead of ``exp(-0.75 log t)``. Shapes: (B, C, H, W) -> (B, C, H, W), any memory format.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            return super().forward(x)
+        c, size = x.shape[1], self.size
+        sq = x * x
+        padded = F.pad(sq, (0, 0, 0, 0, size // 2, (size - 1) // 2))  # zero channels around
+        window = padded[:, 0:c] + padded[:, 1 : c + 1] if size > 1 else padded[:, 0:c].clone()
+        for i in range(2, size):
+            window += padded[:, i : i + c]
+        t = window.mul_(self.alpha / size).add_(self.k)
+        if self.beta == 0.75:
+            r = t.rsqrt_()
+            return x * r * r.sqrt()
+        return x * t.pow_(-self.beta)
+
+
 def local_response_norm(norm: Norm = "lrn") -> nn.Module:
     """The paper's LRN layer under ``norm="lrn"``; identity under BatchNorm (convs normalise)."""
     if check_norm(norm) == "lrn":
-        return nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K)
+        return LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K)
     return nn.Identity()
 
 
