@@ -202,6 +202,15 @@ def run(args: argparse.Namespace) -> int:
         }
         extra: dict[str, Any] = {}
         sections: dict[str, str] = {}
+        if peer:
+            from facenet.eval.peers import PUBLISHED_LFW
+
+            if args.model in PUBLISHED_LFW:
+                meta["published_lfw"] = PUBLISHED_LFW[args.model]
+                sections["Published figure for this peer"] = (
+                    "| peer | reported LFW accuracy |\n|---|---|\n"
+                    f"| {args.model} | {PUBLISHED_LFW[args.model]} |"
+                )
         from facenet.eval.robustness import LABELS, run_sweep
 
         for kind in dict.fromkeys(args.sweep):
