@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             "images": ev.stats.n_images,
             "images_from_cache": ev.stats.n_cached,
             "images_computed": ev.stats.n_computed,
-            "embedding_seconds": round(ev.stats.seconds, 1),
+            "embedding_seconds_this_run": round(ev.stats.seconds, 1),
             "command": _command_line(args),
         }
         extra: dict[str, Any] = {}
