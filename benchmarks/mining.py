@@ -196,6 +196,9 @@ def run_one(size: int, impl: str, rule: str, args: argparse.Namespace) -> dict:
         err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         if proc.returncode < 0:
             err = f"killed by signal {-proc.returncode}"
+        elif "can't allocate memory" in proc.stderr or "MemoryError" in proc.stderr:
+            cap = f" within the {args.peer_cap_gib:g} GiB cap" if impl == "pml" else ""
+            err = f"out of memory{cap} (CPU allocator failed)"
         return {
             **row,
             "seconds_median": None,
