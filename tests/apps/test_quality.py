@@ -18,6 +18,7 @@ def test_quality_script_on_orl(orl_dir, trained_tiny, tmp_path, capsys):
     assert 0.0 <= ident["rank1"] <= 1.0
     for method in ("agglomerative", "hdbscan", "chinese-whispers"):
         assert 0.0 <= result["clustering"][method]["bcubed_f"] <= 1.0
+    capsys.readouterr()
     # second run reads the embedding cache
     assert main([*argv, "--max-people", "12"]) == 0
     assert "embedding" not in capsys.readouterr().err
