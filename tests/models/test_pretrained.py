@@ -231,6 +231,8 @@ def test_pretrained_model_carries_spec_and_provenance(converted_cache, monkeypat
     assert model.spec.normalization == "fixed" and model.spec.mean == (127.5,) * 3
     assert model.spec.std == (128.0,) * 3
     assert model.thresholds == ENTRY.thresholds
+    # squared L2 of unit vectors; the FAR=1e-3 threshold is the stricter one
+    assert 0 < model.thresholds["far_1e-3"] < model.thresholds["accuracy"] < 4
     meta = read_metadata(converted_cache / ENTRY.filename)
     assert meta["model"] == "inception_resnet_v1" and meta["licence"] == "MIT"
     assert meta["source"]["sha256"] == ENTRY.source_sha256

@@ -72,7 +72,25 @@ def _produce_sandberg(entry: PublishedWeights, source: Path, out: Path) -> None:
     )
 
 
-_SANDBERG_THRESHOLDS_INFO: dict[str, Any] = {}
+# why: measured by scripts/sandberg_thresholds.py (same math) on MTCNN box crops (facenet align
+# --mode box --margin 32 --size 160) of LFW View 1 training people; see thresholds_info.
+_SANDBERG_THRESHOLDS = {"accuracy": 1.15969, "far_1e-3": 0.981901}
+_SANDBERG_THRESHOLDS_INFO: dict[str, Any] = {
+    "distance": "squared_l2",
+    "accept": "distance <= threshold",
+    "data": "LFW View 1 peopleDevTrain.txt (deep-funneled images)",
+    "preprocessing": "MTCNN box + 32 px margin (photo pixels), 160x160, no flip",
+    "images": 9525,
+    "people": 4038,
+    "same_pairs": 217637,  # all of them
+    "different_pairs": 1000000,  # seeded uniform sample (seed 0), FAR resolution 1e-6
+    "accuracy_rule": "maximises balanced accuracy (VAL + 1 - FAR) / 2",
+    "fit": {"balanced_accuracy": 0.99345, "val_at_far_1e-3": 0.97059},
+    "pairsDevTest_held_out": {
+        "accuracy": {"accuracy": 0.981, "val": 0.972, "far": 0.010},
+        "far_1e-3": {"accuracy": 0.958, "val": 0.916, "far": 0.0},
+    },
+}
 
 PUBLISHED: dict[tuple[str, str], PublishedWeights] = {
     (e.model, e.tag): e
@@ -91,7 +109,7 @@ PUBLISHED: dict[tuple[str, str], PublishedWeights] = {
             source_sha256="704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
             weights_sha256="bb29de6b66e2cad73608646ad38fb1f03ee8b3dffa8f39c413ac1b0090237aae",
             produce=_produce_sandberg,
-            thresholds={},
+            thresholds=_SANDBERG_THRESHOLDS,
             thresholds_info=_SANDBERG_THRESHOLDS_INFO,
             extra={"upstream_model": "20180408-102900"},
         )
