@@ -37,6 +37,16 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def load_real_embeddings(path: str) -> np.ndarray:
+    """(N, D) float32 from a `facenet embed` file or an `apps.quality` cache (key `embeddings`)."""
+    from facenet.apps.embedder import load_embeddings
+
+    with np.load(path, allow_pickle=False) as z:
+        if "embeddings" in z.files:
+            return unit(z["embeddings"].astype(np.float64))
+    return load_embeddings(path).embeddings.astype(np.float32)
+
+
 def make_gallery_vectors(real: np.ndarray | None, n: int, dim: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     parts = [] if real is None else [real[:n]]
@@ -168,7 +178,8 @@ def bench_cluster(n: int, dim: int, threshold: float, sklearn_max: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "--embeddings", help="real face embeddings (`facenet embed` .npz) to start from"
+        "--embeddings",
+        help="real face embeddings to start from (`facenet embed` .npz or an apps.quality cache)",
     )
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--cluster-sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -179,11 +190,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
-    real = None
-    if args.embeddings:
-        from facenet.apps.embedder import load_embeddings
-
-        real = load_embeddings(args.embeddings).embeddings
+    real = None if args.embeddings is None else load_real_embeddings(args.embeddings)
     dim = real.shape[1] if real is not None else args.dim
     rng = np.random.default_rng(0)
     results = {"identify": [], "cluster": []}

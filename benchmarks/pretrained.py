@@ -1,7 +1,7 @@
 """Converted Sandberg FaceNet (PyTorch) vs the original graph in TensorFlow: images/s, one run.
 
     python benchmarks/pretrained.py                              # batch 1 and 32, 2 threads
-    python benchmarks/pretrained.py --tf-python /work/out/tfenv/bin/python --json out.json
+    python benchmarks/pretrained.py --tf-python .tfenv/bin/python --json out.json
 
 Both runtimes get the same random standardised 160x160 input, the same thread count, a warm-up,
 then the median of ``--repeats`` timed forward passes (input preparation not timed). TensorFlow
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed passes per batch size")
     parser.add_argument(
         "--tf-python",
-        default="/work/out/tfenv/bin/python",
+        default=".tfenv/bin/python",
         help="python of an environment with tensorflow-cpu (skipped when absent)",
     )
     parser.add_argument("--json", default=None, help="also write the results here")

@@ -11,7 +11,7 @@ set -uo pipefail
 CONFIG=${1:-configs/cpu.yaml}
 shift || true
 MINUTES=${MINUTES:-20}
-OUT=${OUT:-/work/out/train/ablation}
+OUT=${OUT:-runs/ablation}
 RULES=${RULES:-"semi_hard batch_hard batch_all random_violating"}
 mkdir -p "$OUT"
 for rule in $RULES; do

