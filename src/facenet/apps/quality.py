@@ -71,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-images", type=int, default=5, help="clustering: people with >= this")
     ap.add_argument("--max-people", type=int, help="random subset of people (quick runs)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--cache", type=Path, default=Path.home() / ".cache" / "facenet" / "quality"
-    )
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "facenet" / "quality")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
 
