@@ -372,6 +372,12 @@ def _run_sorted_rule(
     )
 
 
+def _semi_hard_window(c: _Chunk) -> tuple[Tensor, Tensor]:
+    """(start, count) of each pair's semi-hard negatives in its anchor's sorted negatives:
+    those with d(a, p) < d(a, n) < d(a, p) + margin."""
+    return c.n_le_ap, (c.n_lt_ap_margin - c.n_le_ap).clamp_min(0)
+
+
 def semi_hard(
     sq_dist: Tensor,
     labels: Tensor | Sequence[int],
@@ -400,10 +406,9 @@ def semi_hard(
         Triplets ordered by anchor, then positive; each pair at most once.
     """
 
-    def window(c: _Chunk) -> tuple[Tensor, Tensor]:
-        return c.n_le_ap, (c.n_lt_ap_margin - c.n_le_ap).clamp_min(0)
-
-    return _run_sorted_rule(sq_dist, labels, margin, generator, chunk_size, window, random=True)
+    return _run_sorted_rule(
+        sq_dist, labels, margin, generator, chunk_size, _semi_hard_window, random=True
+    )
 
 
 def semi_hard_hardest(
@@ -430,10 +435,9 @@ def semi_hard_hardest(
         Triplets ordered by anchor, then positive.
     """
 
-    def window(c: _Chunk) -> tuple[Tensor, Tensor]:
-        return c.n_le_ap, (c.n_lt_ap_margin - c.n_le_ap).clamp_min(0)
-
-    return _run_sorted_rule(sq_dist, labels, margin, None, chunk_size, window, random=False)
+    return _run_sorted_rule(
+        sq_dist, labels, margin, None, chunk_size, _semi_hard_window, random=False
+    )
 
 
 def random_violating(
