@@ -26,6 +26,18 @@ PAPER_LFW = [
 PAPER_VAL_HOLDOUT = [("NN1 (Zeiler&Fergus)", 87.9, 1.9), ("NN2 (Inception 224)", 89.4, 1.6)]
 
 
+def _save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write and close ``fig``; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_roc(rep: VerificationReport, path: str | os.PathLike, title: str = "") -> Path:
     """TAR (VAL) against FAR on a log FAR axis, with the VAL@FAR point and FAR resolution."""
     import matplotlib
@@ -89,12 +101,7 @@ def plot_roc(rep: VerificationReport, path: str | os.PathLike, title: str = "") 
     ax2.legend(loc="lower right", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_histograms(
@@ -137,12 +144,7 @@ def plot_histograms(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def _pct(x: float) -> str:
