@@ -18,6 +18,7 @@ _FAMILY_MODULES = (
     "facenet.models.zeiler_fergus",
     "facenet.models.inception",
     "facenet.models.inception_resnet_v1",
+    "facenet.models.resnet",
 )
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
