@@ -73,3 +73,53 @@ def test_export_errors_are_clear(tmp_path, capsys):
     assert "missing.safetensors" in capsys.readouterr().err
     assert main(["export", "tiny", str(tmp_path / "x.bin")]) == 2
     assert "--format" in capsys.readouterr().err
+
+
+def test_export_a_checkpoint_as_half_safetensors_keeps_its_training_record(tmp_path, capsys):
+    from facenet.models.loading import load_model, read_metadata
+    from facenet.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("tiny", embedding_dim=32).eval()
+    model.thresholds = {"accuracy": 1.1}
+    ckpt = save_checkpoint(
+        tmp_path / "best.pt",
+        model,
+        config={"max_steps": 7},
+        step=7,
+        metrics={"accuracy": 0.9},
+        best={"accuracy": 0.91},
+    )
+    out = tmp_path / "w.safetensors"
+    terms = "LFW, CelebA: research use only"
+    assert main(["export", str(ckpt), str(out), "--half", "--data-terms", terms]) == 0
+    assert "max |diff|" in capsys.readouterr().out
+    meta = read_metadata(out)
+    assert meta["data_terms"] == terms
+    assert meta["training"] == {
+        "config": {"max_steps": 7},
+        "step": 7,
+        "metrics": {"accuracy": 0.9},
+        "best": {"accuracy": 0.91},
+    }
+    assert meta["thresholds"] == {"accuracy": 1.1}
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if "num_batches" not in k} == {
+            torch.float16
+        }
+    # fp16 halves the file; the rebuilt model is fp32 and embeds within fp16 rounding
+    full = save_weights(model, tmp_path / "full.safetensors")
+    assert out.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_model(str(out))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        got, ref = loaded(x), model(x)
+    assert got.dtype == torch.float32
+    assert (got - ref).abs().max() < 1e-2
+
+
+def test_half_needs_the_safetensors_format(tmp_path, capsys):
+    assert main(["export", "tiny", str(tmp_path / "x.onnx"), "--half"]) == 2
+    assert "safetensors" in capsys.readouterr().err

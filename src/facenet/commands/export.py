@@ -4,6 +4,7 @@ Examples:
     facenet export nn4 --format onnx nn4.onnx
     facenet export runs/x/weights.safetensors --format torchscript model.pt
     facenet export inception_resnet_v1:casia-webface casia.onnx     # format from the suffix
+    facenet export runs/cpu/best.pt model.safetensors --half --data-terms "LFW, CelebA: research use"
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ _SUFFIX_FORMATS = {
     ".pt": "torchscript",
     ".ts": "torchscript",
     ".jit": "torchscript",
+    ".safetensors": "safetensors",
 }
+HALF_ATOL = 1e-2  # why: fp16 weights move unit-vector embeddings by ~1e-3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output file")
     parser.add_argument(
         "--format",
-        choices=("onnx", "torchscript"),
+        choices=("onnx", "torchscript", "safetensors"),
         default=None,
-        help="output format (default: from OUT's suffix: .onnx, or .pt/.ts for TorchScript)",
+        help="output format (default: from OUT's suffix: .onnx, .pt/.ts for TorchScript, "
+        ".safetensors for facenet's self-describing weights file)",
+    )
+    parser.add_argument(
+        "--half", action="store_true", help="safetensors: store the weights as fp16 (half size)"
+    )
+    parser.add_argument(
+        "--data-terms",
+        default="",
+        help="safetensors: the training data's terms of use, stored in the file's metadata",
     )
     parser.add_argument(
         "--no-check", action="store_true", help="skip the parity check against PyTorch"
@@ -36,8 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--atol",
         type=float,
-        default=1e-4,
-        help="largest allowed max abs difference of embeddings (default 1e-4)",
+        default=None,
+        help=f"largest allowed max abs difference of embeddings (default 1e-4; {HALF_ATOL:g} "
+        "with --half)",
     )
 
 
@@ -46,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if fmt is None:
         print(
             f"facenet export: cannot tell the format from {args.out.name!r}; "
-            "pass --format onnx|torchscript",
+            "pass --format onnx|torchscript|safetensors",
             file=sys.stderr,
         )
         return 2
@@ -58,9 +71,23 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, FileNotFoundError, ValueError) as e:
         print(f"facenet export: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    if (args.half or args.data_terms) and fmt != "safetensors":
+        print("facenet export: --half and --data-terms need the safetensors format", file=sys.stderr)
+        return 2
+    extra = None
+    if fmt == "safetensors":
+        from facenet.models.loading import training_metadata
+
+        is_file = Path(args.model).is_file()
+        extra = {"training": training_metadata(args.model) if is_file else {}}
+        if args.data_terms:
+            extra["data_terms"] = args.data_terms
+    atol = args.atol if args.atol is not None else (HALF_ATOL if args.half else 1e-4)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        report = export_model(model, args.out, fmt, check=not args.no_check, atol=args.atol)
+        report = export_model(
+            model, args.out, fmt, check=not args.no_check, atol=atol, half=args.half, extra=extra
+        )
     except ExportParityError as e:
         print(f"facenet export: parity check failed: {e}", file=sys.stderr)
         return 1

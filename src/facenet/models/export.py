@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from facenet.models.loading import METADATA_KEY, model_info
 
-ExportFormat = Literal["onnx", "torchscript"]
-FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+ExportFormat = Literal["onnx", "torchscript", "safetensors"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
 # why: the issue's acceptance bound for exported embeddings vs PyTorch's (unit vectors).
 PARITY_ATOL = 1e-4
 # why: batch sizes unlike the export example (2) prove the batch dimension stayed dynamic.
@@ -157,21 +157,40 @@ def torchscript_runner(path: str | os.PathLike) -> Callable[[Tensor], np.ndarray
     return run
 
 
+def safetensors_runner(path: str | os.PathLike) -> Callable[[Tensor], np.ndarray]:
+    """Callable embedding a batch with the model rebuilt from a facenet ``.safetensors`` file."""
+    from facenet.models.loading import load_weights_file
+
+    model = load_weights_file(path)
+
+    def run(x: Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return model(x).numpy()
+
+    return run
+
+
 def export_model(
     model: nn.Module,
     path: str | os.PathLike,
     format: ExportFormat,
     check: bool = True,
     atol: float = PARITY_ATOL,
+    half: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> ExportReport:
     """Export ``model`` to ``path`` and (by default) check it against PyTorch.
 
     Args:
         model: a facenet model (carries ``spec``); put in eval mode.
         path: output file (``.onnx`` / ``.pt`` by convention).
-        format: ``"onnx"`` or ``"torchscript"``.
+        format: ``"onnx"``, ``"torchscript"`` or ``"safetensors"`` (facenet's self-describing
+            weights file, rebuilt with ``facenet.models.load_model``).
         check: run the exported file on seeded batches of sizes 1 and 3 and compare.
         atol: largest allowed max abs difference of embeddings.
+        half: safetensors only: store floating tensors as fp16 (half the size; embeddings move
+            by ~1e-3, so pass a matching ``atol``).
+        extra: safetensors only: more metadata (training config, metrics, data terms).
 
     Raises:
         ValueError: unknown format.
@@ -181,9 +200,16 @@ def export_model(
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; use one of {FORMATS}")
     model = model.eval()
+    if half and format != "safetensors":
+        raise ValueError("half=True is for format='safetensors' only")
     if format == "onnx":
         out = export_onnx(model, path)
         runner = onnx_runner(out) if check else None
+    elif format == "safetensors":
+        from facenet.models.loading import save_weights
+
+        out = save_weights(model, path, extra=extra, dtype=torch.float16 if half else None)
+        runner = safetensors_runner(out) if check else None
     else:
         out = export_torchscript(model, path)
         runner = torchscript_runner(out) if check else None

@@ -33,13 +33,25 @@ def model_info(model: nn.Module) -> dict[str, Any]:
 
 
 def save_weights(
-    model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None
+    model: nn.Module,
+    path: str | os.PathLike,
+    extra: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Atomically write ``model``'s weights + self-description as safetensors."""
+    """Atomically write ``model``'s weights + self-description as safetensors.
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating tensors in that type to halve the file;
+    loading casts them back to the model's own dtype.
+    """
     from safetensors.torch import save
 
     info = model_info(model) | (extra or {})
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        state[k] = v.contiguous()
     blob = save(state, metadata={METADATA_KEY: json.dumps(info)})
     path = Path(path)
     with atomic_write(path) as f:
@@ -60,6 +72,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         return json.loads(meta[METADATA_KEY])
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     return {k: v for k, v in ckpt.items() if k not in ("model_state", "optimizer", "scheduler")}
+
+
+def training_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """What a training checkpoint (``.pt``) or weights file says about how it was trained:
+    ``{"config", "step", "metrics", "best"}`` (empty for files that carry none)."""
+    meta = read_metadata(path)
+    if "training" in meta:
+        return dict(meta["training"])
+    return {k: meta[k] for k in ("config", "step", "metrics", "best") if k in meta}
 
 
 def load_weights_file(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:

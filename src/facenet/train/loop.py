@@ -692,10 +692,14 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     if info.is_main:
         plot_curves(run_dir)
         if config.output.weights:
-            from facenet.models.loading import load_weights_file, save_weights
+            from facenet.models.loading import load_weights_file, save_weights, training_metadata
 
             for name in ("best", "last"):
                 p = run_dir / f"{name}.pt"
                 if p.exists():
-                    save_weights(load_weights_file(p), run_dir / f"{name}.safetensors")
+                    save_weights(
+                        load_weights_file(p),
+                        run_dir / f"{name}.safetensors",
+                        extra={"training": training_metadata(p)},
+                    )
     return result
