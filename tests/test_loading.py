@@ -30,3 +30,32 @@ def test_embeddings_are_unit_vectors():
     out = create_model("tiny").eval()(torch.randn(4, 3, 32, 32))
     assert out.shape == (4, 128)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(4))
+
+
+def test_spec_framing_round_trips_and_older_files_read_as_the_standard_crop(tmp_path):
+    import dataclasses
+
+    from facenet.models import ModelSpec, create_model
+    from facenet.models.loading import load_weights_file, save_weights
+
+    model = create_model("tiny")
+    model.spec = dataclasses.replace(model.spec, crop_fraction=0.75)
+    assert load_weights_file(save_weights(model, tmp_path / "w.safetensors")).spec.crop_fraction == 0.75
+    old = model.spec.to_dict()
+    del old["crop_fraction"]  # written before the field existed
+    assert ModelSpec.from_dict(old).crop_fraction == 1.0
+
+
+def test_embedder_margin_follows_the_model_framing():
+    import dataclasses
+
+    from facenet.apps.embedder import MARGIN_FRACTION, Embedder, model_margin_fraction
+    from facenet.models import create_model
+
+    model = create_model("tiny")
+    assert Embedder(model, detector=None, crop="none").margin_fraction == MARGIN_FRACTION
+    # the box fills 0.8 of a standard crop; a model trained on its centre 8/9 sees it fill 0.9
+    model.spec = dataclasses.replace(model.spec, crop_fraction=8 / 9)
+    assert abs(model_margin_fraction(model.spec) - 0.1) < 1e-9
+    assert abs(Embedder(model, detector=None, crop="none").margin_fraction - 0.1) < 1e-9
+    assert Embedder(model, detector=None, crop="none", margin_fraction=0.3).margin_fraction == 0.3

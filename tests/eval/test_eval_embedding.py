@@ -123,3 +123,21 @@ def test_bad_arguments(tiny_model, mini_lfw):
         embed_paths(tiny_model, p, align="eyes")
     with pytest.raises(ValueError, match="degradation"):
         embed_paths(tiny_model, p, degradation="blur:2")
+
+
+def test_box_mode_frames_faces_as_the_model_was_trained(mini_lfw, tiny_model):
+    # a pre-aligned crop is used whole for a standard model and centre-cropped to the spec's
+    # crop_fraction for a model trained on centre crops of such faces
+    import dataclasses
+
+    paths = image_paths(mini_lfw[0])[:2]
+    whole = embed_paths(tiny_model, paths, align="box")
+    for p, e in zip(paths, whole, strict=True):
+        np.testing.assert_allclose(e, manual_embedding(tiny_model, p, fraction=1.0), atol=1e-5)
+    tiny_model.spec = dataclasses.replace(tiny_model.spec, crop_fraction=0.8)
+    try:
+        framed = embed_paths(tiny_model, paths, align="box")
+        for p, e in zip(paths, framed, strict=True):
+            np.testing.assert_allclose(e, manual_embedding(tiny_model, p, fraction=0.8), atol=1e-5)
+    finally:
+        tiny_model.spec = dataclasses.replace(tiny_model.spec, crop_fraction=1.0)

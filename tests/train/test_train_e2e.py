@@ -59,6 +59,8 @@ def test_run_writes_everything_a_user_needs(reference_run):
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["step"] == 24 and ckpt["model"] == "tiny"
     assert ckpt["config"]["max_steps"] == 24 and ckpt["spec"]["input_size"] == [32, 32]
+    # the framing validation used (centre 32 px of the 37 px cached faces) is in the spec
+    assert ckpt["spec"]["crop_fraction"] == round(32 / 37, 6)
     for key in ("optimizer", "sampler", "rng", "metrics", "thresholds", "model_kwargs"):
         assert ckpt[key], key
     assert set(ckpt["thresholds"]) == {"accuracy", "far_1e-3"}

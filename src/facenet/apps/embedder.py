@@ -41,6 +41,18 @@ DEFAULT_MODEL = "inception_resnet_v1:casia-webface"
 MARGIN_FRACTION = 32.0 / 160.0
 
 
+def model_margin_fraction(spec: Any) -> float:
+    """The crop margin (fraction of the crop side) that frames faces as ``spec`` expects.
+
+    A standard crop's box fills ``1 - MARGIN_FRACTION`` of its side; a model trained on its
+    centre ``crop_fraction`` sees the box fill ``(1 - MARGIN_FRACTION) / crop_fraction``.
+    """
+    fraction = float(getattr(spec, "crop_fraction", 1.0))
+    if fraction == 1.0:
+        return MARGIN_FRACTION
+    return max(0.0, 1.0 - (1.0 - MARGIN_FRACTION) / fraction)
+
+
 class NoFaceError(ValueError):
     """A photo in which the detector finds no face; ``str(e)`` names the file."""
 
@@ -117,7 +129,9 @@ class Embedder:
             None (only valid with ``crop="none"``).
         crop: ``box`` (detector box + margin), ``similarity`` (5-point alignment) or ``none``
             (each photo already is one face crop; no detection).
-        margin_fraction: margin as a fraction of the crop side (box and similarity modes).
+        margin_fraction: margin as a fraction of the crop side (box and similarity modes);
+            default: Sandberg's 32/160, narrowed to the model's framing
+            (``ModelSpec.crop_fraction``, see ``model_margin_fraction``).
         batch_size: crops per forward pass.
         device: torch device for the model.
         ref: how the model was named by the user (kept in gallery provenance).
@@ -129,7 +143,7 @@ class Embedder:
         model: nn.Module,
         detector: str | Any | None = "mtcnn",
         crop: CropMode = "box",
-        margin_fraction: float = MARGIN_FRACTION,
+        margin_fraction: float | None = None,
         batch_size: int = 32,
         device: str = "cpu",
         ref: str = "",
@@ -142,7 +156,9 @@ class Embedder:
         self.model = model.eval().to(device)
         self.spec = model.spec
         self.crop_mode = crop
-        self.margin_fraction = margin_fraction
+        self.margin_fraction = (
+            model_margin_fraction(model.spec) if margin_fraction is None else margin_fraction
+        )
         self.batch_size = max(1, int(batch_size))
         self.device = device
         self.max_side = max_side

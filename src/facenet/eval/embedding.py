@@ -182,8 +182,13 @@ class TorchEmbedder:
 
         if self.align == "center":
             image = center_crop(image, self.center_fraction)
-        elif self.aligner is not None:
-            image = self.aligner(image)
+        else:
+            if self.aligner is not None:
+                image = self.aligner(image)
+            # a standard face crop, framed as the model was trained (ModelSpec.crop_fraction)
+            fraction = float(getattr(self.spec, "crop_fraction", 1.0))
+            if fraction < 1.0:
+                image = center_crop(image, fraction)
         return resize(image, self.input_size)
 
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:

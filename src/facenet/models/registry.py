@@ -38,6 +38,11 @@ class ModelSpec:
     normalization: Literal["fixed", "per_image"] = "fixed"
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)  # per-channel, 0..255 scale
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)  # per-channel, 0..255 scale
+    # Framing: the model sees the centre ``crop_fraction`` of a standard face crop (detector box
+    # + a margin of 32/160 of the crop side, Sandberg's protocol, as `facenet align` writes).
+    # 1.0 for published models; a model trained on random crops of cached faces records the
+    # centre fraction its validation used, and eval / the apps crop the same way.
+    crop_fraction: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # family-specific notes
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,6 +58,7 @@ class ModelSpec:
         d["input_size"] = tuple(d["input_size"])
         d["mean"] = tuple(d.get("mean", (127.5,) * 3))
         d["std"] = tuple(d.get("std", (128.0,) * 3))
+        d["crop_fraction"] = float(d.get("crop_fraction", 1.0))  # older files: the standard crop
         return cls(**d)
 
 

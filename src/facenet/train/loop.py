@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
 import os
 import sys
@@ -426,8 +427,12 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     # -- model: initialised from the seed (the only use of the global RNG besides dropout)
     torch.manual_seed(config.seed)
     model = create_model(config.model.name, **config.model.kwargs)
+    input_size = tuple(model.spec.input_size)
+    # why: validation (and so every later use) shows the model the centre input/stored of each
+    # cached face, itself the centre data.crop_fraction of the training images; record it.
+    framing = config.data.crop_fraction * max(input_size) / stored_size(config, input_size)
+    model.spec = dataclasses.replace(model.spec, crop_fraction=round(framing, 6))
     spec = model.spec
-    input_size = tuple(spec.input_size)
     memory_format = torch.channels_last if config.model.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     if info.distributed and device.type == "cuda" and config.model.sync_batchnorm:
