@@ -130,7 +130,8 @@ class FaultConfig:
 class Config:
     seed: int = 0  # every random stream is derived from (seed, step)
     max_steps: int = 1000  # optimiser steps of the run; schedules are functions of the step
-    time_limit_minutes: float = 0.0  # also stop (with a checkpoint) after this (0 = no limit)
+    # also stop (with a checkpoint) after this much training time, summed over resumes (0 = off)
+    time_limit_minutes: float = 0.0
     device: str = "auto"  # "auto" (cuda if present), "cpu", "cuda", "cuda:1", ...
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype on CUDA; CPU uses fp32
     threads: int = 0  # torch intra-op threads (0 = leave PyTorch's default)

