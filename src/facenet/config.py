@@ -35,6 +35,15 @@ class AugmentConfig:
     saturation: float = 0.2  # blend with greyscale by U(1-s, 1+s)
     jpeg_probability: float = 0.0  # re-encode as JPEG with this probability (robustness, SPEC §6)
     jpeg_quality: tuple[int, int] = (30, 95)  # quality drawn uniformly from this range
+    # geometric jitter around the crop window (one affine warp): zoom factor drawn from
+    # ``scale`` (> 1 zooms in) and a rotation of up to ``rotate`` degrees either way
+    scale: tuple[float, float] = (1.0, 1.0)
+    rotate: float = 0.0
+    # resolution jitter: with this probability shrink the face to a side drawn from
+    # [low_res_min, input side) and enlarge it back (LFW holds many small, blurry faces)
+    low_res_probability: float = 0.0
+    low_res_min: int = 32
+    grey_probability: float = 0.0  # replace the colours by their luma with this probability
 
 
 @dataclass(frozen=True)

@@ -66,3 +66,38 @@ def test_jpeg_reencoding_changes_pixels_a_little():
     out = augment_batch(imgs, (32, 32), cfg, step_rng(0, 0))
     ref = center_crops(imgs, (32, 32))
     assert not torch.equal(out, ref)
+
+
+def test_a_warp_without_rotation_or_zoom_is_the_plain_crop():
+    imgs = _batch(n=8, s=24)
+    base = dict(random_crop=True, flip=False, brightness=0, contrast=0, saturation=0)
+    plain = augment_batch(imgs, (16, 16), AugmentConfig(**base), step_rng(0, 2))
+    warped = augment_batch(imgs, (16, 16), AugmentConfig(**base, rotate=1e-9), step_rng(0, 2))
+    assert (plain - warped).abs().max() <= 1  # same windows, through cv2.warpAffine
+
+
+def test_zoom_enlarges_the_face_and_rotation_moves_it():
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    img[0, 12:20, 12:20] = 255  # an 8 x 8 bright square in the centre
+    base = dict(random_crop=False, flip=False, brightness=0, contrast=0, saturation=0)
+    zoomed = augment_batch(img, (32, 32), AugmentConfig(**base, scale=(2.0, 2.0)), step_rng(0, 0))
+    assert abs(int((zoomed[0, 0] > 127).sum()) - 16 * 16) <= 2 * 16
+    turned = augment_batch(img, (32, 32), AugmentConfig(**base, rotate=45.0), step_rng(0, 0))
+    assert not torch.equal(turned, augment_batch(img, (32, 32), AugmentConfig(**base), step_rng(0, 0)))
+    assert abs(int((turned[0, 0] > 127).sum()) - 64) <= 16  # rotated, about the same area
+
+
+def test_resolution_jitter_blurs_and_grey_removes_colour():
+    imgs = _batch(n=4, s=32)
+    base = dict(random_crop=False, flip=False, brightness=0, contrast=0, saturation=0)
+    sharp = augment_batch(imgs, (32, 32), AugmentConfig(**base), step_rng(0, 0))
+    low = AugmentConfig(**base, low_res_probability=1.0, low_res_min=8)
+    blurred = augment_batch(imgs, (32, 32), low, step_rng(0, 0))
+
+    def detail(x):
+        return (x[..., 1:] - x[..., :-1]).abs().mean()
+
+    assert detail(blurred) < 0.8 * detail(sharp)
+    grey = augment_batch(imgs, (32, 32), AugmentConfig(**base, grey_probability=1.0), step_rng(0, 0))
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    assert not torch.allclose(sharp[:, 0], sharp[:, 1])

@@ -1,5 +1,5 @@
-"""Training augmentation on batches of cached uint8 faces: random crop, flip, colour jitter,
-optional JPEG re-encoding. All randomness comes from a ``numpy.random.Generator`` the caller
+"""Training augmentation on batches of cached uint8 faces: random crop, optional zoom/rotation
+jitter, flip, optional resolution jitter and JPEG re-encoding, colour jitter, optional greyscale. All randomness comes from a ``numpy.random.Generator`` the caller
 derives from (seed, step), so a batch's augmentation is reproducible after a resume.
 """
 
@@ -65,9 +65,31 @@ def augment_batch(
     jpeg = rng.random(b) < config.jpeg_probability
     lo, hi = config.jpeg_quality
     qualities = rng.integers(lo, hi + 1, size=b)
+    # why: draws for the optional augmentations come after the original ones and only when
+    # enabled, so configs without them reproduce earlier runs' batches exactly
+    warp = config.rotate > 0 or tuple(config.scale) != (1.0, 1.0)
+    if warp:
+        angles = rng.uniform(-config.rotate, config.rotate, size=b)
+        zooms = rng.uniform(config.scale[0], config.scale[1], size=b)
+    if config.low_res_probability > 0:
+        low_res = rng.random(b) < config.low_res_probability
+        low_sides = rng.integers(min(config.low_res_min, h), h, size=b, endpoint=False)
     out = np.empty((b, h, w, 3), dtype=np.uint8)
     for i in range(b):
-        crop = images[i, tops[i] : tops[i] + h, lefts[i] : lefts[i] + w]
+        if warp:
+            # rotate + zoom about the crop window's centre, sampled straight into an h x w crop
+            cy, cx = tops[i] + h / 2, lefts[i] + w / 2
+            m = cv2.getRotationMatrix2D((cx, cy), float(angles[i]), float(zooms[i]))
+            m[:, 2] += (w / 2 - cx, h / 2 - cy)
+            crop = cv2.warpAffine(
+                images[i], m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+            )
+        else:
+            crop = images[i, tops[i] : tops[i] + h, lefts[i] : lefts[i] + w]
+        if config.low_res_probability > 0 and low_res[i]:
+            side = int(low_sides[i])
+            small = cv2.resize(np.ascontiguousarray(crop), (side, side), interpolation=cv2.INTER_AREA)
+            crop = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
         if flips[i]:
             crop = crop[:, ::-1]
         if jpeg[i]:
@@ -92,4 +114,9 @@ def augment_batch(
         grey = (x * luma).sum(1, keepdim=True)  # (B, 1, h, w)
         x = (x - grey) * saturation + grey
         x = x.clamp_(0, 255)
+    if config.grey_probability > 0:
+        to_grey = torch.from_numpy(rng.random(b) < config.grey_probability)
+        if bool(to_grey.any()):
+            grey = (x[to_grey] * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            x[to_grey] = grey.expand(-1, 3, -1, -1)
     return x
