@@ -150,7 +150,9 @@ def run_peer(name: str, kwargs: dict[str, Any], args: argparse.Namespace) -> dic
     for step in range(args.steps):
         t = time.perf_counter()
         idx = next(stream)
-        x = augment_batch(faces.images[idx], spec.input_size, config.data.augment, step_rng(0, step))
+        x = augment_batch(
+            faces.images[idx], spec.input_size, config.data.augment, step_rng(0, step)
+        )
         x = normalize(x, spec).contiguous(memory_format=torch.channels_last)
         labels = torch.from_numpy(faces.labels[idx])
         emb = model(x)
@@ -258,7 +260,11 @@ def main(argv: list[str] | None = None) -> None:
             q, ratio = "-", "-"
         elif "images_per_s" in peer:
             q = f"{peer['images_per_s']:.1f}"
-            ratio = f"{ours['images_per_s'] / peer['images_per_s']:.2f}x" if "images_per_s" in ours else "-"
+            ratio = (
+                f"{ours['images_per_s'] / peer['images_per_s']:.2f}x"
+                if "images_per_s" in ours
+                else "-"
+            )
         else:
             q, ratio = f"failed: {peer['error']}", "-"
         print(f"| {row['model']} | {params} | {size} | {macs} | {o} | {q} | {ratio} |")

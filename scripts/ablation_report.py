@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
         # the time of the last training row at or before its step
         logged = [(int(r["step"]), float(r["elapsed_s"]) / 60) for r in train]
 
-        def minutes_at(step: int) -> float:
+        def minutes_at(step: int, logged: list[tuple[int, float]] = logged) -> float:
             return max((m for s, m in logged if s <= step), default=0.0)
 
         curves[rule] = (
@@ -72,7 +72,9 @@ def main(argv: list[str]) -> None:
         if spread:
             ax2.plot(*zip(*spread, strict=True), label=rule)
     ax1.set(xlabel="training minutes", ylabel="pairsDevTest accuracy", title="validation")
-    ax2.set(xlabel="training minutes", ylabel="embedding spread", title="batch spread (0 = collapse)")
+    ax2.set(
+        xlabel="training minutes", ylabel="embedding spread", title="batch spread (0 = collapse)"
+    )
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -40,7 +40,10 @@ def test_spec_framing_round_trips_and_older_files_read_as_the_standard_crop(tmp_
 
     model = create_model("tiny")
     model.spec = dataclasses.replace(model.spec, crop_fraction=0.75)
-    assert load_weights_file(save_weights(model, tmp_path / "w.safetensors")).spec.crop_fraction == 0.75
+    assert (
+        load_weights_file(save_weights(model, tmp_path / "w.safetensors")).spec.crop_fraction
+        == 0.75
+    )
     old = model.spec.to_dict()
     del old["crop_fraction"]  # written before the field existed
     assert ModelSpec.from_dict(old).crop_fraction == 1.0

@@ -83,7 +83,9 @@ def test_zoom_enlarges_the_face_and_rotation_moves_it():
     zoomed = augment_batch(img, (32, 32), AugmentConfig(**base, scale=(2.0, 2.0)), step_rng(0, 0))
     assert abs(int((zoomed[0, 0] > 127).sum()) - 16 * 16) <= 2 * 16
     turned = augment_batch(img, (32, 32), AugmentConfig(**base, rotate=45.0), step_rng(0, 0))
-    assert not torch.equal(turned, augment_batch(img, (32, 32), AugmentConfig(**base), step_rng(0, 0)))
+    assert not torch.equal(
+        turned, augment_batch(img, (32, 32), AugmentConfig(**base), step_rng(0, 0))
+    )
     assert abs(int((turned[0, 0] > 127).sum()) - 64) <= 16  # rotated, about the same area
 
 
@@ -98,6 +100,8 @@ def test_resolution_jitter_blurs_and_grey_removes_colour():
         return (x[..., 1:] - x[..., :-1]).abs().mean()
 
     assert detail(blurred) < 0.8 * detail(sharp)
-    grey = augment_batch(imgs, (32, 32), AugmentConfig(**base, grey_probability=1.0), step_rng(0, 0))
+    grey = augment_batch(
+        imgs, (32, 32), AugmentConfig(**base, grey_probability=1.0), step_rng(0, 0)
+    )
     assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
     assert not torch.allclose(sharp[:, 0], sharp[:, 1])

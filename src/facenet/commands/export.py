@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"facenet export: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     if (args.half or args.data_terms) and fmt != "safetensors":
-        print("facenet export: --half and --data-terms need the safetensors format", file=sys.stderr)
+        print(
+            "facenet export: --half and --data-terms need the safetensors format", file=sys.stderr
+        )
         return 2
     extra = None
     if fmt == "safetensors":

@@ -88,7 +88,9 @@ def augment_batch(
             crop = images[i, tops[i] : tops[i] + h, lefts[i] : lefts[i] + w]
         if config.low_res_probability > 0 and low_res[i]:
             side = int(low_sides[i])
-            small = cv2.resize(np.ascontiguousarray(crop), (side, side), interpolation=cv2.INTER_AREA)
+            small = cv2.resize(
+                np.ascontiguousarray(crop), (side, side), interpolation=cv2.INTER_AREA
+            )
             crop = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
         if flips[i]:
             crop = crop[:, ::-1]
