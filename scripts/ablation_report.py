@@ -35,7 +35,8 @@ def main(argv: list[str]) -> None:
         code = (run / "exit_code").read_text().strip() if (run / "exit_code").exists() else "?"
         best = max(val, key=lambda r: float(r["accuracy"])) if val else None
         last = val[-1] if val else None
-        steps = train[-1]["step"] if train else "0"
+        # a time-limited run's last step may fall between logged rows; its final validation has it
+        steps = max([int(r["step"]) for r in train[-1:] + val[-1:]], default=0)
         spread = min((float(r["embedding_spread"]) for r in train), default=float("nan"))
         collapse = "yes (stopped)" if code == "5" else "no"
 
