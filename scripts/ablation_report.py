@@ -67,11 +67,12 @@ def main(argv: list[str]) -> None:
     except ImportError:  # the table is the result; the plot is a convenience
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for rule, (acc, spread) in curves.items():
+    for i, (rule, (acc, spread)) in enumerate(curves.items()):
+        color = f"C{i}"  # one colour per rule in both panels, also for a rule with no validation
         if acc:
-            ax1.plot(*zip(*acc, strict=True), marker="o", label=rule)
+            ax1.plot(*zip(*acc, strict=True), marker="o", label=rule, color=color)
         if spread:
-            ax2.plot(*zip(*spread, strict=True), label=rule)
+            ax2.plot(*zip(*spread, strict=True), label=rule, color=color)
     ax1.set(xlabel="training minutes", ylabel="pairsDevTest accuracy", title="validation")
     ax2.set(
         xlabel="training minutes", ylabel="embedding spread", title="batch spread (0 = collapse)"
