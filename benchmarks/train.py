@@ -122,8 +122,7 @@ def run_peer(name: str, kwargs: dict[str, Any], args: argparse.Namespace) -> dic
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = _config(name, kwargs, args, tmp)
+    config = _config(name, kwargs, args, run_dir="unused")  # the peer writes no run folder
     model = create_model(name, **kwargs).to(memory_format=torch.channels_last)
     model.train()
     spec = model.spec

@@ -1,6 +1,7 @@
 """Training augmentation on batches of cached uint8 faces: random crop, optional zoom/rotation
-jitter, flip, optional resolution jitter and JPEG re-encoding, colour jitter, optional greyscale. All randomness comes from a ``numpy.random.Generator`` the caller
-derives from (seed, step), so a batch's augmentation is reproducible after a resume.
+jitter, flip, optional resolution jitter and JPEG re-encoding, colour jitter, optional greyscale.
+All randomness comes from a ``numpy.random.Generator`` the caller derives from (seed, step), so a
+batch's augmentation is reproducible after a resume.
 """
 
 from __future__ import annotations

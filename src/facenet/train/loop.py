@@ -498,7 +498,8 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             optimizer=optimizer,
             sampler_state=stream.state_dict(),
             rng_state=rng_states(),
-            metrics=metrics,
+            # why: elapsed_s lets a resumed run count its training time from here
+            metrics=metrics | {"elapsed_s": time.perf_counter() - t_start},
             best=best,
             thresholds=thresholds,
             extra={"scaler": scaler.state_dict() if scaler.is_enabled() else None},
@@ -667,14 +668,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                     last_val = row
                     if not best or row["accuracy"] > best.get("accuracy", -1):
                         best = dict(row)
-                        checkpoint(
-                            best_path,
-                            {
-                                "train": last_row,
-                                "validation": row,
-                                "elapsed_s": time.perf_counter() - t_start,
-                            },
-                        )
+                        checkpoint(best_path, {"train": last_row, "validation": row})
                     if bar is not None:
                         bar.write(
                             f"step {step}: val accuracy {row['accuracy']:.4f} "
@@ -684,14 +678,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                 D.barrier()
                 t_window += time.perf_counter() - t_val  # why: keep validation out of images/s
             if final or step % config.output.checkpoint_every == 0:
-                checkpoint(
-                    last_path,
-                    {
-                        "train": last_row,
-                        "validation": last_val,
-                        "elapsed_s": time.perf_counter() - t_start,
-                    },
-                )
+                checkpoint(last_path, {"train": last_row, "validation": last_val})
             if out_of_time:
                 stop_reason = f"time limit of {config.time_limit_minutes} min reached"
                 break
