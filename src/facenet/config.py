@@ -273,11 +273,13 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
             if not isinstance(node.get(p), dict):
                 raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
             node = node[p]
-        if parts[-1] not in node:
+        # why: free-form mappings (model.kwargs) take new keys; dataclass sections do not
+        free_form = len(parts) >= 2 and parts[-2] == "kwargs"
+        if parts[-1] not in node and not free_form:
             raise ConfigError(
                 f"override {item!r}: unknown key {key!r}; valid here: {', '.join(sorted(node))}"
             )
-        if isinstance(node[parts[-1]], dict) and parts[-1] != "kwargs":
+        if isinstance(node.get(parts[-1]), dict) and parts[-1] != "kwargs":
             raise ConfigError(f"override {item!r}: {key!r} is a section; set one of its keys")
         node[parts[-1]] = value
     return config_from_dict(d)

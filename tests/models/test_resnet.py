@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from facenet.models import create_model
+from facenet.models.export import export_model
 from facenet.models.flops import count_multiply_adds
 from facenet.models.resnet import BasicBlock
 
@@ -38,3 +39,44 @@ def test_other_input_sizes_and_widths(size):
 def test_mismatched_widths_and_depths_are_refused():
     with pytest.raises(ValueError, match="must pair up"):
         create_model("resnet_cpu", widths=[8, 16], depths=[1])
+
+
+@pytest.mark.parametrize("size", [64, 80, 96, 97, 112])
+def test_gdc_head_covers_the_whole_last_map_exactly(size):
+    # the depthwise kernel must equal the last map, leaving a 1x1 output at any input size
+    model = create_model("resnet_cpu", input_size=size, widths=[8, 16], depths=[1, 1], head="gdc")
+    feats = model.stages(model.stem(torch.randn(2, 3, size, size)))
+    assert model.pool[0].kernel_size == tuple(feats.shape[-2:])
+    out = model.eval()(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 128)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_gdc_head_sees_where_a_feature_is_and_gap_does_not():
+    # moving the last map's activations between positions changes the GDC embedding only
+    torch.manual_seed(0)
+    gdc = create_model("resnet_cpu", widths=[8, 16], depths=[1, 1], head="gdc").eval()
+    gap = create_model("resnet_cpu", widths=[8, 16], depths=[1, 1]).eval()
+    with torch.no_grad():
+        gdc.pool[0].weight.normal_()
+        feats = torch.rand(1, 16, *gdc.pool[0].kernel_size)
+        moved = feats.flip(-1, -2)
+        assert torch.allclose(
+            gap.head(gap.pool(feats).flatten(1)), gap.head(gap.pool(moved).flatten(1))
+        )
+        assert not torch.allclose(
+            gdc.head(gdc.pool(feats).flatten(1)), gdc.head(gdc.pool(moved).flatten(1)), atol=1e-4
+        )
+
+
+def test_unknown_head_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="gap, gdc"):
+        create_model("resnet_cpu", head="flatten")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_gdc_head_exports_with_parity(fmt, tmp_path):
+    torch.manual_seed(0)
+    model = create_model("resnet_cpu", widths=[8, 16], depths=[1, 1], head="gdc").eval()
+    report = export_model(model, tmp_path / f"m.{'onnx' if fmt == 'onnx' else 'pt'}", fmt)
+    assert report.max_abs_diff <= 1e-4  # export_model raises above 1e-4 too

@@ -61,6 +61,11 @@ def test_overrides_parse_yaml_values_and_nested_keys():
     assert c.output.tensorboard is False and c.max_steps == 7
 
 
+def test_model_kwargs_take_new_keys_one_at_a_time():
+    c = apply_overrides(Config(), ["model.kwargs={input_size: 96}", "model.kwargs.head=gdc"])
+    assert c.model.kwargs == {"input_size": 96, "head": "gdc"}
+
+
 def test_single_value_for_a_tuple_field_becomes_a_tuple():
     assert apply_overrides(Config(), ["data.roots=/x"]).data.roots == ("/x",)
 

@@ -17,6 +17,16 @@ from torch import Tensor, nn
 from facenet.models.head import EmbeddingHead, EmbeddingNet
 from facenet.models.registry import ModelSpec, register_model
 
+HEADS = ("gap", "gdc")
+
+
+def _final_map_side(input_size: tuple[int, int], stride2_layers: int) -> tuple[int, int]:
+    """Spatial size after ``stride2_layers`` 3x3 stride-2 convs with padding 1 (ceil halving)."""
+    h, w = input_size
+    for _ in range(stride2_layers):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return h, w
+
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int) -> list[nn.Module]:
     return [
@@ -54,10 +64,13 @@ class ResNetCPU(EmbeddingNet):
         depths: Sequence[int] = (1, 2, 2, 1),
         stem_width: int = 24,
         dropout: float = 0.0,
+        head: str = "gap",
     ) -> None:
         super().__init__(spec)
         if len(widths) != len(depths) or not widths:
             raise ValueError(f"widths {tuple(widths)} and depths {tuple(depths)} must pair up")
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
         self.stem = nn.Sequential(*_conv_bn(3, stem_width, 3, 2), nn.ReLU(inplace=True))
         stages: list[nn.Module] = []
         cin = stem_width
@@ -67,7 +80,16 @@ class ResNetCPU(EmbeddingNet):
             stages.append(nn.Sequential(*blocks))
             cin = width
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        if head == "gap":
+            self.pool: nn.Module = nn.AdaptiveAvgPool2d(1)
+        else:
+            # why: an aligned face's features are not translation invariant (eyes above mouth);
+            # a global depthwise conv (MobileFaceNet, Chen et al. 2018) learns one weight per
+            # channel and position of the last map instead of averaging the positions away.
+            side = _final_map_side(spec.input_size, len(widths) + 1)
+            self.pool = nn.Sequential(
+                nn.Conv2d(cin, cin, side, groups=cin, bias=False), nn.BatchNorm2d(cin)
+            )
         self.head = EmbeddingHead(cin, spec.embedding_dim, dropout=dropout)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -85,12 +107,23 @@ def resnet_cpu(
     depths: Sequence[int] = (1, 2, 2, 1),
     stem_width: int = 24,
     dropout: float = 0.0,
+    head: str = "gap",
 ) -> ResNetCPU:
-    """A ~1.7M-parameter BatchNorm ResNet at 96x96 for from-scratch CPU training (~60M MACs)."""
+    """A ~1.7M-parameter BatchNorm ResNet at 96x96 for from-scratch CPU training (~60M MACs).
+
+    ``head``: ``gap`` (global average pooling, FaceNet's) or ``gdc`` (global depthwise conv).
+    """
     spec = ModelSpec(
         "resnet_cpu",
         (input_size, input_size),
         embedding_dim,
-        extra={"widths": list(widths), "depths": list(depths), "stem_width": stem_width},
+        extra={
+            "widths": list(widths),
+            "depths": list(depths),
+            "stem_width": stem_width,
+            "head": head,
+        },
     )
-    return ResNetCPU(spec, widths=widths, depths=depths, stem_width=stem_width, dropout=dropout)
+    return ResNetCPU(
+        spec, widths=widths, depths=depths, stem_width=stem_width, dropout=dropout, head=head
+    )
