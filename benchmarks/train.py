@@ -2,6 +2,7 @@
 
     python benchmarks/train.py                                  # the default model list
     python benchmarks/train.py --models resnet_cpu tiny:input_size=64,width=32 --steps 40
+    python benchmarks/train.py --models resnet_cpu:widths=40/80/160/320,stem_width=32,head=gdc
     python benchmarks/train.py --threads 1 --json /tmp/train.json
     python benchmarks/train.py --config configs/cpu.yaml --models resnet_cpu   # a recipe's batch,
                                                                               # augmentation, cache size
@@ -42,20 +43,26 @@ DEFAULT_MODELS = ("resnet_cpu", "tiny:input_size=64,width=32")
 MARGIN = 0.2  # why: the paper's alpha (SPEC §2)
 
 
+def _parse_value(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            continue
+    return value
+
+
 def parse_model(text: str) -> tuple[str, dict[str, Any]]:
-    """``name[:key=value,...]`` -> (name, kwargs); values parsed as int, float or str."""
+    """``name[:key=value,...]`` -> (name, kwargs); values parsed as int, float or str, and
+    ``a/b/c`` as a list (``resnet_cpu:widths=40/80/160/320,head=gdc``)."""
     name, _, rest = text.partition(":")
     kwargs: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        for cast in (int, float):
-            try:
-                kwargs[key] = cast(value)
-                break
-            except ValueError:
-                continue
+        if "/" in value:
+            kwargs[key] = [_parse_value(v) for v in value.split("/")]
         else:
-            kwargs[key] = value
+            kwargs[key] = _parse_value(value)
     return name, kwargs
 
 
