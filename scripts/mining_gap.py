@@ -25,22 +25,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facenet.data.folder import read_people_list
+from facenet.data.folder import (
+    FolderDataset,
+    read_people_list,
+    scan_roots,
+    split_excluded_people,
+)
 from facenet.eval.embedding import embed_paths
 from facenet.losses.distances import pairwise_squared_distances
 from facenet.models.loading import load_weights_file
 
 
-def identity_files(root: Path, people: set[str] | None, min_images: int) -> list[list[Path]]:
-    """Face files per identity folder of ``root`` (only ``people`` when given)."""
-    out = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if people is not None and d.name not in people:
-            continue
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        if len(files) >= min_images:
-            out.append(files)
-    return out
+def identity_files(dataset: FolderDataset) -> list[list[str]]:
+    """The image paths of each identity of ``dataset``."""
+    bounds = np.cumsum(dataset.counts())[:-1]
+    return [list(files) for files in np.split(np.asarray(dataset.paths), bounds)]
 
 
 def pair_kinds(sq_dist: torch.Tensor, labels: torch.Tensor, margin: float) -> np.ndarray:
@@ -68,13 +67,15 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     p, k = args.batch
-    lfw, aligned = Path(args.lfw), Path(args.lfw_aligned)
-    train_people = set(read_people_list(lfw / "peopleDevTrain.txt"))
-    test_people = set(read_people_list(lfw / "peopleDevTest.txt"))
+    lfw = Path(args.lfw)
+    # the training people exactly as `facenet train` with data.split=lfw_view1 selects them
+    held_out = split_excluded_people("lfw_view1", lfw)
+    roots = [args.lfw_aligned, *args.extra_aligned]
     sides = {
-        "training people": identity_files(aligned, train_people, k)
-        + [f for root in args.extra_aligned for f in identity_files(Path(root), None, k)],
-        "unseen people (peopleDevTest)": identity_files(aligned, test_people, k),
+        "training people": identity_files(scan_roots(roots, k, exclude=held_out)),
+        "unseen people (peopleDevTest)": identity_files(
+            scan_roots([args.lfw_aligned], k, include=read_people_list(lfw / "peopleDevTest.txt"))
+        ),
     }
     print(
         f"| checkpoint | people | identities with >= {k} faces | semi-hard | satisfied | "

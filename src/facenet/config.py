@@ -267,20 +267,22 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         value = yaml.safe_load(raw) if raw.strip() else ""
-        node = d
+        node, section = d, config  # the dict being edited and the config object it mirrors
         parts = key.strip().split(".")
         for i, p in enumerate(parts[:-1]):
             if not isinstance(node.get(p), dict):
                 raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
             node = node[p]
-        # why: free-form mappings (model.kwargs) take new keys; dataclass sections do not
-        free_form = len(parts) >= 2 and parts[-2] == "kwargs"
-        if parts[-1] not in node and not free_form:
-            raise ConfigError(
-                f"override {item!r}: unknown key {key!r}; valid here: {', '.join(sorted(node))}"
-            )
-        if isinstance(node.get(parts[-1]), dict) and parts[-1] != "kwargs":
-            raise ConfigError(f"override {item!r}: {key!r} is a section; set one of its keys")
+            section = getattr(section, p) if is_dataclass(section) else None
+        # why: a dataclass section has a fixed set of keys; a mapping field (model.kwargs) is
+        # free-form and takes new ones
+        if is_dataclass(section):
+            if parts[-1] not in node:
+                raise ConfigError(
+                    f"override {item!r}: unknown key {key!r}; valid here: {', '.join(sorted(node))}"
+                )
+            if is_dataclass(getattr(section, parts[-1])):
+                raise ConfigError(f"override {item!r}: {key!r} is a section; set one of its keys")
         node[parts[-1]] = value
     return config_from_dict(d)
 
