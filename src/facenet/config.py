@@ -44,6 +44,11 @@ class AugmentConfig:
     low_res_probability: float = 0.0
     low_res_min: int = 32
     grey_probability: float = 0.0  # replace the colours by their luma with this probability
+    # random erasing (Zhong et al., AAAI 2020): with this probability fill one rectangle covering
+    # a fraction of the input drawn from ``erase_area`` (aspect ratio 0.3-3.3) with noise, the
+    # occlusions (hands, glasses, microphones) a metric learned from few identities must ignore
+    erase_probability: float = 0.0
+    erase_area: tuple[float, float] = (0.02, 0.25)
 
 
 @dataclass(frozen=True)

@@ -273,3 +273,128 @@ def test_real_faces_are_detected_and_cropped(lfw_dir, orl_dir, tmp_path):
     box = json.loads(lfw["box"])
     assert 60 < box[0] < box[2] < 190 and 50 < box[1] < box[3] < 200  # the central face
     assert len(json.loads(lfw["landmarks"])) == 5
+
+
+# --------------------------------------------------------------------------- re-crop from a manifest
+
+
+class _CountingDetector:
+    """Finds no face, and remembers how many images it was asked about."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def detect(self, image):
+        self.seen += 1
+        return []
+
+    def detect_batch(self, images):
+        return [self.detect(im) for im in images]
+
+
+def _write_known_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
+    from facenet.detect.pipeline import MANIFEST_FIELDS
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in MANIFEST_FIELDS})
+    return path
+
+
+LANDMARKS = [[45.0, 40.0], [75.0, 42.0], [60.0, 55.0], [48.0, 70.0], [72.0, 71.0]]
+
+
+def test_recrop_uses_the_recorded_faces_and_detects_only_the_rest(tmp_path, monkeypatch):
+    from facenet.data.images import load_image
+    from facenet.detect import base
+    from facenet.detect.align import crop_similarity
+
+    root = tmp_path / "src"
+    (root / "p").mkdir(parents=True)
+    for i, name in enumerate(("a.jpg", "b.jpg", "c.jpg")):
+        Image.fromarray(_photo(i)).save(root / "p" / name, quality=95)
+    manifest = _write_known_manifest(
+        tmp_path / "old.csv",
+        [
+            {
+                "source": "p/a.jpg",
+                "status": "ok",
+                "box": "[30, 25, 90, 85]",
+                "landmarks": json.dumps(LANDMARKS),
+                "score": "0.99",
+                "num_faces": "2",
+            },
+            {"source": "p/b.jpg", "status": "fallback", "num_faces": "0"},
+        ],
+    )
+    detector = _CountingDetector()
+    monkeypatch.setattr(base, "create_detector", lambda name: detector)
+    config = AlignConfig(size=48, margin=8, mode="similarity")
+    summary = _run(root, tmp_path / "out", config=config, detections=manifest)
+
+    assert detector.seen == 1  # only c.jpg, which the manifest does not cover
+    rows = _manifest(tmp_path / "out")
+    assert rows["p/a.jpg"]["status"] == "ok" and rows["p/a.jpg"]["num_faces"] == "2"
+    assert json.loads(rows["p/a.jpg"]["landmarks"]) == LANDMARKS
+    assert rows["p/b.jpg"]["status"] == "fallback" and rows["p/c.jpg"]["status"] == "fallback"
+    assert summary.counts == {"ok": 1, "fallback": 2, "no_face": 0, "error": 0}
+    # oracle: the same warp called directly on the photo and the recorded landmarks
+    expected = crop_similarity(load_image(root / "p/a.jpg"), np.array(LANDMARKS), 48, 8)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out/p/a.png")), expected)
+    settings = json.loads((tmp_path / "out/align_config.json").read_text())
+    assert settings["detections"] == str(manifest.resolve())
+    # crops from other recorded faces are other settings: refused, not mixed into one folder
+    other = _write_known_manifest(tmp_path / "other.csv", [])
+    with pytest.raises(ValueError, match="detections"):
+        _run(root, tmp_path / "out", config=config, detections=other)
+
+
+def test_bad_detections_manifest_is_named(tmp_path, src):
+    from facenet.detect.pipeline import read_detections
+
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        read_detections(tmp_path / "missing.csv")
+    (tmp_path / "plain.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"plain\.csv is not an align manifest"):
+        read_detections(tmp_path / "plain.csv")
+    bad = _write_known_manifest(
+        tmp_path / "bad.csv",
+        [
+            {"source": "p/ok.jpg", "status": "fallback"},
+            {"source": "p/x.jpg", "status": "ok", "box": "[1, 2, 3]", "landmarks": "[]"},
+        ],
+    )
+    with pytest.raises(ValueError, match=r"bad\.csv line 3 \(p/x\.jpg\)"):
+        read_detections(bad)
+    # error rows are left out (those files are read again), the rest are kept
+    mixed = _write_known_manifest(
+        tmp_path / "mixed.csv",
+        [{"source": "p/e.jpg", "status": "error"}, {"source": "p/n.jpg", "status": "no_face"}],
+    )
+    assert read_detections(mixed) == {"p/n.jpg": ([], 0)}
+    code = main(["align", str(src), str(tmp_path / "o"), "--detections", str(bad), "--quiet"])
+    assert code == 2
+
+
+@pytest.mark.data
+def test_recrop_from_a_box_run_matches_a_fresh_similarity_run(lfw_dir, tmp_path):
+    # second implementation: detect + similarity crop in one run, against similarity crops made
+    # from the landmarks a box run recorded (rounded to 0.01 px in the manifest)
+    root = tmp_path / "src"
+    shutil.copytree(lfw_dir / "lfw-deepfunneled/Aaron_Eckhart", root / "Aaron_Eckhart")
+    shutil.copytree(lfw_dir / "lfw-deepfunneled/Aaron_Guiel", root / "Aaron_Guiel")
+    sim = AlignConfig(size=112, margin=16, mode="similarity")
+    _run(root, tmp_path / "box", config=AlignConfig(size=160, margin=32))
+    _run(root, tmp_path / "fresh", config=sim)
+    summary = _run(root, tmp_path / "recrop", config=sim, detections=tmp_path / "box/manifest.csv")
+    fresh, recrop = _manifest(tmp_path / "fresh"), _manifest(tmp_path / "recrop")
+    assert summary.counts["ok"] == len(fresh) >= 2
+    for source, row in fresh.items():
+        assert recrop[source]["landmarks"] == row["landmarks"]
+        a = np.asarray(Image.open(tmp_path / "fresh" / row["output"]), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "recrop" / row["output"]), dtype=np.int16)
+        assert np.abs(a - b).mean() < 0.5, source

@@ -105,3 +105,34 @@ def test_resolution_jitter_blurs_and_grey_removes_colour():
     )
     assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
     assert not torch.allclose(sharp[:, 0], sharp[:, 1])
+
+
+def test_random_erasing_replaces_one_rectangle_per_chosen_image():
+    imgs = np.full((64, 32, 32, 3), 128, np.uint8)  # flat grey: erased pixels stand out
+    base = dict(random_crop=False, flip=False, brightness=0, contrast=0, saturation=0)
+    cfg = AugmentConfig(**base, erase_probability=0.5, erase_area=(0.1, 0.2))
+    out = augment_batch(imgs, (32, 32), cfg, step_rng(0, 0))
+    changed = (out != 128).any(1)  # (B, H, W)
+    erased = changed.flatten(1).any(1)
+    assert 16 < int(erased.sum()) < 48  # about half the images
+    for mask in changed[erased]:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        # one rectangle of 10-20% of the 1,024 pixels (a noise pixel can equal 128 by chance)
+        assert 0.1 * 1024 * 0.9 <= int(box) <= 0.2 * 1024 * 1.1
+        assert int(mask.sum()) >= 0.95 * int(box)
+    assert torch.equal(out, augment_batch(imgs, (32, 32), cfg, step_rng(0, 0)))
+    # off by default: the draws for earlier options (and their batches) are unchanged
+    plain = AugmentConfig(**base)
+    assert torch.equal(
+        augment_batch(imgs, (32, 32), plain, step_rng(0, 0)), center_crops(imgs, (32, 32))
+    )
+
+
+def test_random_erasing_rejects_a_bad_area():
+    import pytest
+
+    from facenet.data.augment import erase_rectangles
+
+    with pytest.raises(ValueError, match="erase_area"):
+        erase_rectangles(torch.zeros(1, 3, 8, 8), 1.0, (0.0, 0.5), step_rng(0, 0))

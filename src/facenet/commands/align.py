@@ -54,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="images per detector call")
     parser.add_argument(
+        "--detections",
+        default=None,
+        metavar="MANIFEST",
+        help="re-crop from the faces an earlier run recorded in its manifest.csv (no detector "
+        "run for those files), e.g. similarity crops from a box run's landmarks",
+    )
+    parser.add_argument(
         "--max-side",
         type=int,
         default=1280,
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             max_side=args.max_side or None,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            detections=args.detections,
         )
     except (FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Training augmentation on batches of cached uint8 faces: random crop, optional zoom/rotation
-jitter, flip, optional resolution jitter and JPEG re-encoding, colour jitter, optional greyscale.
+jitter, flip, optional resolution jitter and JPEG re-encoding, colour jitter, optional greyscale,
+optional random erasing.
 All randomness comes from a ``numpy.random.Generator`` the caller derives from (seed, step), so a
 batch's augmentation is reproducible after a resume.
 """
@@ -15,6 +16,8 @@ from facenet.config import AugmentConfig
 
 # why: ITU-R BT.601 luma weights, the usual greyscale for saturation jitter.
 _LUMA = (0.299, 0.587, 0.114)
+# why: Zhong et al.'s random-erasing aspect ratios (r1 = 0.3, 1/r1), drawn log-uniformly.
+_ERASE_ASPECT = (0.3, 1 / 0.3)
 
 
 def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
@@ -122,4 +125,36 @@ def augment_batch(
         if bool(to_grey.any()):
             grey = (x[to_grey] * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
             x[to_grey] = grey.expand(-1, 3, -1, -1)
+    if config.erase_probability > 0:
+        erase_rectangles(x, config.erase_probability, config.erase_area, rng)
+    return x
+
+
+def erase_rectangles(
+    x: Tensor, probability: float, area: tuple[float, float], rng: np.random.Generator
+) -> Tensor:
+    """Random erasing in place: with ``probability`` per image, one rectangle of ``area`` (fraction
+    of the image, drawn uniformly) and log-uniform aspect ratio becomes uniform noise in [0, 255].
+
+    Args:
+        x: float (B, C, H, W) in [0, 255], modified in place.
+
+    Returns:
+        ``x``.
+    """
+    b, c, h, w = x.shape
+    lo, hi = area
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"erase_area {area} must satisfy 0 < low <= high <= 1")
+    hit = rng.random(b) < probability
+    fractions = rng.uniform(lo, hi, size=b)
+    aspects = np.exp(rng.uniform(*np.log(_ERASE_ASPECT), size=b))
+    corners = rng.random((b, 2))
+    for i in np.flatnonzero(hit):
+        eh = int(np.clip(round(np.sqrt(fractions[i] * h * w * aspects[i])), 1, h))
+        ew = int(np.clip(round(np.sqrt(fractions[i] * h * w / aspects[i])), 1, w))
+        top = int(corners[i, 0] * (h - eh + 1))
+        left = int(corners[i, 1] * (w - ew + 1))
+        noise = rng.integers(0, 256, size=(c, eh, ew)).astype(np.float32)
+        x[i, :, top : top + eh, left : left + ew] = torch.from_numpy(noise)
     return x
