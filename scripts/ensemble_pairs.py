@@ -15,6 +15,7 @@ import numpy as np
 from facenet.data.lfw import read_pairs
 from facenet.eval.distances import squared_l2
 from facenet.eval.protocol import embed_pairs
+from facenet.eval.report import LFW_TABLE_HEAD, lfw_table_row
 from facenet.eval.verification import evaluate_verification
 from facenet.models.loading import load_model
 
@@ -30,23 +31,16 @@ def main() -> None:
 
     pairs = read_pairs(args.pairs)
     distances = []
-    print("| model | accuracy | AUC | VAL @ FAR 1e-3 |\n|---|---|---|---|")
+    print(LFW_TABLE_HEAD)
     for ref in args.checkpoints:
         model = load_model(ref)
         left, right = embed_pairs(model, pairs, args.data, align=args.align, cache_dir=args.cache)
         d = squared_l2(left, right)
         distances.append(d)
-        r = evaluate_verification(d, pairs.issame, pairs.folds)
-        print(
-            f"| {ref} | {100 * r.accuracy:.1f}% ± {100 * r.accuracy_std:.1f} | {r.auc:.4f} | "
-            f"{100 * r.val:.1f}% |"
-        )
+        print(lfw_table_row(ref, evaluate_verification(d, pairs.issame, pairs.folds)))
     d = np.mean(distances, axis=0)
     r = evaluate_verification(d, pairs.issame, pairs.folds)
-    print(
-        f"| ensemble of {len(distances)} (mean squared distance) | {100 * r.accuracy:.1f}% ± "
-        f"{100 * r.accuracy_std:.1f} | {r.auc:.4f} | {100 * r.val:.1f}% |"
-    )
+    print(lfw_table_row(f"ensemble of {len(distances)}", r, "mean squared distance"))
 
 
 if __name__ == "__main__":

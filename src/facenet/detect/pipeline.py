@@ -224,6 +224,21 @@ def _encode_png(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def _detect(images: list[np.ndarray]) -> list[Any]:
+    """The worker's detector on ``images``, batched; per image a list of ``Detection`` or the
+    exception it raised (one bad image must not sink the chunk: on failure, retry one by one)."""
+    try:
+        return detect_resized(_detector(), images, _WORKER["max_side"])
+    except Exception:
+        found: list[Any] = []
+        for im in images:
+            try:
+                found.append(detect_resized(_detector(), [im], _WORKER["max_side"])[0])
+            except Exception as e:
+                found.append(e)
+        return found
+
+
 def _process_chunk(chunk: Sequence[tuple[str, str, str, str]]) -> list[dict[str, Any]]:
     """Load, detect (batched), align and write one chunk of (src_abs, dst_abs, rel, out_rel)."""
     config, known = _WORKER["config"], _WORKER["known"]
@@ -235,30 +250,18 @@ def _process_chunk(chunk: Sequence[tuple[str, str, str, str]]) -> list[dict[str,
             slots.append(i)
         except ImageError as e:
             records[i] = _record(rel, "error", reason=e.reason)
-    unknown = [j for j, i in enumerate(slots) if chunk[i][2] not in known]
-    found: list[Any] = []
+    # per image: (detections, faces found) recorded by an earlier run, else detected now
+    faces_of: list[Any] = [known.get(chunk[i][2]) for i in slots]
+    unknown = [j for j, f in enumerate(faces_of) if f is None]
     if unknown:
-        todo = [images[j] for j in unknown]
-        try:
-            found = detect_resized(_detector(), todo, _WORKER["max_side"])
-        except Exception:  # one bad image must not sink the chunk: retry one by one
-            found = []
-            for im in todo:
-                try:
-                    found.append(detect_resized(_detector(), [im], _WORKER["max_side"])[0])
-                except Exception as e:
-                    found.append(e)
-    detections: list[Any] = [None] * len(slots)
-    for j, dets in zip(unknown, found, strict=True):
-        detections[j] = dets
-    for i, image, dets in zip(slots, images, detections, strict=True):
+        for j, dets in zip(unknown, _detect([images[j] for j in unknown]), strict=True):
+            faces_of[j] = dets if isinstance(dets, Exception) else (dets, None)
+    for i, image, found in zip(slots, images, faces_of, strict=True):
         src_abs, dst_abs, rel, out_rel = chunk[i]
         try:
-            if isinstance(dets, Exception):
-                raise dets
-            faces = None
-            if dets is None:
-                dets, faces = known[rel]
+            if isinstance(found, Exception):
+                raise found
+            dets, faces = found
             result = align_detections(image, dets, config)
             rec = _record(
                 rel,
