@@ -6,7 +6,8 @@ with LRN (no BatchNorm): PyTorch's SyncBatchNorm is GPU-only, so on CPU a BatchN
 normalise each rank's half-batch with its own statistics (measured: 10-35% loss differences with
 the tiny BN model at 12 images per rank). Stated tolerance: the first 3 losses agree within
 1e-4 relative (measured ~1e-6); over all steps within 5% on average, because rounding
-differences eventually flip a discrete semi-hard choice (measured <= 3% at step 9).
+differences eventually flip a discrete semi-hard choice (measured <= 3% at step 9). The optional
+classifier loss (``classifier.weight``) is computed on the gathered batch too: same tolerances.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ COMMON = [
 ]
 
 
-def _losses(run: Path) -> np.ndarray:
+def _losses(run: Path, column: str = "loss") -> np.ndarray:
     with open(run / "train_log.csv") as f:
-        return np.array([float(r["loss"]) for r in csv.DictReader(f)])
+        return np.array([float(r[column]) for r in csv.DictReader(f)])
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("classifier", [0.0, 0.5], ids=["triplet", "triplet+classifier"])
+def test_two_gloo_ranks_match_one_process(tmp_path, classifier):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     if not Path(torchrun).exists():
         pytest.skip("torchrun not found")
@@ -53,6 +55,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     single = tmp_path / "single"
     ddp = tmp_path / "ddp"
     base = ["--config", SMOKE, f"data.cache_dir={tmp_path / 'cache'}", *COMMON]
+    base.append(f"classifier.weight={classifier}")
     r1 = subprocess.run(
         [sys.executable, "-m", "facenet", "train", *base, f"output.dir={single}"],
         env=env,
@@ -83,3 +86,9 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     rel = np.abs(a - b) / np.maximum(np.abs(a), 1e-6)
     assert rel[:3].max() < 1e-4, (a, b)
     assert rel.mean() < 0.05, (a, b)
+    if classifier:
+        # the optional classifier is computed on the gathered batch: the same value on one process
+        a, b = _losses(single, "classifier_loss"), _losses(ddp, "classifier_loss")
+        rel = np.abs(a - b) / np.abs(a)
+        assert rel[:3].max() < 1e-4, (a, b)
+        assert rel.mean() < 0.05, (a, b)

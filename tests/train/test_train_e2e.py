@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,3 +171,64 @@ def test_other_optimisers_train(tmp_path, name):
     run = tmp_path / "run"
     assert main(_args(run, "max_steps=6", f"optimiser.name={name}", f"optimiser.lr={lr}")) == 0
     assert load_checkpoint(run / "last.pt")["optimizer"]["state"]
+
+
+# ---------------------------------------------------------------- the optional classifier
+CLS = ("classifier.weight=0.5", "max_steps=12", "validation.every=6", "output.checkpoint_every=6")
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cls") / "run"
+    assert main(_args(run, *CLS)) == 0
+    return run
+
+
+def test_classifier_run_logs_it_and_keeps_it_out_of_the_model(classifier_run):
+    run = classifier_run
+    with open(run / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    cls_loss = [float(r["classifier_loss"]) for r in rows]
+    assert all(v > 0 for v in cls_loss) and cls_loss[-1] < cls_loss[0]
+    assert all(0 <= float(r["classifier_accuracy"]) <= 1 for r in rows)
+    ckpt = load_checkpoint(run / "last.pt")
+    proxies = ckpt["classifier"]["weight"]
+    assert proxies.shape == (24, 128)  # smoke.yaml's 24 synthetic identities x embedding width
+    assert len(ckpt["optimizer"]["param_groups"]) == 3
+    # exported weights and loaded models are the embedding network alone
+    exported = load_weights_file(run / "last.safetensors").state_dict()
+    assert _states_equal(exported, ckpt["model_state"])
+    assert not any("classifier" in k or k == "weight" for k in ckpt["model_state"])
+
+
+def test_classifier_run_resumes_bit_exactly(classifier_run, tmp_path, monkeypatch):
+    import facenet.train.loop as loop
+
+    real = loop.lr_at
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_6(step, *a, **kw):
+        if step == 6:  # after step 6's checkpoint: the process "dies" here
+            raise Stop
+        return real(step, *a, **kw)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(loop, "lr_at", stop_at_6)
+    with pytest.raises(Stop):
+        main(_args(run, *CLS))
+    assert load_checkpoint(run / "last.pt")["step"] == 6
+    monkeypatch.setattr(loop, "lr_at", real)
+    assert main([*_args(run, *CLS), "--resume"]) == 0
+    final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(classifier_run / "last.pt")
+    assert final["step"] == ref["step"] == 12
+    assert _states_equal(final["model_state"], ref["model_state"])
+    assert _states_equal(final["classifier"], ref["classifier"])
+
+
+def test_resume_with_a_different_classifier_setting_is_refused(classifier_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(classifier_run, run)
+    assert main([*_args(run, "max_steps=12"), "--resume"]) == 2
+    assert "classifier.weight=0.5" in capsys.readouterr().err

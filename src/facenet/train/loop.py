@@ -45,6 +45,8 @@ TRAIN_FIELDS = (
     "step",
     "epoch",
     "loss",
+    "classifier_loss",
+    "classifier_accuracy",
     "fraction_active",
     "num_triplets",
     "num_pairs",
@@ -253,8 +255,14 @@ class BatchStream:
 
 
 # ------------------------------------------------------------------------------ optimiser
-def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
-    """AdaGrad (the paper's), SGD with momentum, or AdamW; no weight decay on norms/biases."""
+def build_optimizer(
+    model: nn.Module, config: Config, classifier: nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """AdaGrad (the paper's), SGD with momentum, or AdamW; no weight decay on norms/biases.
+
+    A training-only ``classifier`` gets a third parameter group without weight decay (its class
+    proxies are normalised, so decay would only shrink them towards the origin).
+    """
     o = config.optimiser
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -265,6 +273,8 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
         {"params": decay, "weight_decay": o.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if classifier is not None:
+        groups.append({"params": list(classifier.parameters()), "weight_decay": 0.0})
     if o.name == "adagrad":
         return torch.optim.Adagrad(
             groups, lr=o.lr, eps=o.eps, initial_accumulator_value=o.initial_accumulator_value
@@ -350,8 +360,18 @@ def plot_curves(run_dir: str | os.PathLike) -> Path | None:
     def col(rows: list[dict[str, str]], key: str) -> list[float]:
         return [float(r[key]) if r[key] not in ("", "nan") else float("nan") for r in rows]
 
-    axes[0].plot(steps, col(train_rows, "loss"))
+    axes[0].plot(steps, col(train_rows, "loss"), label="triplet")
     axes[0].set(title="triplet loss", xlabel="step")
+    cls = col(train_rows, "classifier_loss") if "classifier_loss" in train_rows[0] else []
+    if any(math.isfinite(v) for v in cls):
+        # why: the optional classifier's cross-entropy is ~10x the triplet loss: own axis
+        twin = axes[0].twinx()
+        twin.plot(steps, cls, color="tab:orange", label="classifier (right)")
+        twin.set_ylabel("classifier cross-entropy")
+        axes[0].set(title="losses")
+        axes[0].legend(
+            handles=axes[0].get_lines() + twin.get_lines(), loc="upper right", fontsize="small"
+        )
     axes[1].plot(steps, col(train_rows, "fraction_active"), label="fraction of triplets active")
     if "num_pairs" in train_rows[0]:
         pairs = np.maximum(np.array(col(train_rows, "num_pairs")), 1)
@@ -437,7 +457,6 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     model = model.to(device=device, memory_format=memory_format)
     if info.distributed and device.type == "cuda" and config.model.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, config)
     scaler = torch.amp.GradScaler(
         "cuda", enabled=device.type == "cuda" and config.precision == "fp16"
     )
@@ -454,6 +473,19 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     data = build_train_data(config, input_size, show, forbidden)
     D.barrier()
     stream = BatchStream(data.labels, config, info.rank, info.world_size)
+    classifier: nn.Module | None = None
+    if config.classifier.weight > 0:
+        from facenet.losses.classifier import CosineClassifier
+
+        c = config.classifier
+        classifier = CosineClassifier(
+            spec.embedding_dim,
+            len(data.identities),
+            c.scale,
+            c.margin,
+            generator=torch.Generator().manual_seed(config.seed + 1),
+        ).to(device)
+    optimizer = build_optimizer(model, config, classifier)
 
     # -- resume
     step = 0
@@ -464,6 +496,14 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     if resume:
         ckpt = load_checkpoint(last_path)
         unwrap(model).load_state_dict(ckpt["model_state"])
+        saved = (ckpt.get("config") or {}).get("classifier", {}).get("weight", 0.0)
+        if (classifier is None) != (ckpt.get("classifier") is None):
+            raise ValueError(
+                f"{last_path} was trained with classifier.weight={saved}; resume it with the "
+                "same setting (the classifier's weights and optimiser state must match)"
+            )
+        if classifier is not None:
+            classifier.load_state_dict(ckpt["classifier"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler") is not None:
             scaler.load_state_dict(ckpt["scaler"])
@@ -479,6 +519,11 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if classifier is not None:
+            # why: every rank sees the same gathered batch; DDP keeps the proxies in step anyway
+            classifier = DDP(
+                classifier, device_ids=[device.index] if device.type == "cuda" else None
+            )
 
     logs = None
     if info.is_main:
@@ -502,7 +547,10 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             metrics=metrics | {"elapsed_s": time.perf_counter() - t_start},
             best=best,
             thresholds=thresholds,
-            extra={"scaler": scaler.state_dict() if scaler.is_enabled() else None},
+            extra={
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "classifier": unwrap(classifier).state_dict() if classifier is not None else None,
+            },
         )
 
     def validate() -> dict[str, Any]:
@@ -575,13 +623,28 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                 generator=gen,
                 distributed=info.distributed,
             )
-            loss = out.loss
             stats = out.stats
-            loss_value = float(loss.detach())
+            loss_value = float(out.loss.detach())
+            loss = out.loss
+            cls_loss_value = cls_accuracy = float("nan")
+            if classifier is not None:
+                e, y = emb.float(), labels
+                if info.distributed:
+                    from facenet.losses.distributed import gather_labels, gather_with_grad
+
+                    # why: like the triplet loss, every rank computes the global batch's loss,
+                    # so the logged value and the gradients are those of one process
+                    e, y = gather_with_grad(e), gather_labels(y)
+                cls_loss, cls_acc = classifier(e, y)
+                cls_loss_value, cls_accuracy = float(cls_loss.detach()), float(cls_acc)
+                loss = loss + config.classifier.weight * cls_loss
+            total_value = float(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             params = [p for p in model.parameters() if p.grad is not None]
+            if classifier is not None:
+                params += [p for p in classifier.parameters() if p.grad is not None]
             if config.optimiser.grad_clip > 0:
                 grad_norm = float(
                     torch.nn.utils.clip_grad_norm_(params, config.optimiser.grad_clip)
@@ -596,12 +659,12 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                     if params
                     else 0.0
                 )
-            finite = math.isfinite(loss_value) and math.isfinite(grad_norm)
+            finite = math.isfinite(total_value) and math.isfinite(grad_norm)
             if not D.all_true(finite, device) and not (
-                scaler.is_enabled() and math.isfinite(loss_value)
+                scaler.is_enabled() and math.isfinite(total_value)
             ):
                 raise DivergenceError(
-                    f"training diverged at step {step + 1}: loss={loss_value:.4g}, "
+                    f"training diverged at step {step + 1}: loss={total_value:.4g}, "
                     f"gradient norm={grad_norm:.4g} (NaN/inf). The weights were not updated; "
                     f"last good checkpoint: {last_path if last_path.exists() else 'none yet'}. "
                     "Lower optimiser.lr, enable optimiser.grad_clip or use precision=fp32."
@@ -635,6 +698,8 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                     "step": step,
                     "epoch": stream.epoch,
                     "loss": loss_value,
+                    "classifier_loss": cls_loss_value,
+                    "classifier_accuracy": cls_accuracy,
                     "fraction_active": stats.fraction_active,
                     "num_triplets": stats.num_triplets,
                     "num_pairs": stats.num_pairs,
