@@ -92,8 +92,8 @@ class MiningConfig:
 class ClassifierConfig:
     # Not in the paper (which trains with the triplet loss alone): a large-margin cosine softmax
     # over the training identities added to the triplet loss with this weight (0 = off). Every
-    # face then gets a gradient every step, which helps small training sets at short budgets;
-    # see facenet.losses.classifier.
+    # face then gets a gradient every step; on this repo's CPU data it did not help (README's
+    # 10-minute probes). See facenet.losses.classifier.
     weight: float = 0.0
     scale: float = 30.0  # logit scale s of cos(embedding, class proxy)
     margin: float = 0.2  # additive cosine margin m on the true class (CosFace)

@@ -496,8 +496,8 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     if resume:
         ckpt = load_checkpoint(last_path)
         unwrap(model).load_state_dict(ckpt["model_state"])
-        saved = (ckpt.get("config") or {}).get("classifier", {}).get("weight", 0.0)
         if (classifier is None) != (ckpt.get("classifier") is None):
+            saved = (ckpt.get("config") or {}).get("classifier", {}).get("weight", 0.0)
             raise ValueError(
                 f"{last_path} was trained with classifier.weight={saved}; resume it with the "
                 "same setting (the classifier's weights and optimiser state must match)"
@@ -615,30 +615,29 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             gen = torch.Generator().manual_seed(int(step_rng(config.seed, step, 1).integers(2**62)))
             with autocast():
                 emb = model(x)
+            emb, batch_labels = emb.float(), labels
+            if info.distributed:
+                from facenet.losses.distributed import gather_labels, gather_with_grad
+
+                # why: every rank mines (and classifies) the global batch, gathered once, so the
+                # losses and gradients are those of one process on the whole batch
+                emb, batch_labels = gather_with_grad(emb), gather_labels(labels)
             out = triplet_loss(
-                emb.float(),
-                labels,
+                emb,
+                batch_labels,
                 rule=config.mining.rule,
                 margin=config.mining.margin,
                 generator=gen,
-                distributed=info.distributed,
             )
             stats = out.stats
-            loss_value = float(out.loss.detach())
             loss = out.loss
+            loss_value = total_value = float(loss.detach())
             cls_loss_value = cls_accuracy = float("nan")
             if classifier is not None:
-                e, y = emb.float(), labels
-                if info.distributed:
-                    from facenet.losses.distributed import gather_labels, gather_with_grad
-
-                    # why: like the triplet loss, every rank computes the global batch's loss,
-                    # so the logged value and the gradients are those of one process
-                    e, y = gather_with_grad(e), gather_labels(y)
-                cls_loss, cls_acc = classifier(e, y)
+                cls_loss, cls_acc = classifier(emb, batch_labels)
                 cls_loss_value, cls_accuracy = float(cls_loss.detach()), float(cls_acc)
                 loss = loss + config.classifier.weight * cls_loss
-            total_value = float(loss.detach())
+                total_value = float(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
