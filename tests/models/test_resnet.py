@@ -69,6 +69,30 @@ def test_gdc_head_sees_where_a_feature_is_and_gap_does_not():
         )
 
 
+@pytest.mark.parametrize("size", [64, 96, 97])
+def test_a_stride_one_stage_keeps_its_input_resolution(size):
+    # strides (1, 2): the first stage works at the stem's output size, the map ends 2x larger
+    model = create_model(
+        "resnet_cpu", input_size=size, widths=[8, 16], depths=[1, 1], strides=[1, 2], head="gdc"
+    )
+    x = torch.randn(2, 3, size, size)
+    stem = model.stem(x)
+    first = model.stages[0](stem)
+    assert first.shape[-2:] == stem.shape[-2:]
+    assert model.pool[0].kernel_size == tuple(model.stages[1](first).shape[-2:])
+    default = create_model("resnet_cpu", input_size=size, widths=[8, 16], depths=[1, 1])
+    assert count_multiply_adds(model) > 2 * count_multiply_adds(default)  # 4x the pixels
+    assert model.eval()(x).shape == (2, 128)
+    assert model.spec.extra["strides"] == [1, 2]
+    assert default.spec.extra["strides"] == [2, 2]
+
+
+@pytest.mark.parametrize("strides", [[2], [2, 3], [0, 2]])
+def test_bad_strides_are_refused(strides):
+    with pytest.raises(ValueError, match="strides"):
+        create_model("resnet_cpu", widths=[8, 16], depths=[1, 1], strides=strides)
+
+
 def test_unknown_head_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="gap, gdc"):
         create_model("resnet_cpu", head="flatten")

@@ -20,11 +20,11 @@ from facenet.models.registry import ModelSpec, register_model
 HEADS = ("gap", "gdc")
 
 
-def _final_map_side(input_size: tuple[int, int], stride2_layers: int) -> tuple[int, int]:
-    """Spatial size after ``stride2_layers`` 3x3 stride-2 convs with padding 1 (ceil halving)."""
+def _final_map_side(input_size: tuple[int, int], strides: Sequence[int]) -> tuple[int, int]:
+    """Spatial size after 3x3 convs (padding 1) with these strides (each halving rounds up)."""
     h, w = input_size
-    for _ in range(stride2_layers):
-        h, w = (h + 1) // 2, (w + 1) // 2
+    for s in strides:
+        h, w = (h + s - 1) // s, (w + s - 1) // s
     return h, w
 
 
@@ -65,17 +65,23 @@ class ResNetCPU(EmbeddingNet):
         stem_width: int = 24,
         dropout: float = 0.0,
         head: str = "gap",
+        strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__(spec)
         if len(widths) != len(depths) or not widths:
             raise ValueError(f"widths {tuple(widths)} and depths {tuple(depths)} must pair up")
+        strides = (2,) * len(widths) if strides is None else tuple(strides)
+        if len(strides) != len(widths) or any(s not in (1, 2) for s in strides):
+            raise ValueError(
+                f"strides {strides} must give 1 or 2 for each of the {len(widths)} stages"
+            )
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
         self.stem = nn.Sequential(*_conv_bn(3, stem_width, 3, 2), nn.ReLU(inplace=True))
         stages: list[nn.Module] = []
         cin = stem_width
-        for width, depth in zip(widths, depths, strict=True):
-            blocks = [BasicBlock(cin, width, stride=2)]
+        for width, depth, stride in zip(widths, depths, strides, strict=True):
+            blocks = [BasicBlock(cin, width, stride=stride)]
             blocks += [BasicBlock(width, width) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*blocks))
             cin = width
@@ -86,7 +92,7 @@ class ResNetCPU(EmbeddingNet):
             # why: an aligned face's features are not translation invariant (eyes above mouth);
             # a global depthwise conv (MobileFaceNet, Chen et al. 2018) learns one weight per
             # channel and position of the last map instead of averaging the positions away.
-            side = _final_map_side(spec.input_size, len(widths) + 1)
+            side = _final_map_side(spec.input_size, (2, *strides))
             self.pool = nn.Sequential(
                 nn.Conv2d(cin, cin, side, groups=cin, bias=False), nn.BatchNorm2d(cin)
             )
@@ -108,10 +114,14 @@ def resnet_cpu(
     stem_width: int = 24,
     dropout: float = 0.0,
     head: str = "gap",
+    strides: Sequence[int] | None = None,
 ) -> ResNetCPU:
     """A ~1.7M-parameter BatchNorm ResNet at 96x96 for from-scratch CPU training (~60M MACs).
 
     ``head``: ``gap`` (global average pooling, FaceNet's) or ``gdc`` (global depthwise conv).
+    ``strides``: each stage's first-block stride (default 2 everywhere, after a stride-2 stem); a
+    stage of stride 1 works at its input's resolution, e.g. widths ``(32, 32, 64, 128, 256)``
+    with strides ``(1, 2, 2, 2, 2)`` adds a 48x48 stage at 96 px.
     """
     spec = ModelSpec(
         "resnet_cpu",
@@ -122,8 +132,15 @@ def resnet_cpu(
             "depths": list(depths),
             "stem_width": stem_width,
             "head": head,
+            "strides": list(strides) if strides is not None else [2] * len(widths),
         },
     )
     return ResNetCPU(
-        spec, widths=widths, depths=depths, stem_width=stem_width, dropout=dropout, head=head
+        spec,
+        widths=widths,
+        depths=depths,
+        stem_width=stem_width,
+        dropout=dropout,
+        head=head,
+        strides=strides,
     )
