@@ -7,8 +7,6 @@ parameter gradients must equal one process on the whole global batch.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -60,11 +58,12 @@ def single_process(rule: str, sizes: tuple[int, ...], seed: int):
     }
 
 
-def worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def worker(rank: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # why: a file rendezvous, not a TCP port picked by the parent and bound later by a rank
+    # (another process could take the port in between; that made this test flaky once)
+    init = (Path(out_dir) / "rendezvous").as_uri()
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     try:
         results = {}
         for seed, (name, rule, sizes) in enumerate(SCENARIOS):
@@ -106,18 +105,12 @@ def worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    mp.spawn(worker, args=(str(out_dir),), nprocs=WORLD, join=True)
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
 
 
