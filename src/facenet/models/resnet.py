@@ -65,15 +65,14 @@ class ResNetCPU(EmbeddingNet):
         stem_width: int = 24,
         dropout: float = 0.0,
         head: str = "gap",
-        strides: Sequence[int] | None = None,
+        strides: Sequence[int] = (2, 2, 2, 2),
     ) -> None:
         super().__init__(spec)
         if len(widths) != len(depths) or not widths:
             raise ValueError(f"widths {tuple(widths)} and depths {tuple(depths)} must pair up")
-        strides = (2,) * len(widths) if strides is None else tuple(strides)
         if len(strides) != len(widths) or any(s not in (1, 2) for s in strides):
             raise ValueError(
-                f"strides {strides} must give 1 or 2 for each of the {len(widths)} stages"
+                f"strides {tuple(strides)} must give 1 or 2 for each of the {len(widths)} stages"
             )
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
@@ -123,6 +122,7 @@ def resnet_cpu(
     stage of stride 1 works at its input's resolution, e.g. widths ``(32, 32, 64, 128, 256)``
     with strides ``(1, 2, 2, 2, 2)`` adds a 48x48 stage at 96 px.
     """
+    strides = [2] * len(widths) if strides is None else list(strides)
     spec = ModelSpec(
         "resnet_cpu",
         (input_size, input_size),
@@ -132,7 +132,7 @@ def resnet_cpu(
             "depths": list(depths),
             "stem_width": stem_width,
             "head": head,
-            "strides": list(strides) if strides is not None else [2] * len(widths),
+            "strides": strides,
         },
     )
     return ResNetCPU(
