@@ -104,3 +104,30 @@ def test_gdc_head_exports_with_parity(fmt, tmp_path):
     model = create_model("resnet_cpu", widths=[8, 16], depths=[1, 1], head="gdc").eval()
     report = export_model(model, tmp_path / f"m.{'onnx' if fmt == 'onnx' else 'pt'}", fmt)
     assert report.max_abs_diff <= 1e-4  # export_model raises above 1e-4 too
+
+
+def test_embedding_bn_centres_each_dimension_before_the_unit_norm():
+    torch.manual_seed(0)
+    model = create_model("resnet_cpu", widths=[8, 16], depths=[1, 1], embedding_bn=True)
+    assert model.spec.extra["embedding_bn"] is True
+    assert model.head.fc.bias is None  # the BN's shift replaces it
+    seen = {}
+    model.head.bn.register_forward_hook(lambda m, i, o: seen.update(pre=i[0], post=o))
+    out = model.train()(torch.randn(16, 3, 96, 96) + 3.0)  # off-centre input
+    assert torch.allclose(out.norm(dim=1), torch.ones(16), atol=1e-5)
+    # before the BN the dimensions sit off the origin; after it each is standardised over the batch
+    assert seen["pre"].mean(0).abs().max() > 0.05
+    assert seen["post"].mean(0).abs().max() < 1e-5
+    pre = seen["pre"]
+    expected = (pre - pre.mean(0)) / torch.sqrt(pre.var(0, unbiased=False) + model.head.bn.eps)
+    assert torch.allclose(seen["post"], expected, atol=1e-5)
+
+
+def test_embedding_bn_off_keeps_the_shipped_head():
+    # default: the head the shipped weights were trained with (fc with bias, no BN)
+    model = create_model("resnet_cpu", widths=[8, 16], depths=[1, 1])
+    assert model.spec.extra["embedding_bn"] is False
+    assert model.head.fc.bias is not None
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
+    rebuilt = create_model("resnet_cpu", widths=[8, 16], depths=[1, 1], embedding_bn=True)
+    assert set(rebuilt.state_dict()) - set(model.state_dict()) >= {"head.bn.weight", "head.bn.bias"}

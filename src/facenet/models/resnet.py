@@ -66,6 +66,7 @@ class ResNetCPU(EmbeddingNet):
         dropout: float = 0.0,
         head: str = "gap",
         strides: Sequence[int] = (2, 2, 2, 2),
+        embedding_bn: bool = False,
     ) -> None:
         super().__init__(spec)
         if len(widths) != len(depths) or not widths:
@@ -95,7 +96,7 @@ class ResNetCPU(EmbeddingNet):
             self.pool = nn.Sequential(
                 nn.Conv2d(cin, cin, side, groups=cin, bias=False), nn.BatchNorm2d(cin)
             )
-        self.head = EmbeddingHead(cin, spec.embedding_dim, dropout=dropout)
+        self.head = EmbeddingHead(cin, spec.embedding_dim, dropout=dropout, batch_norm=embedding_bn)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -114,6 +115,7 @@ def resnet_cpu(
     dropout: float = 0.0,
     head: str = "gap",
     strides: Sequence[int] | None = None,
+    embedding_bn: bool = False,
 ) -> ResNetCPU:
     """A ~1.7M-parameter BatchNorm ResNet at 96x96 for from-scratch CPU training (~60M MACs).
 
@@ -121,6 +123,8 @@ def resnet_cpu(
     ``strides``: each stage's first-block stride (default 2 everywhere, after a stride-2 stem); a
     stage of stride 1 works at its input's resolution, e.g. widths ``(32, 32, 64, 128, 256)``
     with strides ``(1, 2, 2, 2, 2)`` adds a 48x48 stage at 96 px.
+    ``embedding_bn``: BatchNorm1d on the embedding before the L2 normalisation
+    (:class:`~facenet.models.head.EmbeddingHead`).
     """
     strides = [2] * len(widths) if strides is None else list(strides)
     spec = ModelSpec(
@@ -133,6 +137,7 @@ def resnet_cpu(
             "stem_width": stem_width,
             "head": head,
             "strides": strides,
+            "embedding_bn": embedding_bn,
         },
     )
     return ResNetCPU(
@@ -143,4 +148,5 @@ def resnet_cpu(
         dropout=dropout,
         head=head,
         strides=strides,
+        embedding_bn=embedding_bn,
     )
