@@ -98,10 +98,13 @@ def test_unknown_head_is_refused_with_the_choices():
         create_model("resnet_cpu", head="flatten")
 
 
+@pytest.mark.parametrize("embedding_bn", [False, True])
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_gdc_head_exports_with_parity(fmt, tmp_path):
+def test_gdc_head_exports_with_parity(fmt, embedding_bn, tmp_path):
     torch.manual_seed(0)
-    model = create_model("resnet_cpu", widths=[8, 16], depths=[1, 1], head="gdc").eval()
+    model = create_model(
+        "resnet_cpu", widths=[8, 16], depths=[1, 1], head="gdc", embedding_bn=embedding_bn
+    ).eval()
     report = export_model(model, tmp_path / f"m.{'onnx' if fmt == 'onnx' else 'pt'}", fmt)
     assert report.max_abs_diff <= 1e-4  # export_model raises above 1e-4 too
 
