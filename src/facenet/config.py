@@ -110,6 +110,10 @@ class OptimiserConfig:
     eps: float = 1e-8  # adamw / adagrad denominator epsilon
     initial_accumulator_value: float = 0.1  # adagrad only (TensorFlow's default)
     grad_clip: float = 0.0  # clip the global gradient norm to this (0 = off)
+    # sharpness-aware minimisation (facenet.train.sam): step with the gradient at the weights
+    # moved sam_rho along their normalised gradient; 0 = off; a second forward/backward per step
+    sam_rho: float = 0.0
+    sam_start_step: int = 0  # SAM from this step on (late SAM gives most of the gain)
 
 
 @dataclass(frozen=True)

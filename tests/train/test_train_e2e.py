@@ -232,3 +232,56 @@ def test_resume_with_a_different_classifier_setting_is_refused(classifier_run, t
     shutil.copytree(classifier_run, run)
     assert main([*_args(run, "max_steps=12"), "--resume"]) == 2
     assert "classifier.weight=0.5" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- sharpness-aware minimisation
+SAM = ("optimiser.sam_rho=0.05", "optimiser.sam_start_step=12", "max_steps=24")
+
+
+@pytest.fixture(scope="module")
+def sam_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("sam") / "run"
+    assert main(_args(run, *SAM)) == 0
+    return run
+
+
+def test_sam_changes_the_steps_from_its_start_step_on_only(sam_run, reference_run, tmp_path):
+    ref = load_checkpoint(reference_run / "last.pt")["model_state"]
+    assert not _states_equal(load_checkpoint(sam_run / "last.pt")["model_state"], ref)
+    # SAM never active (start step = max_steps): bit-identical to the plain run
+    late = tmp_path / "late"
+    assert main(_args(late, "optimiser.sam_rho=0.05", "optimiser.sam_start_step=24")) == 0
+    assert _states_equal(load_checkpoint(late / "last.pt")["model_state"], ref)
+    with open(sam_run / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["loss"]) >= 0 and float(r["grad_norm"]) > 0 for r in rows)
+
+
+def test_sam_run_resumes_bit_exactly(sam_run, tmp_path, monkeypatch):
+    import facenet.train.loop as loop
+
+    real = loop.lr_at
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_16(step, *a, **kw):
+        if step == 16:  # inside the SAM phase, after step 16's checkpoint
+            raise Stop
+        return real(step, *a, **kw)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(loop, "lr_at", stop_at_16)
+    with pytest.raises(Stop):
+        main(_args(run, *SAM, "output.checkpoint_every=8"))
+    assert load_checkpoint(run / "last.pt")["step"] == 16
+    monkeypatch.setattr(loop, "lr_at", real)
+    assert main([*_args(run, *SAM, "output.checkpoint_every=8"), "--resume"]) == 0
+    final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(sam_run / "last.pt")
+    assert final["step"] == ref["step"] == 24
+    assert _states_equal(final["model_state"], ref["model_state"])
+
+
+def test_negative_sam_rho_is_refused(tmp_path, capsys):
+    assert main(_args(tmp_path / "run", "optimiser.sam_rho=-0.1")) == 2
+    assert "optimiser.sam_rho" in capsys.readouterr().err

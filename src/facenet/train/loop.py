@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from facenet.config import Config, config_to_dict, dump_config
+from facenet.config import Config, ConfigError, config_to_dict, dump_config
 from facenet.data.augment import augment_batch, step_rng
 from facenet.data.transforms import normalize
 from facenet.train import distributed as D
+from facenet.train import sam
 from facenet.train.checkpoint import (
     load_checkpoint,
     restore_rng_states,
@@ -430,6 +431,10 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     from facenet.losses import triplet_loss
     from facenet.models import create_model
 
+    if config.optimiser.sam_rho < 0:
+        raise ConfigError(
+            f"optimiser.sam_rho must be >= 0 (0 = off), got {config.optimiser.sam_rho}"
+        )
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     run_dir = Path(config.output.dir).expanduser()
@@ -583,8 +588,44 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         logs.val(row)
         return row
 
+    def batch_loss(
+        x: torch.Tensor, labels: torch.Tensor, mining_seed: int
+    ) -> tuple[Any, torch.Tensor, float, float]:
+        """Forward pass, mining and loss of one batch: (triplet output, total loss, classifier
+        loss, classifier accuracy)."""
+        with autocast():
+            emb = model(x)
+        emb, batch_labels = emb.float(), labels
+        if info.distributed:
+            from facenet.losses.distributed import gather_labels, gather_with_grad
+
+            # why: every rank mines (and classifies) the global batch, gathered once, so the
+            # losses and gradients are those of one process on the whole batch
+            emb, batch_labels = gather_with_grad(emb), gather_labels(labels)
+        out = triplet_loss(
+            emb,
+            batch_labels,
+            rule=config.mining.rule,
+            margin=config.mining.margin,
+            generator=torch.Generator().manual_seed(mining_seed),
+        )
+        loss = out.loss
+        cls_loss_value = cls_accuracy = float("nan")
+        if classifier is not None:
+            cls_loss, cls_acc = classifier(emb, batch_labels)
+            cls_loss_value, cls_accuracy = float(cls_loss.detach()), float(cls_acc)
+            loss = loss + config.classifier.weight * cls_loss
+        return out, loss, cls_loss_value, cls_accuracy
+
+    def trainable() -> list[torch.Tensor]:
+        params = [p for p in model.parameters() if p.grad is not None]
+        if classifier is not None:
+            params += [p for p in classifier.parameters() if p.grad is not None]
+        return params
+
     # -- loop
     faults = config.faults
+    sam_rho = config.optimiser.sam_rho
     collapsed_steps = 0
     global_batch = config.sampler.identities_per_batch * config.sampler.images_per_identity
     global_batch += config.sampler.extra_negatives
@@ -612,38 +653,25 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             x = normalize(x, spec).to(device, non_blocking=True)
             x = x.contiguous(memory_format=memory_format)
             labels = torch.from_numpy(data.labels[idx]).to(device)
-            gen = torch.Generator().manual_seed(int(step_rng(config.seed, step, 1).integers(2**62)))
-            with autocast():
-                emb = model(x)
-            emb, batch_labels = emb.float(), labels
-            if info.distributed:
-                from facenet.losses.distributed import gather_labels, gather_with_grad
-
-                # why: every rank mines (and classifies) the global batch, gathered once, so the
-                # losses and gradients are those of one process on the whole batch
-                emb, batch_labels = gather_with_grad(emb), gather_labels(labels)
-            out = triplet_loss(
-                emb,
-                batch_labels,
-                rule=config.mining.rule,
-                margin=config.mining.margin,
-                generator=gen,
-            )
+            mining_seed = int(step_rng(config.seed, step, 1).integers(2**62))
+            out, loss, cls_loss_value, cls_accuracy = batch_loss(x, labels, mining_seed)
             stats = out.stats
-            loss = out.loss
-            loss_value = total_value = float(loss.detach())
-            cls_loss_value = cls_accuracy = float("nan")
-            if classifier is not None:
-                cls_loss, cls_acc = classifier(emb, batch_labels)
-                cls_loss_value, cls_accuracy = float(cls_loss.detach()), float(cls_acc)
-                loss = loss + config.classifier.weight * cls_loss
-                total_value = float(loss.detach())
+            loss_value = float(out.loss.detach())
+            total_value = float(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if sam_rho > 0 and step >= config.optimiser.sam_start_step:
+                # why: SAM's gradient is taken at the weights moved uphill by sam_rho, on the same
+                # images and mining draw; the step itself starts from the unmoved weights
+                moved = sam.ascend(trainable(), sam_rho)
+                optimizer.zero_grad(set_to_none=True)
+                with sam.frozen_batchnorm_stats(model):
+                    _, sam_loss, _, _ = batch_loss(x, labels, mining_seed)
+                scaler.scale(sam_loss).backward()
+                sam.restore(moved)
+                total_value = float(sam_loss.detach())
             scaler.unscale_(optimizer)
-            params = [p for p in model.parameters() if p.grad is not None]
-            if classifier is not None:
-                params += [p for p in classifier.parameters() if p.grad is not None]
+            params = trainable()
             if config.optimiser.grad_clip > 0:
                 grad_norm = float(
                     torch.nn.utils.clip_grad_norm_(params, config.optimiser.grad_clip)
