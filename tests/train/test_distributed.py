@@ -7,7 +7,9 @@ normalise each rank's half-batch with its own statistics (measured: 10-35% loss 
 the tiny BN model at 12 images per rank). Stated tolerance: the first 3 losses agree within
 1e-4 relative (measured ~1e-6); over all steps within 5% on average, because rounding
 differences eventually flip a discrete semi-hard choice (measured <= 3% at step 9). The optional
-classifier loss (``classifier.weight``) is computed on the gathered batch too: same tolerances.
+classifier loss (``classifier.weight``) is computed on the gathered batch too, and SAM's second
+pass (``optimiser.sam_rho``) perturbs every rank's weights by the same all-reduced gradient: same
+tolerances.
 """
 
 from __future__ import annotations
@@ -46,8 +48,12 @@ def _losses(run: Path, column: str = "loss") -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("classifier", [0.0, 0.5], ids=["triplet", "triplet+classifier"])
-def test_two_gloo_ranks_match_one_process(tmp_path, classifier):
+@pytest.mark.parametrize(
+    ("classifier", "sam_rho"),
+    [(0.0, 0.0), (0.5, 0.0), (0.0, 0.05)],
+    ids=["triplet", "triplet+classifier", "triplet+sam"],
+)
+def test_two_gloo_ranks_match_one_process(tmp_path, classifier, sam_rho):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     if not Path(torchrun).exists():
         pytest.skip("torchrun not found")
@@ -55,7 +61,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, classifier):
     single = tmp_path / "single"
     ddp = tmp_path / "ddp"
     base = ["--config", SMOKE, f"data.cache_dir={tmp_path / 'cache'}", *COMMON]
-    base.append(f"classifier.weight={classifier}")
+    base += [f"classifier.weight={classifier}", f"optimiser.sam_rho={sam_rho}"]
     r1 = subprocess.run(
         [sys.executable, "-m", "facenet", "train", *base, f"output.dir={single}"],
         env=env,
