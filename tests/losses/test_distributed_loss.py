@@ -101,6 +101,9 @@ def worker(rank: int, out_dir: str) -> None:
         shared = triplet_loss(x, torch.arange(10) % 3, "semi_hard", 1.0, distributed=True)
         results["shared-generator"] = [t.clone() for t in shared.triplets]
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        # why: no rank tears gloo down while the other still talks to it (a rank aborted with
+        # "terminate called without an active exception" once in CI without this barrier)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
