@@ -662,7 +662,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             scaler.scale(loss).backward()
             if sam_rho > 0 and step >= config.optimiser.sam_start_step:
                 # why: SAM's gradient is taken at the weights moved uphill by sam_rho, on the same
-                # images and mining draw; the step itself starts from the unmoved weights
+                # images (mined again there with the same random draw); the step starts from the unmoved weights
                 moved = sam.ascend(trainable(), sam_rho)
                 optimizer.zero_grad(set_to_none=True)
                 with sam.frozen_batchnorm_stats(model):
