@@ -657,7 +657,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             out, loss, cls_loss_value, cls_accuracy = batch_loss(x, labels, mining_seed)
             stats = out.stats
             loss_value = float(out.loss.detach())
-            total_value = float(loss.detach())
+            total_value = loss_value if classifier is None else float(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if sam_rho > 0 and step >= config.optimiser.sam_start_step:
