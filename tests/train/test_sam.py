@@ -21,7 +21,7 @@ def _loss(out: torch.Tensor) -> torch.Tensor:
 
 def test_ascend_moves_the_weights_exactly_rho_along_the_gradient_and_restore_undoes_it():
     net = _net()
-    before = {k: v.clone() for k, v in net.named_parameters()}
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}
     _loss(net(torch.randn(16, 6))).backward()
     grads = {k: p.grad.clone() for k, p in net.named_parameters()}
     gnorm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads.values()]))
