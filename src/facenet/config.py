@@ -114,6 +114,9 @@ class OptimiserConfig:
     # moved sam_rho along their normalised gradient; 0 = off; a second forward/backward per step
     sam_rho: float = 0.0
     sam_start_step: int = 0  # SAM from this step on (late SAM gives most of the gain)
+    # exponential moving average of the weights (facenet.train.ema), validated, checkpointed and
+    # exported instead of the raw weights; 0 = off, e.g. 0.998 (a ~500-step memory)
+    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -285,3 +285,75 @@ def test_sam_run_resumes_bit_exactly(sam_run, tmp_path, monkeypatch):
 def test_negative_sam_rho_is_refused(tmp_path, capsys):
     assert main(_args(tmp_path / "run", "optimiser.sam_rho=-0.1")) == 2
     assert "optimiser.sam_rho" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- EMA of the weights
+EMA = ("optimiser.ema_decay=0.9",)
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ema") / "run"
+    assert main(_args(run, *EMA)) == 0
+    return run
+
+
+def test_ema_run_trains_the_same_weights_and_ships_their_average(ema_run, reference_run):
+    ckpt, ref = load_checkpoint(ema_run / "last.pt"), load_checkpoint(reference_run / "last.pt")
+    # the average only watches: the trained weights are the plain run's, bit for bit
+    assert _states_equal(ckpt["train_model_state"], ref["model_state"])
+    assert ckpt["ema_updates"] == 24
+    assert not _states_equal(ckpt["model_state"], ckpt["train_model_state"])
+    # what eval/export/apps load is the average, with the thresholds calibrated on it
+    exported = load_weights_file(ema_run / "last.safetensors")
+    assert _states_equal(exported.state_dict(), ckpt["model_state"])
+    with open(ema_run / "val_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [8, 16, 24]
+    assert all(0 < float(r["raw_accuracy"]) <= 1 and 0 < float(r["raw_auc"]) <= 1 for r in rows)
+    # the raw weights' validation is the plain run's (same weights, same pairs)
+    with open(reference_run / "val_log.csv") as f:
+        plain = list(csv.DictReader(f))
+    assert [float(r["raw_auc"]) for r in rows] == pytest.approx([float(r["auc"]) for r in plain])
+    # the checkpoint's accuracy threshold is the averaged model's (the logged one), not the raw's
+    assert ckpt["thresholds"]["accuracy"] == pytest.approx(float(rows[-1]["threshold"]))
+    assert float(rows[-1]["threshold"]) != pytest.approx(float(plain[-1]["threshold"]))
+
+
+def test_ema_run_resumes_bit_exactly(ema_run, tmp_path, monkeypatch):
+    import facenet.train.loop as loop
+
+    real = loop.lr_at
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_12(step, *a, **kw):
+        if step == 12:  # after step 12's checkpoint
+            raise Stop
+        return real(step, *a, **kw)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(loop, "lr_at", stop_at_12)
+    with pytest.raises(Stop):
+        main(_args(run, *EMA))
+    assert load_checkpoint(run / "last.pt")["ema_updates"] == 12
+    monkeypatch.setattr(loop, "lr_at", real)
+    assert main([*_args(run, *EMA), "--resume"]) == 0
+    final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(ema_run / "last.pt")
+    assert final["step"] == ref["step"] == 24
+    assert _states_equal(final["model_state"], ref["model_state"])
+    assert _states_equal(final["train_model_state"], ref["train_model_state"])
+
+
+def test_resume_with_a_different_ema_setting_is_refused(ema_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(ema_run, run)
+    assert main([*_args(run, "max_steps=30"), "--resume"]) == 2
+    assert "optimiser.ema_decay=0.9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("decay", ["1.0", "-0.5"])
+def test_ema_decay_outside_its_range_is_refused(tmp_path, capsys, decay):
+    assert main(_args(tmp_path / "run", f"optimiser.ema_decay={decay}")) == 2
+    assert "optimiser.ema_decay" in capsys.readouterr().err

@@ -34,6 +34,7 @@ from facenet.train import distributed as D
 from facenet.train import sam
 from facenet.train.checkpoint import (
     load_checkpoint,
+    model_state_dict,
     restore_rng_states,
     rng_states,
     save_checkpoint,
@@ -61,6 +62,8 @@ TRAIN_FIELDS = (
     "elapsed_s",
 )
 VAL_FIELDS = ("step", "accuracy", "accuracy_std", "val", "far", "auc", "threshold", "pairs")
+# why: with optimiser.ema_decay the row above is the averaged model's; these are the raw weights'
+VAL_FIELDS += ("raw_accuracy", "raw_auc")
 
 
 class TrainingStopped(RuntimeError):
@@ -435,6 +438,10 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         raise ConfigError(
             f"optimiser.sam_rho must be >= 0 (0 = off), got {config.optimiser.sam_rho}"
         )
+    if not 0.0 <= config.optimiser.ema_decay < 1.0:
+        raise ConfigError(
+            f"optimiser.ema_decay must lie in [0, 1) (0 = off), got {config.optimiser.ema_decay}"
+        )
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     run_dir = Path(config.output.dir).expanduser()
@@ -491,6 +498,12 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             generator=torch.Generator().manual_seed(config.seed + 1),
         ).to(device)
     optimizer = build_optimizer(model, config, classifier)
+    # why: only rank 0 validates and saves; every rank's weights are the same after a step
+    ema = None
+    if config.optimiser.ema_decay > 0 and info.is_main:
+        from facenet.train.ema import make_ema
+
+        ema = make_ema(model, config.optimiser.ema_decay)
 
     # -- resume
     step = 0
@@ -500,7 +513,18 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
     if resume:
         ckpt = load_checkpoint(last_path)
-        unwrap(model).load_state_dict(ckpt["model_state"])
+        # why: with EMA the checkpoint's model_state is the average; the trained weights are apart
+        trained_state = ckpt.get("train_model_state")
+        if (trained_state is None) != (config.optimiser.ema_decay == 0):
+            saved = (ckpt.get("config") or {}).get("optimiser", {}).get("ema_decay", 0.0)
+            raise ValueError(
+                f"{last_path} was trained with optimiser.ema_decay={saved}; resume it with an "
+                "EMA setting of the same kind (on or off)"
+            )
+        unwrap(model).load_state_dict(trained_state or ckpt["model_state"])
+        if ema is not None:
+            ema.module.load_state_dict(ckpt["model_state"])
+            ema.n_averaged.fill_(int(ckpt["ema_updates"]))
         if (classifier is None) != (ckpt.get("classifier") is None):
             saved = (ckpt.get("config") or {}).get("classifier", {}).get("weight", 0.0)
             raise ValueError(
@@ -542,7 +566,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             return
         save_checkpoint(
             path,
-            model,
+            model if ema is None else ema.module,
             config=config_dict,
             step=step,
             optimizer=optimizer,
@@ -555,26 +579,41 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             extra={
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "classifier": unwrap(classifier).state_dict() if classifier is not None else None,
-            },
+            }
+            | (
+                {}
+                if ema is None
+                else {
+                    "train_model_state": model_state_dict(model),
+                    "ema_updates": int(ema.n_averaged),
+                }
+            ),
         )
 
     def validate() -> dict[str, Any]:
         nonlocal thresholds
         if not info.is_main or validation is None:
             return {}
-        emb = embed_images(
-            unwrap(model),
-            validation.images,
-            input_size,
-            device,
-            config.validation.batch_size,
-            config.validation.flip,
-            config.model.channels_last,
-            autocast if device.type == "cuda" else None,
-        )
-        res: ValidationResult = evaluate_pairs(emb, validation, config.validation.far_target)
+
+        def evaluate(m: nn.Module) -> ValidationResult:
+            emb = embed_images(
+                m,
+                validation.images,
+                input_size,
+                device,
+                config.validation.batch_size,
+                config.validation.flip,
+                config.model.channels_last,
+                autocast if device.type == "cuda" else None,
+            )
+            return evaluate_pairs(emb, validation, config.validation.far_target)
+
+        res = evaluate(unwrap(model) if ema is None else ema.module)
+        raw = evaluate(unwrap(model)) if ema is not None else None
         thresholds = dict(res.thresholds)
         unwrap(model).thresholds = thresholds
+        if ema is not None:
+            ema.module.thresholds = thresholds
         row = {
             "step": step,
             "accuracy": res.accuracy,
@@ -585,6 +624,8 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             "threshold": res.threshold,
             "pairs": res.pairs,
         }
+        if raw is not None:
+            row |= {"raw_accuracy": raw.accuracy, "raw_auc": raw.auc}
         logs.val(row)
         return row
 
@@ -698,6 +739,8 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                 )
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(unwrap(model))
             step += 1
 
             spread = float(stats.embedding_spread)
