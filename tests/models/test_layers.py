@@ -115,3 +115,31 @@ def test_inception_output_channels_and_sizes():
     assert block(torch.randn(1, 12, 5, 5)).shape == (1, 4 + 16 + 6, 5, 5)
     with pytest.raises(ValueError, match="1x1"):
         Inception(12, InceptionSpec("z", 4, 8, 16, 4, 8, "max", 0, stride=2))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_shift_is_batchnorm_with_a_unit_scale(momentum):
+    """Oracle: nn.BatchNorm2d with its weight held at 1 (train and eval, running statistics,
+    gradients of input and shift)."""
+    ours = BatchNormShift(6, momentum=0.1)
+    ours.momentum = momentum
+    ref = nn.BatchNorm2d(6, eps=ours.eps, momentum=momentum)
+    with torch.no_grad():
+        ref.bias.copy_(torch.linspace(-1, 1, 6))
+        ours.bias.copy_(ref.bias)
+    ref.weight.requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = (3 * torch.randn(4, 6, 5, 5, generator=g) + 1).requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        ours(x).pow(2).sum().backward()
+        ref(x2).pow(2).sum().backward()
+        torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    assert int(ours.num_batches_tracked) == 3
+    ours.eval(), ref.eval()
+    x = torch.randn(2, 6, 5, 5, generator=g)
+    torch.testing.assert_close(ours(x), ref(x))
+    assert "weight" not in ours.state_dict()  # still no learned (or stored) scale

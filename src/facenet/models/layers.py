@@ -61,6 +61,28 @@ class BatchNormShift(nn.BatchNorm2d):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        momentum = self.momentum
+        if self.training:
+            self.num_batches_tracked.add_(1)
+            if momentum is None:  # cumulative average, as nn.BatchNorm2d
+                momentum = 1.0 / float(self.num_batches_tracked)
+        # why: with weight=None, CUDA's batch-norm backward hands autograd an empty bias gradient
+        # ("NativeBatchNormBackward0 returned an invalid gradient at index 2", torch 2.11 on an
+        # H200); a constant unit scale takes the ordinary path on every device, same values.
+        scale = torch.ones_like(self.bias)
+        return F.batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            scale,
+            self.bias,
+            self.training,
+            momentum or 0.0,
+            self.eps,
+        )
+
 
 def conv_unit(
     in_channels: int,
