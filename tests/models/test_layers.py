@@ -143,3 +143,19 @@ def test_batchnorm_shift_is_batchnorm_with_a_unit_scale(momentum):
     x = torch.randn(2, 6, 5, 5, generator=g)
     torch.testing.assert_close(ours(x), ref(x))
     assert "weight" not in ours.state_dict()  # still no learned (or stored) scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_l2_pool_gradient_stays_finite_in_half_precision(dtype):
+    """An all-zero window (common after ReLU) must not give NaN gradients in fp16, where the
+    1e-12 floor underflows; the values match the float32 pooling."""
+    x = torch.zeros(2, 3, 6, 6)
+    x[0, 0, 0, 0] = 1.5
+    x[1, 2, 3:, 3:] = torch.rand(3, 3)
+    pool = L2Pool2d(3, 1, 1)
+    xh = x.to(dtype).requires_grad_()
+    y = pool(xh)
+    assert y.dtype == dtype
+    y.float().sum().backward()
+    assert torch.isfinite(xh.grad).all()
+    torch.testing.assert_close(y.float(), pool(x), rtol=1e-2, atol=1e-3)

@@ -158,10 +158,13 @@ class L2Pool2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         area = self.kernel_size * self.kernel_size
+        # why: pooled in float32 — in fp16 (autocast) the floor 1e-12 underflows to 0, and an
+        # all-zero window (common after ReLU) back-propagates 0 * inf = NaN into the network
+        xf = x.float()
         mean_sq = F.avg_pool2d(
-            x * x, self.kernel_size, self.stride, self.padding, count_include_pad=True
+            xf * xf, self.kernel_size, self.stride, self.padding, count_include_pad=True
         )
-        return torch.sqrt((mean_sq * area).clamp_min(L2_POOL_EPS))
+        return torch.sqrt((mean_sq * area).clamp_min(L2_POOL_EPS)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
