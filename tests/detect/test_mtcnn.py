@@ -200,7 +200,7 @@ def test_batch_equals_one_by_one_with_mixed_sizes(detector, lfw_images):
 
 @pytest.mark.data
 def test_torch_resampling_path_finds_the_same_faces(detector, lfw_images):
-    """The on-device path (used on GPU) agrees with the reference path, run here on CPU."""
+    """The opt-in on-device resampling agrees with the reference path, run here on CPU."""
     torch_path = MTCNN(device="cpu", resample="torch")
 
     def iou(p, q):
