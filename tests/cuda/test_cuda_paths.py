@@ -195,9 +195,7 @@ def test_gpu_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
         with pytest.raises(Stop):
             _train(run, "device=cuda", "precision=bf16")
         monkeypatch.setattr(loop, "lr_at", real)
-        assert main(["train", "--config", SMOKE, f"output.dir={run}",
-                     f"data.cache_dir={run.parent / 'cache'}", "model.channels_last=true",
-                     "device=cuda", "precision=bf16", "--resume"]) == 0  # fmt: skip
+        assert _train(run, "device=cuda", "precision=bf16", "--resume") == 0
     finally:
         torch.use_deterministic_algorithms(False)
     a = load_checkpoint(run / "last.pt")["model_state"]
