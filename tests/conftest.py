@@ -32,3 +32,32 @@ def orl_dir(shared_data: Path) -> Path:
     if not d.is_dir():
         pytest.skip(f"ORL not found under {d}")
     return d
+
+
+class TrainingInterrupted(Exception):
+    """Raised inside ``facenet train`` by the ``interrupt_training`` fixture."""
+
+
+@pytest.fixture
+def interrupt_training(monkeypatch):
+    """``interrupt_training(step, fn, *args)`` runs ``fn(*args)`` (a training run) and makes it
+    die as it is about to start ``step``, after that step's checkpoint was written; the loop is
+    restored afterwards, so the caller can ``--resume``."""
+    import facenet.train.loop as loop
+
+    real = loop.lr_at
+
+    def run(step: int, fn, *args) -> None:
+        def lr_or_die(s, *a, **kw):
+            if s == step:
+                raise TrainingInterrupted
+            return real(s, *a, **kw)
+
+        monkeypatch.setattr(loop, "lr_at", lr_or_die)
+        try:
+            with pytest.raises(TrainingInterrupted):
+                fn(*args)
+        finally:
+            monkeypatch.setattr(loop, "lr_at", real)
+
+    return run

@@ -173,28 +173,13 @@ def test_mixed_precision_training_runs_and_learns(tmp_path, extra):
         assert ckpt["scaler"]["scale"] > 0
 
 
-def test_gpu_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    import facenet.train.loop as loop
-
+def test_gpu_run_resumes_to_the_same_weights(tmp_path, interrupt_training):
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         ref = tmp_path / "ref"
         assert _train(ref, "device=cuda", "precision=bf16") == 0
-        real = loop.lr_at
-
-        class Stop(Exception):
-            pass
-
-        def stop_at_12(step, *a, **kw):
-            if step == 12:
-                raise Stop
-            return real(step, *a, **kw)
-
         run = tmp_path / "run"
-        monkeypatch.setattr(loop, "lr_at", stop_at_12)
-        with pytest.raises(Stop):
-            _train(run, "device=cuda", "precision=bf16")
-        monkeypatch.setattr(loop, "lr_at", real)
+        interrupt_training(12, _train, run, "device=cuda", "precision=bf16")
         assert _train(run, "device=cuda", "precision=bf16", "--resume") == 0
     finally:
         torch.use_deterministic_algorithms(False)

@@ -201,25 +201,10 @@ def test_classifier_run_logs_it_and_keeps_it_out_of_the_model(classifier_run):
     assert not any("classifier" in k or k == "weight" for k in ckpt["model_state"])
 
 
-def test_classifier_run_resumes_bit_exactly(classifier_run, tmp_path, monkeypatch):
-    import facenet.train.loop as loop
-
-    real = loop.lr_at
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_6(step, *a, **kw):
-        if step == 6:  # after step 6's checkpoint: the process "dies" here
-            raise Stop
-        return real(step, *a, **kw)
-
+def test_classifier_run_resumes_bit_exactly(classifier_run, tmp_path, interrupt_training):
     run = tmp_path / "run"
-    monkeypatch.setattr(loop, "lr_at", stop_at_6)
-    with pytest.raises(Stop):
-        main(_args(run, *CLS))
+    interrupt_training(6, main, _args(run, *CLS))  # after step 6's checkpoint: the process "dies"
     assert load_checkpoint(run / "last.pt")["step"] == 6
-    monkeypatch.setattr(loop, "lr_at", real)
     assert main([*_args(run, *CLS), "--resume"]) == 0
     final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(classifier_run / "last.pt")
     assert final["step"] == ref["step"] == 12
@@ -257,25 +242,11 @@ def test_sam_changes_the_steps_from_its_start_step_on_only(sam_run, reference_ru
     assert all(float(r["loss"]) >= 0 and float(r["grad_norm"]) > 0 for r in rows)
 
 
-def test_sam_run_resumes_bit_exactly(sam_run, tmp_path, monkeypatch):
-    import facenet.train.loop as loop
-
-    real = loop.lr_at
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_16(step, *a, **kw):
-        if step == 16:  # inside the SAM phase, after step 16's checkpoint
-            raise Stop
-        return real(step, *a, **kw)
-
+def test_sam_run_resumes_bit_exactly(sam_run, tmp_path, interrupt_training):
     run = tmp_path / "run"
-    monkeypatch.setattr(loop, "lr_at", stop_at_16)
-    with pytest.raises(Stop):
-        main(_args(run, *SAM, "output.checkpoint_every=8"))
+    # inside the SAM phase, after step 16's checkpoint
+    interrupt_training(16, main, _args(run, *SAM, "output.checkpoint_every=8"))
     assert load_checkpoint(run / "last.pt")["step"] == 16
-    monkeypatch.setattr(loop, "lr_at", real)
     assert main([*_args(run, *SAM, "output.checkpoint_every=8"), "--resume"]) == 0
     final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(sam_run / "last.pt")
     assert final["step"] == ref["step"] == 24
@@ -320,25 +291,10 @@ def test_ema_run_trains_the_same_weights_and_ships_their_average(ema_run, refere
     assert float(rows[-1]["threshold"]) != pytest.approx(float(plain[-1]["threshold"]))
 
 
-def test_ema_run_resumes_bit_exactly(ema_run, tmp_path, monkeypatch):
-    import facenet.train.loop as loop
-
-    real = loop.lr_at
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_12(step, *a, **kw):
-        if step == 12:  # after step 12's checkpoint
-            raise Stop
-        return real(step, *a, **kw)
-
+def test_ema_run_resumes_bit_exactly(ema_run, tmp_path, interrupt_training):
     run = tmp_path / "run"
-    monkeypatch.setattr(loop, "lr_at", stop_at_12)
-    with pytest.raises(Stop):
-        main(_args(run, *EMA))
+    interrupt_training(12, main, _args(run, *EMA))  # after step 12's checkpoint
     assert load_checkpoint(run / "last.pt")["ema_updates"] == 12
-    monkeypatch.setattr(loop, "lr_at", real)
     assert main([*_args(run, *EMA), "--resume"]) == 0
     final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(ema_run / "last.pt")
     assert final["step"] == ref["step"] == 24
