@@ -564,6 +564,15 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     def checkpoint(path: Path, metrics: dict[str, Any]) -> None:
         if not info.is_main:
             return
+        extra = {
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "classifier": unwrap(classifier).state_dict() if classifier is not None else None,
+        }
+        if ema is not None:  # why: model_state is the average; --resume needs the trained weights
+            extra |= {
+                "train_model_state": model_state_dict(model),
+                "ema_updates": int(ema.n_averaged),
+            }
         save_checkpoint(
             path,
             model if ema is None else ema.module,
@@ -576,18 +585,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             metrics=metrics | {"elapsed_s": time.perf_counter() - t_start},
             best=best,
             thresholds=thresholds,
-            extra={
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "classifier": unwrap(classifier).state_dict() if classifier is not None else None,
-            }
-            | (
-                {}
-                if ema is None
-                else {
-                    "train_model_state": model_state_dict(model),
-                    "ema_updates": int(ema.n_averaged),
-                }
-            ),
+            extra=extra,
         )
 
     def validate() -> dict[str, Any]:
