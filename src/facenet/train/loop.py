@@ -61,9 +61,19 @@ TRAIN_FIELDS = (
     "images_per_s",
     "elapsed_s",
 )
-VAL_FIELDS = ("step", "accuracy", "accuracy_std", "val", "far", "auc", "threshold", "pairs")
-# why: with optimiser.ema_decay the row above is the averaged model's; these are the raw weights'
-VAL_FIELDS += ("raw_accuracy", "raw_auc")
+# why: with optimiser.ema_decay the metrics are the averaged model's; raw_* are the raw weights'
+VAL_FIELDS = (
+    "step",
+    "accuracy",
+    "accuracy_std",
+    "val",
+    "far",
+    "auc",
+    "threshold",
+    "pairs",
+    "raw_accuracy",
+    "raw_auc",
+)
 
 
 class TrainingStopped(RuntimeError):
