@@ -114,8 +114,9 @@ def test_batchnorm_paper_model_trains_on_the_gpu(dtype):
     """NN4 with shift-only BatchNorm and L2 pooling on the GPU, training mode.
 
     fp32 with TF32 off must give the CPU's gradient. This network at random init is sensitive:
-    on the CPU (scripts/nn4_gradient_noise.py), noise of 1e-3 (relative) on every conv output turns the gradient's cosine
-    to the clean one into ~0.85, so under bf16/fp16 only finiteness and scale are checked.
+    on the CPU (scripts/nn4_gradient_noise.py), noise of 1e-3 (relative) on every conv output
+    turns the gradient's cosine to the clean one into ~0.85, so under bf16/fp16 only finiteness
+    and scale are checked.
     Session 9 saw cosine -0.002 for fp32 with TF32 on (cause not established) and NaN for fp16
     (L2 pooling's floor underflowed; fixed)."""
     from facenet.models import create_model
