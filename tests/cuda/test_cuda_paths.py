@@ -263,3 +263,43 @@ def test_half_precision_embeddings_on_the_gpu_match_fp32_on_the_cpu():
                 got = gpu(x.cuda()).float().cpu()
             cos = F.cosine_similarity(got, ref, dim=1)
             assert cos.min() > (0.999 if dtype == torch.float16 else 0.99), dtype
+
+
+def test_synchronised_shift_batchnorm_trains_its_shift(tmp_path):
+    """PyTorch's synchronised batch-norm backward (the DDP path of ``model.sync_batchnorm``)
+    drops the bias gradient when weight is None; SyncBatchNormShift must match BatchNormShift."""
+    import torch.distributed as dist
+    from torch.nn.modules._functions import SyncBatchNorm as SyncFunction
+
+    from facenet.models.layers import BatchNormShift, SyncBatchNormShift
+
+    reference = BatchNormShift(6)
+    with torch.no_grad():
+        reference.bias.uniform_(-1, 1)
+    x = torch.randn(8, 6, 5, 5, generator=torch.Generator().manual_seed(0))
+    w = torch.linspace(-1, 1, x.numel()).view_as(x)
+    (reference(x) * w).sum().backward()
+
+    layer = SyncBatchNormShift.from_shift(BatchNormShift(6)).cuda()
+    with torch.no_grad():
+        layer.bias.copy_(reference.bias.detach())
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        xc = x.cuda().requires_grad_(True)
+        out = SyncFunction.apply(
+            xc,
+            layer.weight,
+            layer.bias,
+            layer.running_mean,
+            layer.running_var,
+            layer.eps,
+            layer.momentum,
+            dist.group.WORLD,
+            1,
+        )
+        (out * w.cuda()).sum().backward()
+    finally:
+        dist.destroy_process_group()
+    assert layer.bias.grad is not None
+    torch.testing.assert_close(layer.bias.grad.cpu(), reference.bias.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(layer.running_mean.cpu(), reference.running_mean)

@@ -98,3 +98,75 @@ def test_two_gloo_ranks_match_one_process(tmp_path, classifier, sam_rho):
         rel = np.abs(a - b) / np.abs(a)
         assert rel[:3].max() < 1e-4, (a, b)
         assert rel.mean() < 0.05, (a, b)
+
+
+def _bn_model():
+    import torch
+    from torch import nn
+
+    from facenet.models.layers import BatchNormShift
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False),
+        BatchNormShift(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3),
+        nn.BatchNorm2d(5),
+    )
+    with torch.no_grad():
+        model[1].bias.uniform_(-1, 1)
+        model[4].weight.uniform_(0.5, 1.5)
+    return model
+
+
+def test_sync_conversion_keeps_the_shift_trainable_and_the_state_dict():
+    import copy
+
+    import torch
+    from torch import nn
+
+    from facenet.models.layers import SyncBatchNormShift
+    from facenet.train.distributed import convert_sync_batchnorm
+
+    model = _bn_model()
+    before = copy.deepcopy(model.state_dict())
+    n_params = sum(p.numel() for p in model.parameters())
+    shift = model[1].bias
+    converted = convert_sync_batchnorm(model)
+    assert type(converted[1]) is SyncBatchNormShift
+    assert type(converted[4]) is nn.SyncBatchNorm
+    # why: PyTorch's synchronised backward returns no bias gradient when weight is None
+    assert converted[1].weight is not None and not converted[1].weight.requires_grad
+    assert converted[1].bias is shift  # the optimiser's parameter, not a copy
+    after = converted.state_dict()
+    assert list(after) == list(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    assert sum(p.numel() for p in converted.parameters()) == n_params
+
+
+def test_sync_shift_outside_a_process_group_is_the_shift_layer():
+    """Oracle: without a process group SyncBatchNorm falls back to plain batch norm; the
+    converted layer must then give BatchNormShift's outputs, gradients and statistics."""
+    import copy
+
+    import torch
+
+    from facenet.train.distributed import convert_sync_batchnorm
+
+    reference = _bn_model()
+    converted = convert_sync_batchnorm(copy.deepcopy(reference))
+    x = torch.randn(6, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for model in (reference, converted):
+        model.train()
+        xi = x.clone().requires_grad_(True)
+        out = model(xi)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), xi.grad, model[1].bias.grad, model[4].weight.grad))
+    for ref, got in zip(*grads, strict=True):
+        torch.testing.assert_close(got, ref)
+    assert grads[0][2].abs().sum() > 0  # the shift does get a gradient
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(converted.state_dict()[key], value)

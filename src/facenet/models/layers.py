@@ -84,6 +84,44 @@ class BatchNormShift(nn.BatchNorm2d):
         )
 
 
+class SyncBatchNormShift(nn.SyncBatchNorm):
+    """:class:`BatchNormShift` under DDP: batch statistics synchronised across ranks.
+
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` would keep ``weight=None``, and PyTorch's
+    synchronised backward then drops the bias gradient too (``grad_bias`` is set to ``None``
+    whenever ``weight is None``): the shifts would silently never train. Here the unit scale is a
+    non-persistent buffer, so the shift gets its gradient and the state dict keeps
+    :class:`BatchNormShift`'s keys (``bias``, running statistics).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-3,
+        momentum: float | None = 0.1,
+        process_group: object | None = None,
+    ) -> None:
+        super().__init__(
+            num_features, eps=eps, momentum=momentum, affine=True, process_group=process_group
+        )
+        del self._parameters["weight"]
+        self.register_buffer("weight", torch.ones(num_features), persistent=False)
+
+    @classmethod
+    def from_shift(
+        cls, bn: BatchNormShift, process_group: object | None = None
+    ) -> SyncBatchNormShift:
+        """A synchronised copy of ``bn`` sharing its shift parameter and statistics."""
+        out = cls(bn.num_features, bn.eps, bn.momentum, process_group)
+        out.bias = bn.bias
+        out.running_mean = bn.running_mean
+        out.running_var = bn.running_var
+        out.num_batches_tracked = bn.num_batches_tracked
+        out.weight = out.weight.to(bn.bias.device)
+        out.train(bn.training)
+        return out
+
+
 def conv_unit(
     in_channels: int,
     out_channels: int,

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from facenet.models.layers import BatchNormShift, SyncBatchNormShift
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,21 @@ def all_true(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group: object | None = None) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` that keeps shift-only BatchNorm trainable.
+
+    :class:`~facenet.models.layers.BatchNormShift` becomes
+    :class:`~facenet.models.layers.SyncBatchNormShift` (PyTorch's own conversion would leave its
+    shift without a gradient under DDP); every other BatchNorm converts as PyTorch converts it.
+    """
+    if isinstance(module, BatchNormShift):
+        return SyncBatchNormShift.from_shift(module, process_group)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+    for name, child in module.named_children():
+        converted = convert_sync_batchnorm(child, process_group)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module

@@ -478,7 +478,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     memory_format = torch.channels_last if config.model.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     if info.distributed and device.type == "cuda" and config.model.sync_batchnorm:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = D.convert_sync_batchnorm(model)
     scaler = torch.amp.GradScaler(
         "cuda", enabled=device.type == "cuda" and config.precision == "fp16"
     )
