@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from facenet.data.images import load_image
-    from facenet.detect.base import create_detector
+    from facenet.detect.base import box_iou, create_detector
     from facenet.utils import default_data_dir, write_json
 
     torch.set_num_threads(args.threads)
@@ -71,13 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(args.seed)
         pick = rng.choice(len(files), size=min(args.n, len(files)), replace=False)
         images[name] = [load_image(files[i]) for i in sorted(pick)]
-
-    def iou(a, b) -> float:
-        x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-        x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-        inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-        return inter / union if union > 0 else 0.0
 
     runs = [(n, n, args.batch_size if n == "mtcnn" else 1) for n in args.detectors.split(",")]
     if "mtcnn" in args.detectors.split(","):
@@ -116,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             row["agree"] = None
             continue
         ious = [
-            iou(a, b)
+            box_iou(a, b)
             for s in images
             for a, b in zip(tops[label][s], ref[s], strict=True)
             if a is not None and b is not None

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from facenet.cli import main
+from facenet.detect.base import box_iou
 from facenet.losses import RULES, mine_triplets, triplet_loss
 from facenet.losses.distances import pairwise_squared_distances
 from facenet.train.checkpoint import load_checkpoint
@@ -201,23 +202,14 @@ def lfw_images(lfw_dir):
     return [load_image(files[i]) for i in rng.choice(len(files), min(12, len(files)), False)]
 
 
-def _iou(p, q) -> float:
-    p, q = np.asarray(p), np.asarray(q)
-    x1, y1 = np.maximum(p[:2], q[:2])
-    x2, y2 = np.minimum(p[2:], q[2:])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    area = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1])
-    return inter / (area - inter)
-
-
 def _assert_same_faces(a, b, min_score: float = 0.95) -> None:
     """Every confident face of each list has a counterpart in the other: IoU > 0.8 and the
     landmarks within 15% of the eye distance."""
     for xs, ys in ((a, b), (b, a)):
         for d in (d for d in xs if d.score >= min_score):
             assert ys, f"face {d.box} (score {d.score:.3f}) not found on the other device"
-            best = max(ys, key=lambda e: _iou(d.box, e.box))
-            assert _iou(d.box, best.box) > 0.8, (d.box, best.box)
+            best = max(ys, key=lambda e: box_iou(d.box, e.box))
+            assert box_iou(d.box, best.box) > 0.8, (d.box, best.box)
             eyes = np.linalg.norm(d.landmarks[0] - d.landmarks[1])
             assert np.abs(d.landmarks - best.landmarks).max() < 0.15 * eyes
 
@@ -243,8 +235,8 @@ def test_batched_detection_on_the_gpu_matches_the_cpu(lfw_images):
             ref = reference.detect(image)
             if ref:  # the main face of the reference path is found on the GPU too
                 assert dets
-                best = max(dets, key=lambda d: _iou(ref[0].box, d.box))
-                assert _iou(ref[0].box, best.box) > (0.95 if resample == "opencv" else 0.85)
+                best = max(dets, key=lambda d: box_iou(ref[0].box, d.box))
+                assert box_iou(ref[0].box, best.box) > (0.95 if resample == "opencv" else 0.85)
 
 
 def test_half_precision_embeddings_on_the_gpu_match_fp32_on_the_cpu():

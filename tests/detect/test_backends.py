@@ -38,3 +38,21 @@ def test_backends_find_the_same_face_with_landmarks_in_mtcnn_order(name, lfw_dir
     assert lex < nx < rex and lmx < rmx  # left eye / mouth corner has the smaller x
     assert max(ley, rey) < ny < min(lmy, rmy)  # eyes above the nose above the mouth
     assert x1 <= lex and rex <= x2 and y1 <= ley
+
+
+def test_box_iou_against_pixel_counting():
+    """Oracle: boxes on a 1/4-pixel grid rasterised and their cells counted."""
+    from facenet.detect.base import box_iou
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = np.sort(rng.integers(0, 40, (2, 2)), axis=0).T.ravel()[[0, 2, 1, 3]]
+        b = np.sort(rng.integers(0, 40, (2, 2)), axis=0).T.ravel()[[0, 2, 1, 3]]
+        grid = np.zeros((2, 40, 40), bool)
+        for k, (x1, y1, x2, y2) in enumerate((a, b)):
+            grid[k, y1:y2, x1:x2] = True
+        union = (grid[0] | grid[1]).sum()
+        expected = (grid[0] & grid[1]).sum() / union if union else 0.0
+        assert box_iou(a / 4, b / 4) == pytest.approx(expected)
+    assert box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    assert box_iou((1, 1, 1, 1), (1, 1, 1, 1)) == 0.0  # empty union

