@@ -139,11 +139,13 @@ def worker(args: argparse.Namespace) -> None:
             {
                 "seconds_median": statistics.median(times),
                 "seconds_all": times,
-                "peak_rss_mib": (
+                # why: above the baseline; peak RSS on CPU, peak allocated GPU memory on CUDA
+                "peak_mib": (
                     torch.cuda.max_memory_allocated() / 2**20 - gpu_baseline
                     if cuda
                     else _peak_mib() - baseline
                 ),
+                "memory": "gpu_allocated" if cuda else "rss",
                 "baseline_rss_mib": baseline,
                 "num_triplets": count,
                 "threads": torch.get_num_threads(),
@@ -196,7 +198,7 @@ def run_one(size: int, impl: str, rule: str, args: argparse.Namespace) -> dict:
             return {
                 **row,
                 "seconds_median": None,
-                "peak_rss_mib": None,
+                "peak_mib": None,
                 "status": f"failed: skipped, only {free:.1f} GiB available for a {args.peer_cap_gib} GiB cap",
             }
     try:
@@ -205,7 +207,7 @@ def run_one(size: int, impl: str, rule: str, args: argparse.Namespace) -> dict:
         return {
             **row,
             "seconds_median": None,
-            "peak_rss_mib": None,
+            "peak_mib": None,
             "status": f"failed: timeout after {args.timeout} s",
         }
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -219,7 +221,7 @@ def run_one(size: int, impl: str, rule: str, args: argparse.Namespace) -> dict:
         return {
             **row,
             "seconds_median": None,
-            "peak_rss_mib": None,
+            "peak_mib": None,
             "status": f"failed: {err[:160]}",
         }
     return {**row, **json.loads(lines[-1]), "repeats": repeats, "status": "ok"}
@@ -241,9 +243,11 @@ def table(rows: list[dict], rule: str) -> str:
     for b in sizes:
         ours, pml = by.get((b, "ours"), {}), by.get((b, "pml"), {})
         o_t, p_t = ours.get("seconds_median"), pml.get("seconds_median")
-        o_m, p_m = ours.get("peak_rss_mib"), pml.get("peak_rss_mib")
-        speed = f"{p_t / o_t:.0f}x" if o_t and p_t else "—"
-        mem = f"1/{p_m / o_m:.0f}" if o_m and p_m else "—"
+        o_m, p_m = ours.get("peak_mib"), pml.get("peak_mib")
+        speed = _times(p_t / o_t) if o_t and p_t else "—"
+        mem = "—"
+        if o_m and p_m:  # ours as a fraction of the peer's memory (or a multiple when larger)
+            mem = f"1/{p_m / o_m:.0f}" if p_m >= 1.5 * o_m else _times(o_m / p_m)
         p_time = _fmt(p_t, ".3f") if p_t is not None else pml.get("status", "not run")
         o_time = _fmt(o_t, ".3f") if o_t is not None else ours.get("status", "not run")
         triplets = ours.get("num_triplets")
@@ -253,6 +257,11 @@ def table(rows: list[dict], rule: str) -> str:
             f"{_fmt(o_m, ',.0f')} | {_fmt(p_m, ',.0f')} | {mem} |"
         )
     return "\n".join(out)
+
+
+def _times(ratio: float) -> str:
+    """``133x``, ``2.4x``, ``0.08x``: two significant digits below 10."""
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.2g}x"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"B={size:>5} {impl:>4}: {row['status']}"
                 + (
-                    f", {row['seconds_median']:.3f} s, {row['peak_rss_mib']:.0f} MiB"
+                    f", {row['seconds_median']:.3f} s, {row['peak_mib']:.0f} MiB"
                     if row["status"] == "ok"
                     else ""
                 ),
