@@ -86,6 +86,15 @@ class SamplerConfig:
 class MiningConfig:
     rule: str = "semi_hard"  # see facenet.losses.RULES; the paper's rule is semi_hard
     margin: float = 0.2  # why: alpha = 0.2 in the paper (SPEC §2)
+    # "online": mine within each training batch (what the paper's results use); "offline":
+    # every refresh_every steps embed a fresh identity-balanced subset with the current model,
+    # mine it with `rule`, and train on batches of those triplets (SPEC §3's alternative,
+    # facenet.losses.offline; one process only). The sampler section is then unused.
+    strategy: Literal["online", "offline"] = "online"
+    refresh_every: int = 100  # offline: steps between two minings
+    subset_identities: int = 200  # offline: identities in each mined subset
+    subset_images_per_identity: int = 20  # offline: faces per identity in the subset
+    triplets_per_batch: int = 600  # offline: mined triplets in each training batch
 
 
 @dataclass(frozen=True)

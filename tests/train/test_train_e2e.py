@@ -313,3 +313,89 @@ def test_resume_with_a_different_ema_setting_is_refused(ema_run, tmp_path, capsy
 def test_ema_decay_outside_its_range_is_refused(tmp_path, capsys, decay):
     assert main(_args(tmp_path / "run", f"optimiser.ema_decay={decay}")) == 2
     assert "optimiser.ema_decay" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- offline mining (SPEC §3)
+OFFLINE = (
+    "mining.strategy=offline",
+    "mining.refresh_every=8",
+    "mining.subset_identities=12",
+    "mining.subset_images_per_identity=4",
+    "mining.triplets_per_batch=40",
+)
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("offline") / "run"
+    assert main(_args(run, *OFFLINE)) == 0
+    return run
+
+
+def test_offline_mining_run_trains_on_batches_of_mined_triplets(offline_run, reference_run):
+    ckpt = load_checkpoint(offline_run / "last.pt")
+    state = ckpt["offline_miner"]
+    assert state["refreshes"] == 3 and state["mined_at"] == 16  # mined at steps 0, 8, 16
+    with open(offline_run / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    # the epoch column counts minings; every batch is triplets_per_batch mined triplets
+    assert [int(r["epoch"]) for r in rows] == [1] * 4 + [2] * 4 + [3] * 4
+    assert all(int(r["num_triplets"]) == 40 for r in rows)
+    assert all(int(r["num_pairs"]) > 0 for r in rows)
+    assert load_checkpoint(offline_run / "best.pt")["best"]["accuracy"] > 0.6
+    ref = load_checkpoint(reference_run / "last.pt")
+    assert not _states_equal(ckpt["model_state"], ref["model_state"])
+
+
+def test_offline_mining_mines_with_the_current_weights_and_resumes_bit_exactly(
+    offline_run, tmp_path, interrupt_training
+):
+    """Oracle: the second mining (step 8) redone outside the loop, with the step-8 weights
+    read from the checkpoint, gives the triplet pool the loop trained on; two resumes, one on
+    each side of that mining, end on the uninterrupted run's weights."""
+    import numpy as np
+
+    from facenet.losses.offline import OfflineTripletMiner
+    from facenet.train.loop import build_train_data
+    from facenet.train.validate import embed_images
+
+    run = tmp_path / "run"
+    interrupt_training(8, main, _args(run, *OFFLINE))
+    at8 = load_checkpoint(run / "last.pt")
+    assert at8["step"] == 8 and at8["offline_miner"]["refreshes"] == 1
+    config = load_config(run / "config.yaml")
+    data = build_train_data(config, (32, 32), False, frozenset())
+    miner = OfflineTripletMiner(data.labels, "semi_hard", 0.2, 8, 12, 4, 40, seed=0)
+    miner.load_state_dict(at8["offline_miner"])
+    model = load_weights_file(run / "last.pt")
+    miner.refresh(lambda i: embed_images(model, data.images[i], (32, 32), torch.device("cpu")), 8)
+
+    interrupt_training(12, main, [*_args(run, *OFFLINE), "--resume"])
+    at12 = load_checkpoint(run / "last.pt")["offline_miner"]
+    assert at12["refreshes"] == 2 and at12["mined_at"] == 8
+    # the loop's pool may have been reshuffled once used up: compare the triplets as sets
+    assert np.array_equal(np.unique(at12["pool"], axis=0), np.unique(miner._pool, axis=0))
+
+    assert main([*_args(run, *OFFLINE), "--resume"]) == 0
+    final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(offline_run / "last.pt")
+    assert final["step"] == ref["step"] == 24
+    assert _states_equal(final["model_state"], ref["model_state"])
+
+
+def test_resume_with_another_mining_strategy_is_refused(offline_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(offline_run, run)
+    assert main([*_args(run, "max_steps=30"), "--resume"]) == 2
+    assert "mining.strategy=offline" in capsys.readouterr().err
+
+
+def test_offline_mining_refuses_bad_sizes_and_torchrun(tmp_path, capsys, monkeypatch):
+    assert main(_args(tmp_path / "a", *OFFLINE, "mining.triplets_per_batch=0")) == 2
+    assert "mining.triplets_per_batch=0" in capsys.readouterr().err
+    import facenet.train.loop as loop
+    from facenet.train.distributed import DistInfo
+
+    # as a rank of a 2-process torchrun would see it (refused before any collective call)
+    monkeypatch.setattr(loop.D, "setup", lambda device: DistInfo(0, 2, 0, torch.device("cpu")))
+    assert main(_args(tmp_path / "b", *OFFLINE)) == 2
+    assert "runs in one process" in capsys.readouterr().err

@@ -175,6 +175,11 @@ class OfflineTripletMiner:
         return self.last_stats
 
     @property
+    def refreshes(self) -> int:
+        """Minings done so far."""
+        return self._refreshes
+
+    @property
     def pool_size(self) -> int:
         """Triplets mined by the last refresh."""
         return len(self._pool)

@@ -1,4 +1,5 @@
-"""The training loop: identity-balanced batches -> embeddings -> online mining -> triplet loss.
+"""The training loop: identity-balanced batches -> embeddings -> online mining -> triplet loss
+(or, with ``mining.strategy=offline``, batches of triplets mined every n steps on a subset).
 
 Read top to bottom: ``train(config)`` builds the data, model and optimiser, optionally restores a
 checkpoint, then runs ``config.max_steps`` optimiser steps. Every random stream is a function of
@@ -442,6 +443,9 @@ def train(config: Config, resume: bool = False) -> TrainResult:
 
 def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     from facenet.losses import triplet_loss
+    from facenet.losses.distances import pairwise_squared_distances
+    from facenet.losses.mining import Triplets
+    from facenet.losses.triplet import TripletLossOutput, loss_and_stats
     from facenet.models import create_model
 
     if config.optimiser.sam_rho < 0:
@@ -452,6 +456,22 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         raise ConfigError(
             f"optimiser.ema_decay must lie in [0, 1) (0 = off), got {config.optimiser.ema_decay}"
         )
+    mining = config.mining
+    if mining.strategy == "offline":
+        if info.distributed:
+            raise ConfigError(
+                "mining.strategy=offline runs in one process; under torchrun use online mining "
+                "(the global batch is mined across ranks)"
+            )
+        sizes = {
+            "refresh_every": mining.refresh_every,
+            "subset_identities": mining.subset_identities,
+            "subset_images_per_identity": mining.subset_images_per_identity,
+            "triplets_per_batch": mining.triplets_per_batch,
+        }
+        bad = [f"mining.{k}={v}" for k, v in sizes.items() if v < 1]
+        if bad:
+            raise ConfigError(f"offline mining needs positive sizes: {', '.join(bad)}")
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     run_dir = Path(config.output.dir).expanduser()
@@ -495,6 +515,21 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     data = build_train_data(config, input_size, show, forbidden)
     D.barrier()
     stream = BatchStream(data.labels, config, info.rank, info.world_size)
+    miner = None
+    if mining.strategy == "offline":
+        from facenet.losses.offline import OfflineTripletMiner
+
+        miner = OfflineTripletMiner(
+            data.labels,
+            rule=mining.rule,
+            margin=mining.margin,
+            refresh_every=mining.refresh_every,
+            identities_per_subset=mining.subset_identities,
+            images_per_identity=mining.subset_images_per_identity,
+            triplets_per_batch=mining.triplets_per_batch,
+            seed=config.seed,
+            embed_batch_size=config.validation.batch_size,
+        )
     classifier: nn.Module | None = None
     if config.classifier.weight > 0:
         from facenet.losses.classifier import CosineClassifier
@@ -547,6 +582,14 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         if ckpt.get("scaler") is not None:
             scaler.load_state_dict(ckpt["scaler"])
         stream.load_state_dict(ckpt["sampler"])
+        if (miner is None) != (ckpt.get("offline_miner") is None):
+            saved = (ckpt.get("config") or {}).get("mining", {}).get("strategy", "online")
+            raise ValueError(
+                f"{last_path} was trained with mining.strategy={saved}; resume it with the "
+                "same strategy"
+            )
+        if miner is not None:
+            miner.load_state_dict(ckpt["offline_miner"])
         restore_rng_states(ckpt["rng"])
         step = int(ckpt["step"])
         best = dict(ckpt.get("best") or {})
@@ -577,6 +620,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         extra = {
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "classifier": unwrap(classifier).state_dict() if classifier is not None else None,
+            "offline_miner": miner.state_dict() if miner is not None else None,
         }
         if ema is not None:  # why: model_state is the average; --resume needs the trained weights
             extra |= {
@@ -637,11 +681,24 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         logs.val(row)
         return row
 
+    def embed_subset(indices: list[int]) -> torch.Tensor:
+        """Offline mining's view of training faces: the current weights on centre crops."""
+        return embed_images(
+            unwrap(model),
+            data.images[np.asarray(indices, dtype=np.int64)],
+            input_size,
+            device,
+            config.validation.batch_size,
+            False,
+            config.model.channels_last,
+            autocast if device.type == "cuda" else None,
+        )
+
     def batch_loss(
-        x: torch.Tensor, labels: torch.Tensor, mining_seed: int
+        x: torch.Tensor, labels: torch.Tensor, mining_seed: int, triplets: Triplets | None
     ) -> tuple[Any, torch.Tensor, float, float]:
-        """Forward pass, mining and loss of one batch: (triplet output, total loss, classifier
-        loss, classifier accuracy)."""
+        """Forward pass, mining (unless ``triplets`` were mined offline) and loss of one batch:
+        (triplet output, total loss, classifier loss, classifier accuracy)."""
         with autocast():
             emb = model(x)
         emb, batch_labels = emb.float(), labels
@@ -651,13 +708,18 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             # why: every rank mines (and classifies) the global batch, gathered once, so the
             # losses and gradients are those of one process on the whole batch
             emb, batch_labels = gather_with_grad(emb), gather_labels(labels)
-        out = triplet_loss(
-            emb,
-            batch_labels,
-            rule=config.mining.rule,
-            margin=config.mining.margin,
-            generator=torch.Generator().manual_seed(mining_seed),
-        )
+        if triplets is None:
+            out = triplet_loss(
+                emb,
+                batch_labels,
+                rule=mining.rule,
+                margin=mining.margin,
+                generator=torch.Generator().manual_seed(mining_seed),
+            )
+        else:
+            sq_dist = pairwise_squared_distances(emb)
+            given_loss, given_stats = loss_and_stats(emb, sq_dist, triplets, mining.margin)
+            out = TripletLossOutput(given_loss, given_stats, triplets)
         loss = out.loss
         cls_loss_value = cls_accuracy = float("nan")
         if classifier is not None:
@@ -696,14 +758,24 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             lr = lr_at(step, config.optimiser.lr, config.max_steps, config.schedule)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            idx = stream.next()  # this rank's share of the global batch
+            triplets = None
+            if miner is None:
+                idx = stream.next()  # this rank's share of the global batch
+            else:
+                offline = miner.step(step, embed_subset)  # re-mines every refresh_every steps
+                idx = np.asarray(offline.indices, dtype=np.int64)
+                triplets = offline.triplets
+                if len(idx) == 0:
+                    # why: the last mining found no triplet (all pairs satisfied): mine online
+                    # until the next one rather than stall
+                    idx, triplets = stream.next(), None
             rng = step_rng(config.seed, step, stream=info.rank)
             x = augment_batch(data.images[idx], input_size, config.data.augment, rng)
             x = normalize(x, spec).to(device, non_blocking=True)
             x = x.contiguous(memory_format=memory_format)
             labels = torch.from_numpy(data.labels[idx]).to(device)
             mining_seed = int(step_rng(config.seed, step, 1).integers(2**62))
-            out, loss, cls_loss_value, cls_accuracy = batch_loss(x, labels, mining_seed)
+            out, loss, cls_loss_value, cls_accuracy = batch_loss(x, labels, mining_seed, triplets)
             stats = out.stats
             loss_value = float(out.loss.detach())
             total_value = loss_value if classifier is None else float(loss.detach())
@@ -715,7 +787,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                 moved = sam.ascend(trainable(), sam_rho)
                 optimizer.zero_grad(set_to_none=True)
                 with sam.frozen_batchnorm_stats(model):
-                    _, sam_loss, _, _ = batch_loss(x, labels, mining_seed)
+                    _, sam_loss, _, _ = batch_loss(x, labels, mining_seed, triplets)
                 scaler.scale(sam_loss).backward()
                 sam.restore(moved)
                 total_value = float(sam_loss.detach())
@@ -764,24 +836,31 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
 
             dt = time.perf_counter() - t_step
             train_seconds += dt
-            train_images += global_batch
-            images_window += global_batch
+            n_images = global_batch if triplets is None else len(idx)
+            train_images += n_images
+            images_window += n_images
             if bar is not None:
                 bar.update(1)
             if info.is_main and (step % config.output.log_every == 0 or step == config.max_steps):
                 now = time.perf_counter()
                 images_per_s = images_window / max(now - t_window, 1e-9)
+                mined = miner.last_stats if triplets is not None else None
                 t_window, images_window = now, 0
                 last_row = {
                     "step": step,
-                    "epoch": stream.epoch,
+                    "epoch": stream.epoch if miner is None else miner.refreshes,
                     "loss": loss_value,
                     "classifier_loss": cls_loss_value,
                     "classifier_accuracy": cls_accuracy,
                     "fraction_active": stats.fraction_active,
                     "num_triplets": stats.num_triplets,
-                    "num_pairs": stats.num_pairs,
-                    "pairs_without_negative": stats.pairs_without_negative,
+                    # offline: the pairs of the last mining, not of this batch
+                    "num_pairs": stats.num_pairs if mined is None else mined.num_pairs,
+                    "pairs_without_negative": (
+                        stats.pairs_without_negative
+                        if mined is None
+                        else mined.pairs_without_negative
+                    ),
                     "mean_ap": stats.mean_ap,
                     "mean_an": stats.mean_an,
                     "embedding_spread": spread,
