@@ -365,7 +365,9 @@ def test_offline_mining_mines_with_the_current_weights_and_resumes_bit_exactly(
     assert at8["step"] == 8 and at8["offline_miner"]["refreshes"] == 1
     config = load_config(run / "config.yaml")
     data = build_train_data(config, (32, 32), False, frozenset())
-    miner = OfflineTripletMiner(data.labels, "semi_hard", 0.2, 8, 12, 4, 40, seed=0)
+    miner = OfflineTripletMiner(
+        data.labels, "semi_hard", 0.2, 8, 12, 4, 40, seed=0, small_identity_policy="all"
+    )
     miner.load_state_dict(at8["offline_miner"])
     model = load_weights_file(run / "last.pt")
     miner.refresh(lambda i: embed_images(model, data.images[i], (32, 32), torch.device("cpu")), 8)
@@ -399,3 +401,13 @@ def test_offline_mining_refuses_bad_sizes_and_torchrun(tmp_path, capsys, monkeyp
     monkeypatch.setattr(loop.D, "setup", lambda device: DistInfo(0, 2, 0, torch.device("cpu")))
     assert main(_args(tmp_path / "b", *OFFLINE)) == 2
     assert "runs in one process" in capsys.readouterr().err
+
+
+def test_offline_mining_takes_each_face_of_a_small_identity_once(tmp_path):
+    # 3 faces per identity, 4 asked for: a face drawn twice would pair an image with itself
+    run = tmp_path / "run"
+    args = _args(run, *OFFLINE, "data.synthetic_images_per_identity=3", "max_steps=2")
+    assert main(args) == 0
+    pool = load_checkpoint(run / "last.pt")["offline_miner"]["pool"]
+    assert len(pool) > 0
+    assert (pool[:, 0] != pool[:, 1]).all()
