@@ -193,3 +193,15 @@ def test_offline_mining_trains_a_linear_model():
         opt.step()
     after = fixed_loss()
     assert after < 0.8 * before, (before, after)
+
+
+def test_small_identities_give_each_face_once_so_no_face_pairs_with_itself():
+    features, labels = dataset(identities=10, per_identity=2)  # 2 faces each, 4 asked for
+    miner = OfflineTripletMiner(
+        labels, identities_per_subset=8, images_per_identity=4, triplets_per_batch=8, margin=2.0
+    )
+    stats = miner.refresh(TableEmbed(features), 0)
+    assert stats.subset_size == 16 and miner.pool_size > 0
+    pool = miner.state_dict()["pool"]
+    assert (pool[:, 0] != pool[:, 1]).all()
+    assert (np.asarray(labels)[pool[:, 0]] == np.asarray(labels)[pool[:, 1]]).all()

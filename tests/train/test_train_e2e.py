@@ -365,9 +365,7 @@ def test_offline_mining_mines_with_the_current_weights_and_resumes_bit_exactly(
     assert at8["step"] == 8 and at8["offline_miner"]["refreshes"] == 1
     config = load_config(run / "config.yaml")
     data = build_train_data(config, (32, 32), False, frozenset())
-    miner = OfflineTripletMiner(
-        data.labels, "semi_hard", 0.2, 8, 12, 4, 40, seed=0, small_identity_policy="all"
-    )
+    miner = OfflineTripletMiner(data.labels, "semi_hard", 0.2, 8, 12, 4, 40, seed=0)
     miner.load_state_dict(at8["offline_miner"])
     model = load_weights_file(run / "last.pt")
     miner.refresh(lambda i: embed_images(model, data.images[i], (32, 32), torch.device("cpu")), 8)

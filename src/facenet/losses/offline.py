@@ -84,7 +84,9 @@ class OfflineTripletMiner:
         seed: seeds subset choice, mining randomness and batch order.
         embed_batch_size: dataset indices per ``embed`` call.
         small_identity_policy: how identities with fewer images are handled (see
-            :class:`~facenet.data.sampler.IdentityBalancedSampler`).
+            :class:`~facenet.data.sampler.IdentityBalancedSampler`); the default ``"all"`` takes
+            each of their faces once, since with ``"replace"`` a face drawn twice is embedded
+            twice identically and pairs with itself.
     """
 
     def __init__(
@@ -98,7 +100,7 @@ class OfflineTripletMiner:
         triplets_per_batch: int = 600,
         seed: int = 0,
         embed_batch_size: int = 256,
-        small_identity_policy: str = "replace",
+        small_identity_policy: str = "all",
     ) -> None:
         get_rule(rule)  # fail early on an unknown rule
         if refresh_every < 1 or triplets_per_batch < 1 or embed_batch_size < 1:

@@ -529,9 +529,6 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             triplets_per_batch=mining.triplets_per_batch,
             seed=config.seed,
             embed_batch_size=config.validation.batch_size,
-            # why: the subset is embedded without augmentation, so a face drawn twice would make
-            # an anchor-positive pair of one image (distance 0); take small identities' faces once
-            small_identity_policy="all",
         )
     classifier: nn.Module | None = None
     if config.classifier.weight > 0:
