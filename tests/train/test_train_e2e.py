@@ -409,3 +409,16 @@ def test_offline_mining_takes_each_face_of_a_small_identity_once(tmp_path):
     pool = load_checkpoint(run / "last.pt")["offline_miner"]["pool"]
     assert len(pool) > 0
     assert (pool[:, 0] != pool[:, 1]).all()
+
+
+def test_offline_mining_that_finds_no_triplet_falls_back_to_online_batches(tmp_path):
+    # margin 0: the semi-hard band (d_ap, d_ap + 0) is empty, so every mining finds nothing
+    run = tmp_path / "run"
+    assert main(_args(run, *OFFLINE, "mining.margin=0.0", "max_steps=4")) == 0
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["step"] == 4 and len(ckpt["offline_miner"]["pool"]) == 0
+    assert ckpt["sampler"]["position"] == 4  # the four batches came from the online sampler
+    with open(run / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["num_triplets"]) for r in rows] == [0, 0]
+    assert all(int(r["num_pairs"]) == 6 * 4 * 3 for r in rows)  # online: 6 ids x 4 x 3 pairs
