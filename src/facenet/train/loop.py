@@ -642,22 +642,26 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             extra=extra,
         )
 
+    def embed(m: nn.Module, images: np.ndarray, flip: bool = False) -> torch.Tensor:
+        """Unit embeddings of cached faces (centre crops, eval mode) as validation sees them."""
+        return embed_images(
+            m,
+            images,
+            input_size,
+            device,
+            config.validation.batch_size,
+            flip,
+            config.model.channels_last,
+            autocast if device.type == "cuda" else None,
+        )
+
     def validate() -> dict[str, Any]:
         nonlocal thresholds
         if not info.is_main or validation is None:
             return {}
 
         def evaluate(m: nn.Module) -> ValidationResult:
-            emb = embed_images(
-                m,
-                validation.images,
-                input_size,
-                device,
-                config.validation.batch_size,
-                config.validation.flip,
-                config.model.channels_last,
-                autocast if device.type == "cuda" else None,
-            )
+            emb = embed(m, validation.images, config.validation.flip)
             return evaluate_pairs(emb, validation, config.validation.far_target)
 
         res = evaluate(unwrap(model) if ema is None else ema.module)
@@ -683,16 +687,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
 
     def embed_subset(indices: list[int]) -> torch.Tensor:
         """Offline mining's view of training faces: the current weights on centre crops."""
-        return embed_images(
-            unwrap(model),
-            data.images[np.asarray(indices, dtype=np.int64)],
-            input_size,
-            device,
-            config.validation.batch_size,
-            False,
-            config.model.channels_last,
-            autocast if device.type == "cuda" else None,
-        )
+        return embed(unwrap(model), data.images[np.asarray(indices, dtype=np.int64)])
 
     def batch_loss(
         x: torch.Tensor, labels: torch.Tensor, mining_seed: int, triplets: Triplets | None
