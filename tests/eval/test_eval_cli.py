@@ -110,3 +110,32 @@ def test_align_modes_use_the_aligned_folder_or_align_on_the_fly(mini_lfw, tmp_pa
     # back to the detector pipeline's flagged centre crop)
     assert main([*base, "--data", str(root), "--align", "box"]) == 0
     assert "aligning on the fly with detector mtcnn" in capsys.readouterr().err
+
+
+def test_align_defaults_to_the_mode_the_folder_was_aligned_with(
+    mini_lfw, tiny_model, tmp_path, capsys
+):
+    import shutil
+
+    from facenet.models.loading import save_weights
+
+    root, pairs = mini_lfw
+    aligned = tmp_path / "aligned"
+    shutil.copytree(root, aligned)
+    (aligned / "align_config.json").write_text('{"mode": "box", "size": 160}')
+    weights = str(save_weights(tiny_model, tmp_path / "tiny.safetensors"))
+    base = ["eval", "--model", weights, "--pairs", str(pairs), "--no-cache", "--quiet"]
+    out_json = tmp_path / "default.json"
+    assert main([*base, "--data", str(aligned), "--json", str(out_json)]) == 0
+    assert "(mode box): --align box" in capsys.readouterr().err
+    meta = json.loads(out_json.read_text())["meta"]
+    assert meta["align"] == "box" and meta["aligned_folder_config"]["mode"] == "box"
+    # same embeddings as asking for it
+    explicit = tmp_path / "explicit.json"
+    assert main([*base, "--data", str(aligned), "--align", "box", "--json", str(explicit)]) == 0
+    acc = [json.loads(f.read_text())["verification"]["accuracy"] for f in (out_json, explicit)]
+    assert acc[0] == acc[1]
+    # a plain photo folder (no align_config.json) keeps the centre crop
+    plain = tmp_path / "plain.json"
+    assert main([*base, "--data", str(root), "--json", str(plain)]) == 0
+    assert json.loads(plain.read_text())["meta"]["align"] == "center"
