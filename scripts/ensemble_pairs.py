@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facenet.data.lfw import read_pairs, read_people, resolve_image
+from facenet.data.lfw import Pairs, read_pairs, read_people, resolve_image
 from facenet.eval.distances import squared_l2
 from facenet.eval.embedding import embed_paths
 from facenet.eval.protocol import embed_pairs
@@ -40,7 +40,7 @@ def main() -> None:
         parser.error("--project-to needs --fit-people (faces of training people only)")
 
     pairs = read_pairs(args.pairs)
-    fit_paths = _fit_paths(args) if args.project_to else []
+    fit_paths = _fit_paths(args, pairs) if args.project_to else []
     distances, lefts, rights, fits = [], [], [], []
     print(LFW_TABLE_HEAD)
     for ref in args.checkpoints:
@@ -71,10 +71,9 @@ def main() -> None:
         print(lfw_table_row(f"ensemble of {len(distances)}, {args.project_to}-d", r, note))
 
 
-def _fit_paths(args: argparse.Namespace) -> list[Path]:
+def _fit_paths(args: argparse.Namespace, pairs: Pairs) -> list[Path]:
     """Up to ``--fit-max-images`` aligned faces of each person in ``--fit-people``."""
     people = read_people(args.fit_people)
-    pairs = read_pairs(args.pairs)
     held_out = {name.split("/")[0] for name in (*pairs.left, *pairs.right)}
     if held_out & set(people.names):
         raise SystemExit(f"{args.fit_people}: shares people with {args.pairs}; fit elsewhere")
