@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facenet.data.lfw import Pairs, read_pairs, read_people, resolve_image
+from facenet.data.lfw import ImageResolver, Pairs, image_stem, read_pairs, read_people
 from facenet.eval.distances import squared_l2
 from facenet.eval.embedding import embed_paths
 from facenet.eval.protocol import embed_pairs
@@ -77,11 +77,12 @@ def _fit_paths(args: argparse.Namespace, pairs: Pairs) -> list[Path]:
     held_out = {name.split("/")[0] for name in (*pairs.left, *pairs.right)}
     if held_out & set(people.names):
         raise SystemExit(f"{args.fit_people}: shares people with {args.pairs}; fit elsewhere")
-    paths = []
-    for name, count in zip(people.names, people.counts, strict=True):
-        for index in range(1, min(int(count), args.fit_max_images) + 1):
-            paths.append(resolve_image(args.data, name, index))
-    return paths
+    resolve = ImageResolver(args.data)
+    return [
+        resolve(image_stem(name, index))
+        for name, count in zip(people.names, people.counts, strict=True)
+        for index in range(1, min(int(count), args.fit_max_images) + 1)
+    ]
 
 
 if __name__ == "__main__":

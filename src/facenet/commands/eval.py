@@ -126,8 +126,10 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{data}: image folder not found")
         model = _load(args.model)
         peer = is_peer(args.model)
+        # why: an explicit --align center never reads the folder's config
+        folder_config = None if peer or args.align == "center" else _aligned_folder_config(data)
         if args.align is None:
-            args.align = _default_align(data, peer)
+            args.align = _default_align(data, folder_config)
         embed_kw: dict[str, Any] = {
             "batch_size": args.batch_size,
             "flip": args.flip,
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         }
         aligned_by = None
         if not peer and args.align != "center":
-            aligned_by = _aligned_folder_config(data)
+            aligned_by = folder_config
             if aligned_by is not None and not args.detector:
                 mode = aligned_by.get("mode", args.align)
                 if mode != args.align:
@@ -256,14 +258,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_align(data: Path, peer: bool) -> str:
+def _default_align(data: Path, folder_config: dict[str, Any] | None) -> str:
     """``--align`` when not given: the folder's own mode when ``facenet align`` wrote it.
 
     why: a centre crop of an already aligned face (the centre 60% of a face box) scores some 8
-    points lower on LFW without any error; peers detect faces themselves and keep ``center``.
+    points lower on LFW without any error; peers (no folder config read) keep ``center``.
     """
-    config = None if peer else _aligned_folder_config(data)
-    mode = (config or {}).get("mode")
+    mode = (folder_config or {}).get("mode")
     if mode in ("box", "similarity"):
         print(
             f"note: {data} was written by 'facenet align' (mode {mode}): --align {mode}",
