@@ -126,6 +126,11 @@ class OptimiserConfig:
     # exponential moving average of the weights (facenet.train.ema), validated, checkpointed and
     # exported instead of the raw weights; 0 = off, e.g. 0.998 (a ~500-step memory)
     ema_decay: float = 0.0
+    # mean-teacher consistency (Tarvainen & Valpola 2017): this weight times the mean squared
+    # distance between the trained network's embedding of each face and the weight average's
+    # embedding of a second, independent augmentation of it; needs ema_decay > 0; 0 = off. Costs
+    # a forward pass of the average (no gradient) per step.
+    ema_consistency: float = 0.0
 
 
 @dataclass(frozen=True)

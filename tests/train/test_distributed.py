@@ -8,8 +8,9 @@ the tiny BN model at 12 images per rank). Stated tolerance: the first 3 losses a
 1e-4 relative (measured ~1e-6); over all steps within 5% on average, because rounding
 differences eventually flip a discrete semi-hard choice (measured <= 3% at step 9). The optional
 classifier loss (``classifier.weight``) is computed on the gathered batch too, and SAM's second
-pass (``optimiser.sam_rho``) perturbs every rank's weights by the same all-reduced gradient: same
-tolerances.
+pass (``optimiser.sam_rho``) perturbs every rank's weights by the same all-reduced gradient, and
+the mean-teacher consistency (``optimiser.ema_consistency``) compares the gathered batch with the
+weight average that every rank keeps: same tolerances.
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ def _losses(run: Path, column: str = "loss") -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("classifier", "sam_rho"),
-    [(0.0, 0.0), (0.5, 0.0), (0.0, 0.05)],
-    ids=["triplet", "triplet+classifier", "triplet+sam"],
+    ("classifier", "sam_rho", "consistency"),
+    [(0.0, 0.0, 0.0), (0.5, 0.0, 0.0), (0.0, 0.05, 0.0), (0.0, 0.0, 1.0)],
+    ids=["triplet", "triplet+classifier", "triplet+sam", "triplet+consistency"],
 )
-def test_two_gloo_ranks_match_one_process(tmp_path, classifier, sam_rho):
+def test_two_gloo_ranks_match_one_process(tmp_path, classifier, sam_rho, consistency):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     if not Path(torchrun).exists():
         pytest.skip("torchrun not found")
@@ -62,6 +63,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, classifier, sam_rho):
     ddp = tmp_path / "ddp"
     base = ["--config", SMOKE, f"data.cache_dir={tmp_path / 'cache'}", *COMMON]
     base += [f"classifier.weight={classifier}", f"optimiser.sam_rho={sam_rho}"]
+    if consistency:
+        base += [f"optimiser.ema_consistency={consistency}", "optimiser.ema_decay=0.5"]
     r1 = subprocess.run(
         [sys.executable, "-m", "facenet", "train", *base, f"output.dir={single}"],
         env=env,
@@ -97,6 +100,14 @@ def test_two_gloo_ranks_match_one_process(tmp_path, classifier, sam_rho):
         a, b = _losses(single, "classifier_loss"), _losses(ddp, "classifier_loss")
         rel = np.abs(a - b) / np.abs(a)
         assert rel[:3].max() < 1e-4, (a, b)
+        assert rel.mean() < 0.05, (a, b)
+    if consistency:
+        # every rank's weight average is the same, and the term is taken over the gathered batch
+        a, b = _losses(single, "consistency"), _losses(ddp, "consistency")
+        # the average starts as a copy of the weights (steps 1-2: no difference), then lags them
+        assert a[:2].max() == b[:2].max() == 0 and a[2:].min() > 0, (a, b)
+        rel = np.abs(a[2:] - b[2:]) / a[2:]
+        assert rel[:2].max() < 1e-3, (a, b)
         assert rel.mean() < 0.05, (a, b)
 
 

@@ -315,6 +315,51 @@ def test_ema_decay_outside_its_range_is_refused(tmp_path, capsys, decay):
     assert "optimiser.ema_decay" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------- mean-teacher consistency
+CONSISTENCY = (*EMA, "optimiser.ema_consistency=1.0")
+
+
+@pytest.fixture(scope="module")
+def consistency_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("consistency") / "run"
+    assert main(_args(run, *CONSISTENCY)) == 0
+    return run
+
+
+def test_consistency_is_logged_and_steers_the_training(consistency_run, ema_run):
+    with open(consistency_run / "train_log.csv") as f:
+        values = [float(r["consistency"]) for r in csv.DictReader(f)]
+    assert len(values) == 12
+    # squared distances of unit vectors from two views and two weight sets: in (0, 4)
+    assert all(0 < v < 4 for v in values), values
+    with open(ema_run / "train_log.csv") as f:
+        assert all(r["consistency"] in ("", "nan") for r in csv.DictReader(f))
+    ckpt, plain = load_checkpoint(consistency_run / "last.pt"), load_checkpoint(ema_run / "last.pt")
+    assert not _states_equal(ckpt["train_model_state"], plain["train_model_state"])
+
+
+def test_consistency_run_resumes_bit_exactly(consistency_run, tmp_path, interrupt_training):
+    run = tmp_path / "run"
+    interrupt_training(12, main, _args(run, *CONSISTENCY))
+    assert main([*_args(run, *CONSISTENCY), "--resume"]) == 0
+    final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(consistency_run / "last.pt")
+    assert final["step"] == ref["step"] == 24
+    assert _states_equal(final["model_state"], ref["model_state"])
+    assert _states_equal(final["train_model_state"], ref["train_model_state"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("optimiser.ema_consistency=1.0",), "set optimiser.ema_decay"),
+        ((*EMA, "optimiser.ema_consistency=-1"), "optimiser.ema_consistency must be >= 0"),
+    ],
+)
+def test_bad_consistency_settings_are_refused(tmp_path, capsys, extra, message):
+    assert main(_args(tmp_path / "run", *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- offline mining (SPEC §3)
 OFFLINE = (
     "mining.strategy=offline",

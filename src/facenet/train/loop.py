@@ -50,6 +50,7 @@ TRAIN_FIELDS = (
     "loss",
     "classifier_loss",
     "classifier_accuracy",
+    "consistency",
     "fraction_active",
     "num_triplets",
     "num_pairs",
@@ -62,6 +63,8 @@ TRAIN_FIELDS = (
     "images_per_s",
     "elapsed_s",
 )
+# why: step_rng stream of the consistency view, apart from the ranks' augmentation streams (0..)
+CONSISTENCY_STREAM = 1 << 20
 # why: with optimiser.ema_decay the metrics are the averaged model's; raw_* are the raw weights'
 VAL_FIELDS = (
     "step",
@@ -456,6 +459,14 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         raise ConfigError(
             f"optimiser.ema_decay must lie in [0, 1) (0 = off), got {config.optimiser.ema_decay}"
         )
+    consistency = config.optimiser.ema_consistency
+    if consistency < 0:
+        raise ConfigError(f"optimiser.ema_consistency must be >= 0 (0 = off), got {consistency}")
+    if consistency > 0 and config.optimiser.ema_decay == 0:
+        raise ConfigError(
+            "optimiser.ema_consistency needs a weight average to agree with: set "
+            "optimiser.ema_decay (e.g. 0.998)"
+        )
     mining = config.mining
     if mining.strategy == "offline":
         if info.distributed:
@@ -543,9 +554,10 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             generator=torch.Generator().manual_seed(config.seed + 1),
         ).to(device)
     optimizer = build_optimizer(model, config, classifier)
-    # why: only rank 0 validates and saves; every rank's weights are the same after a step
+    # why: only rank 0 validates and saves; every rank's weights are the same after a step, so
+    # the other ranks need the average only when it is the consistency target of their faces
     ema = None
-    if config.optimiser.ema_decay > 0 and info.is_main:
+    if config.optimiser.ema_decay > 0 and (info.is_main or consistency > 0):
         from facenet.train.ema import make_ema
 
         ema = make_ema(model, config.optimiser.ema_decay)
@@ -689,11 +701,26 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         """Offline mining's view of training faces: the current weights on centre crops."""
         return embed(unwrap(model), data.images[np.asarray(indices, dtype=np.int64)])
 
+    def consistency_target(idx: np.ndarray, step: int) -> torch.Tensor | None:
+        """The weight average's embeddings of a second augmentation of this rank's faces (its own
+        random stream, so the first view's draws are those of a run without consistency)."""
+        if consistency == 0:
+            return None
+        rng = step_rng(config.seed, step, CONSISTENCY_STREAM + info.rank)
+        x2 = augment_batch(data.images[idx], input_size, config.data.augment, rng)
+        x2 = normalize(x2, spec).to(device, non_blocking=True)
+        with torch.no_grad(), autocast():
+            return ema.module(x2.contiguous(memory_format=memory_format)).float()
+
     def batch_loss(
-        x: torch.Tensor, labels: torch.Tensor, mining_seed: int, triplets: Triplets | None
-    ) -> tuple[Any, torch.Tensor, float, float]:
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        mining_seed: int,
+        triplets: Triplets | None,
+        target: torch.Tensor | None = None,
+    ) -> tuple[Any, torch.Tensor, float, float, float]:
         """Forward pass, mining (unless ``triplets`` were mined offline) and loss of one batch:
-        (triplet output, total loss, classifier loss, classifier accuracy)."""
+        (triplet output, total loss, classifier loss, classifier accuracy, consistency loss)."""
         with autocast():
             emb = model(x)
         emb, batch_labels = emb.float(), labels
@@ -703,6 +730,8 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             # why: every rank mines (and classifies) the global batch, gathered once, so the
             # losses and gradients are those of one process on the whole batch
             emb, batch_labels = gather_with_grad(emb), gather_labels(labels)
+            if target is not None:
+                target = gather_with_grad(target)
         if triplets is None:
             out = triplet_loss(
                 emb,
@@ -721,7 +750,12 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             cls_loss, cls_acc = classifier(emb, batch_labels)
             cls_loss_value, cls_accuracy = float(cls_loss.detach()), float(cls_acc)
             loss = loss + config.classifier.weight * cls_loss
-        return out, loss, cls_loss_value, cls_accuracy
+        cons_value = float("nan")
+        if target is not None:
+            cons_loss = (emb - target).pow(2).sum(dim=1).mean()
+            cons_value = float(cons_loss.detach())
+            loss = loss + consistency * cons_loss
+        return out, loss, cls_loss_value, cls_accuracy, cons_value
 
     def trainable() -> list[torch.Tensor]:
         params = [p for p in model.parameters() if p.grad is not None]
@@ -770,10 +804,13 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             x = x.contiguous(memory_format=memory_format)
             labels = torch.from_numpy(data.labels[idx]).to(device)
             mining_seed = int(step_rng(config.seed, step, 1).integers(2**62))
-            out, loss, cls_loss_value, cls_accuracy = batch_loss(x, labels, mining_seed, triplets)
+            target = consistency_target(idx, step)
+            out, loss, cls_loss_value, cls_accuracy, cons_value = batch_loss(
+                x, labels, mining_seed, triplets, target
+            )
             stats = out.stats
             loss_value = float(out.loss.detach())
-            total_value = loss_value if classifier is None else float(loss.detach())
+            total_value = float(loss.detach())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if sam_rho > 0 and step >= config.optimiser.sam_start_step:
@@ -782,7 +819,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                 moved = sam.ascend(trainable(), sam_rho)
                 optimizer.zero_grad(set_to_none=True)
                 with sam.frozen_batchnorm_stats(model):
-                    _, sam_loss, _, _ = batch_loss(x, labels, mining_seed, triplets)
+                    _, sam_loss, _, _, _ = batch_loss(x, labels, mining_seed, triplets, target)
                 scaler.scale(sam_loss).backward()
                 sam.restore(moved)
                 total_value = float(sam_loss.detach())
@@ -847,6 +884,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                     "loss": loss_value,
                     "classifier_loss": cls_loss_value,
                     "classifier_accuracy": cls_accuracy,
+                    "consistency": cons_value,
                     "fraction_active": stats.fraction_active,
                     "num_triplets": stats.num_triplets,
                     # offline: the pairs of the last mining, not of this batch
