@@ -63,8 +63,24 @@ TRAIN_FIELDS = (
     "images_per_s",
     "elapsed_s",
 )
-# why: step_rng stream of the consistency view, apart from the ranks' augmentation streams (0..)
-CONSISTENCY_STREAM = 1 << 20
+# step_rng streams, each drawn afresh from (seed, step, stream). Rank 0 augments from stream 0, so a
+# single process draws what it always drew; the other ranks' augmentation and every rank's
+# consistency view (optimiser.ema_consistency) sit apart from each other and from the mining seed.
+MINING_STREAM = 1
+_RANK_AUGMENT_STREAM = 1 << 16  # + rank, ranks >= 1
+_CONSISTENCY_STREAM = 1 << 20  # + rank
+
+
+def augment_stream(rank: int) -> int:
+    """The step_rng stream of ``rank``'s training augmentation."""
+    return 0 if rank == 0 else _RANK_AUGMENT_STREAM + rank
+
+
+def consistency_stream(rank: int) -> int:
+    """The step_rng stream of ``rank``'s second view for the consistency term."""
+    return _CONSISTENCY_STREAM + rank
+
+
 # why: with optimiser.ema_decay the metrics are the averaged model's; raw_* are the raw weights'
 VAL_FIELDS = (
     "step",
@@ -706,7 +722,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         random stream, so the first view's draws are those of a run without consistency)."""
         if consistency == 0:
             return None
-        rng = step_rng(config.seed, step, CONSISTENCY_STREAM + info.rank)
+        rng = step_rng(config.seed, step, consistency_stream(info.rank))
         x2 = augment_batch(data.images[idx], input_size, config.data.augment, rng)
         x2 = normalize(x2, spec).to(device, non_blocking=True)
         with torch.no_grad(), autocast():
@@ -798,12 +814,12 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                     # why: the last mining found no triplet (all pairs satisfied): mine online
                     # until the next one rather than stall
                     idx, triplets = stream.next(), None
-            rng = step_rng(config.seed, step, stream=info.rank)
+            rng = step_rng(config.seed, step, augment_stream(info.rank))
             x = augment_batch(data.images[idx], input_size, config.data.augment, rng)
             x = normalize(x, spec).to(device, non_blocking=True)
             x = x.contiguous(memory_format=memory_format)
             labels = torch.from_numpy(data.labels[idx]).to(device)
-            mining_seed = int(step_rng(config.seed, step, 1).integers(2**62))
+            mining_seed = int(step_rng(config.seed, step, MINING_STREAM).integers(2**62))
             target = consistency_target(idx, step)
             out, loss, cls_loss_value, cls_accuracy, cons_value = batch_loss(
                 x, labels, mining_seed, triplets, target
