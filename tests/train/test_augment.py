@@ -136,13 +136,3 @@ def test_random_erasing_rejects_a_bad_area():
 
     with pytest.raises(ValueError, match="erase_area"):
         erase_rectangles(torch.zeros(1, 3, 8, 8), 1.0, (0.0, 0.5), step_rng(0, 0))
-
-
-def test_the_training_loop_streams_never_share_a_seed():
-    from facenet.train.loop import MINING_STREAM, augment_stream, consistency_stream
-
-    ranks = range(1024)
-    streams = [MINING_STREAM, *map(augment_stream, ranks), *map(consistency_stream, ranks)]
-    assert len(set(streams)) == len(streams)
-    # a single process augments from stream 0, as every run before the streams were named did
-    assert augment_stream(0) == 0

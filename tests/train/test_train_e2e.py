@@ -348,6 +348,32 @@ def test_consistency_run_resumes_bit_exactly(consistency_run, tmp_path, interrup
     assert _states_equal(final["train_model_state"], ref["train_model_state"])
 
 
+def test_the_training_loop_streams_never_share_a_seed():
+    from facenet.train.loop import MINING_STREAM, augment_stream, consistency_stream
+
+    ranks = range(1024)
+    streams = [MINING_STREAM, *map(augment_stream, ranks), *map(consistency_stream, ranks)]
+    assert len(set(streams)) == len(streams)
+    # a single process augments from stream 0, as every run before the streams were named did
+    assert augment_stream(0) == 0
+
+
+def test_the_consistency_view_has_its_own_stream(tmp_path, monkeypatch):
+    import facenet.train.loop as loop
+
+    drawn, real = [], loop.step_rng
+
+    def recording(seed, step, stream=0):
+        drawn.append((step, stream))
+        return real(seed, step, stream)
+
+    monkeypatch.setattr(loop, "step_rng", recording)
+    assert main(_args(tmp_path / "run", *CONSISTENCY, "max_steps=3", "validation.every=0")) == 0
+    # per step: the first view (stream 0, as without consistency), the mining seed, the second view
+    views = {0: "first", loop.MINING_STREAM: "mining", loop.consistency_stream(0): "second"}
+    assert sorted(drawn) == [(s, k) for s in range(3) for k in sorted(views)]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

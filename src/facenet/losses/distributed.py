@@ -101,11 +101,24 @@ def gather_labels(labels: Tensor, group: dist.ProcessGroup | None = None) -> Ten
     Returns:
         (sum_r n_r,) global labels, aligned with :func:`gather_with_grad`'s rows.
     """
+    return gather_no_grad(labels, group)
+
+
+def gather_no_grad(x: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """Concatenate every rank's ``x`` in rank order, without a gradient (labels, fixed targets).
+
+    Args:
+        x: (n_r, ...) this rank's shard; shards may differ in their first dimension.
+        group: process group (default: the global group).
+
+    Returns:
+        (sum_r n_r, ...) the global tensor, aligned with :func:`gather_with_grad`'s rows.
+    """
     world, _ = _world(group)
     if world == 1:
-        return labels
-    sizes = _gather_sizes(labels.shape[0], labels.device, group)
-    return _all_gather_padded(labels, sizes, group)
+        return x
+    sizes = _gather_sizes(x.shape[0], x.device, group)
+    return _all_gather_padded(x.detach(), sizes, group)
 
 
 def shared_generator(

@@ -79,6 +79,14 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Overwrite every buffer of ``module`` (e.g. BatchNorm statistics) with rank ``src``'s."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src=src)
+
+
 def all_true(flag: bool, device: torch.device) -> bool:
     """Logical AND of ``flag`` over ranks (used to stop every rank together)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -475,10 +475,12 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         raise ConfigError(
             f"optimiser.ema_decay must lie in [0, 1) (0 = off), got {config.optimiser.ema_decay}"
         )
-    consistency = config.optimiser.ema_consistency
-    if consistency < 0:
-        raise ConfigError(f"optimiser.ema_consistency must be >= 0 (0 = off), got {consistency}")
-    if consistency > 0 and config.optimiser.ema_decay == 0:
+    consistency_weight = config.optimiser.ema_consistency
+    if consistency_weight < 0:
+        raise ConfigError(
+            f"optimiser.ema_consistency must be >= 0 (0 = off), got {consistency_weight}"
+        )
+    if consistency_weight > 0 and config.optimiser.ema_decay == 0:
         raise ConfigError(
             "optimiser.ema_consistency needs a weight average to agree with: set "
             "optimiser.ema_decay (e.g. 0.998)"
@@ -573,7 +575,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     # why: only rank 0 validates and saves; every rank's weights are the same after a step, so
     # the other ranks need the average only when it is the consistency target of their faces
     ema = None
-    if config.optimiser.ema_decay > 0 and (info.is_main or consistency > 0):
+    if config.optimiser.ema_decay > 0 and (info.is_main or consistency_weight > 0):
         from facenet.train.ema import make_ema
 
         ema = make_ema(model, config.optimiser.ema_decay)
@@ -717,16 +719,22 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         """Offline mining's view of training faces: the current weights on centre crops."""
         return embed(unwrap(model), data.images[np.asarray(indices, dtype=np.int64)])
 
-    def consistency_target(idx: np.ndarray, step: int) -> torch.Tensor | None:
-        """The weight average's embeddings of a second augmentation of this rank's faces (its own
-        random stream, so the first view's draws are those of a run without consistency)."""
-        if consistency == 0:
+    def consistency_target(idx: np.ndarray) -> torch.Tensor | None:
+        """The weight average's embeddings (eval mode: the model that is validated and shipped)
+        of a second augmentation of the global batch's faces, this rank's drawn from its own
+        random stream, so that the first view's draws are those of a run without consistency."""
+        if consistency_weight == 0:
             return None
         rng = step_rng(config.seed, step, consistency_stream(info.rank))
         x2 = augment_batch(data.images[idx], input_size, config.data.augment, rng)
         x2 = normalize(x2, spec).to(device, non_blocking=True)
         with torch.no_grad(), autocast():
-            return ema.module(x2.contiguous(memory_format=memory_format)).float()
+            target = ema.module(x2.contiguous(memory_format=memory_format)).float()
+        if info.distributed:
+            from facenet.losses.distributed import gather_no_grad
+
+            target = gather_no_grad(target)
+        return target
 
     def batch_loss(
         x: torch.Tensor,
@@ -746,8 +754,6 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             # why: every rank mines (and classifies) the global batch, gathered once, so the
             # losses and gradients are those of one process on the whole batch
             emb, batch_labels = gather_with_grad(emb), gather_labels(labels)
-            if target is not None:
-                target = gather_with_grad(target)
         if triplets is None:
             out = triplet_loss(
                 emb,
@@ -770,7 +776,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         if target is not None:
             cons_loss = (emb - target).pow(2).sum(dim=1).mean()
             cons_value = float(cons_loss.detach())
-            loss = loss + consistency * cons_loss
+            loss = loss + consistency_weight * cons_loss
         return out, loss, cls_loss_value, cls_accuracy, cons_value
 
     def trainable() -> list[torch.Tensor]:
@@ -820,7 +826,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             x = x.contiguous(memory_format=memory_format)
             labels = torch.from_numpy(data.labels[idx]).to(device)
             mining_seed = int(step_rng(config.seed, step, MINING_STREAM).integers(2**62))
-            target = consistency_target(idx, step)
+            target = consistency_target(idx)
             out, loss, cls_loss_value, cls_accuracy, cons_value = batch_loss(
                 x, labels, mining_seed, triplets, target
             )
@@ -869,6 +875,11 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
             scaler.update()
             if ema is not None:
                 ema.update_parameters(unwrap(model))
+                if info.distributed and consistency_weight > 0:
+                    # why: without SyncBatchNorm each rank's BatchNorm statistics follow its own
+                    # shard; the averages the ranks' consistency targets come from (and the saved
+                    # one, rank 0's) must stay the same for DDP to match one process and resume
+                    D.broadcast_buffers(ema.module)
             step += 1
 
             spread = float(stats.embedding_spread)
