@@ -101,8 +101,8 @@ class MiningConfig:
 class ClassifierConfig:
     # Not in the paper (which trains with the triplet loss alone): a large-margin cosine softmax
     # over the training identities added to the triplet loss with this weight (0 = off). Every
-    # face then gets a gradient every step; on this repo's CPU data it did not help (README's
-    # 10-minute probes). See facenet.losses.classifier.
+    # face then gets a gradient every step; on this repo's CPU data it did not help (README: the
+    # 10-minute probes and a 29-minute run with the weight average). See facenet.losses.classifier.
     weight: float = 0.0
     scale: float = 30.0  # logit scale s of cos(embedding, class proxy)
     margin: float = 0.2  # additive cosine margin m on the true class (CosFace)
@@ -129,7 +129,8 @@ class OptimiserConfig:
     # mean-teacher consistency (Tarvainen & Valpola 2017): this weight times the mean squared
     # distance between the trained network's embedding of each face and the weight average's
     # embedding of a second, independent augmentation of it; needs ema_decay > 0; 0 = off. Costs
-    # a forward pass of the average (no gradient) per step.
+    # a forward pass of the average (no gradient) per step; did not help on this repo's CPU data
+    # (README: weights 0.1 and 1.0 on the 2-hour recipe).
     ema_consistency: float = 0.0
 
 
