@@ -262,11 +262,28 @@ def test_negative_sam_rho_is_refused(tmp_path, capsys):
 EMA = ("optimiser.ema_decay=0.9",)
 
 
+def _finished_run(tmp_path_factory, name: str, *extra: str) -> Path:
+    run = tmp_path_factory.mktemp(name) / "run"
+    assert main(_args(run, *extra)) == 0
+    return run
+
+
+def _resume_matches(reference: Path, run: Path, interrupt_training, *extra: str) -> dict:
+    """Kill an EMA run of ``extra`` after step 12's checkpoint, resume it, and check that it ends
+    with ``reference``'s weights (averaged and trained); returns the final checkpoint."""
+    interrupt_training(12, main, _args(run, *extra))
+    assert load_checkpoint(run / "last.pt")["ema_updates"] == 12
+    assert main([*_args(run, *extra), "--resume"]) == 0
+    final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(reference / "last.pt")
+    assert final["step"] == ref["step"] == 24
+    assert _states_equal(final["model_state"], ref["model_state"])
+    assert _states_equal(final["train_model_state"], ref["train_model_state"])
+    return final
+
+
 @pytest.fixture(scope="module")
 def ema_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("ema") / "run"
-    assert main(_args(run, *EMA)) == 0
-    return run
+    return _finished_run(tmp_path_factory, "ema", *EMA)
 
 
 def test_ema_run_trains_the_same_weights_and_ships_their_average(ema_run, reference_run):
@@ -292,14 +309,8 @@ def test_ema_run_trains_the_same_weights_and_ships_their_average(ema_run, refere
 
 
 def test_ema_run_resumes_bit_exactly(ema_run, tmp_path, interrupt_training):
-    run = tmp_path / "run"
-    interrupt_training(12, main, _args(run, *EMA))  # after step 12's checkpoint
-    assert load_checkpoint(run / "last.pt")["ema_updates"] == 12
-    assert main([*_args(run, *EMA), "--resume"]) == 0
-    final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(ema_run / "last.pt")
-    assert final["step"] == ref["step"] == 24
-    assert _states_equal(final["model_state"], ref["model_state"])
-    assert _states_equal(final["train_model_state"], ref["train_model_state"])
+    final = _resume_matches(ema_run, tmp_path / "run", interrupt_training, *EMA)
+    assert final["ema_updates"] == 24
 
 
 def test_resume_with_a_different_ema_setting_is_refused(ema_run, tmp_path, capsys):
@@ -321,9 +332,7 @@ CONSISTENCY = (*EMA, "optimiser.ema_consistency=1.0")
 
 @pytest.fixture(scope="module")
 def consistency_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("consistency") / "run"
-    assert main(_args(run, *CONSISTENCY)) == 0
-    return run
+    return _finished_run(tmp_path_factory, "consistency", *CONSISTENCY)
 
 
 def test_consistency_is_logged_and_steers_the_training(consistency_run, ema_run):
@@ -339,13 +348,7 @@ def test_consistency_is_logged_and_steers_the_training(consistency_run, ema_run)
 
 
 def test_consistency_run_resumes_bit_exactly(consistency_run, tmp_path, interrupt_training):
-    run = tmp_path / "run"
-    interrupt_training(12, main, _args(run, *CONSISTENCY))
-    assert main([*_args(run, *CONSISTENCY), "--resume"]) == 0
-    final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(consistency_run / "last.pt")
-    assert final["step"] == ref["step"] == 24
-    assert _states_equal(final["model_state"], ref["model_state"])
-    assert _states_equal(final["train_model_state"], ref["train_model_state"])
+    _resume_matches(consistency_run, tmp_path / "run", interrupt_training, *CONSISTENCY)
 
 
 def test_the_training_loop_streams_never_share_a_seed():
