@@ -719,17 +719,21 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         """Offline mining's view of training faces: the current weights on centre crops."""
         return embed(unwrap(model), data.images[np.asarray(indices, dtype=np.int64)])
 
+    def augmented(idx: np.ndarray, stream: int) -> torch.Tensor:
+        """This step's augmentation of faces ``idx`` drawn from ``stream``, as the model takes it."""
+        rng = step_rng(config.seed, step, stream)
+        x = augment_batch(data.images[idx], input_size, config.data.augment, rng)
+        x = normalize(x, spec).to(device, non_blocking=True)
+        return x.contiguous(memory_format=memory_format)
+
     def consistency_target(idx: np.ndarray) -> torch.Tensor | None:
         """The weight average's embeddings (eval mode: the model that is validated and shipped)
         of a second augmentation of the global batch's faces, this rank's drawn from its own
         random stream, so that the first view's draws are those of a run without consistency."""
         if consistency_weight == 0:
             return None
-        rng = step_rng(config.seed, step, consistency_stream(info.rank))
-        x2 = augment_batch(data.images[idx], input_size, config.data.augment, rng)
-        x2 = normalize(x2, spec).to(device, non_blocking=True)
         with torch.no_grad(), autocast():
-            target = ema.module(x2.contiguous(memory_format=memory_format)).float()
+            target = ema.module(augmented(idx, consistency_stream(info.rank))).float()
         if info.distributed:
             from facenet.losses.distributed import gather_no_grad
 
@@ -820,10 +824,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                     # why: the last mining found no triplet (all pairs satisfied): mine online
                     # until the next one rather than stall
                     idx, triplets = stream.next(), None
-            rng = step_rng(config.seed, step, augment_stream(info.rank))
-            x = augment_batch(data.images[idx], input_size, config.data.augment, rng)
-            x = normalize(x, spec).to(device, non_blocking=True)
-            x = x.contiguous(memory_format=memory_format)
+            x = augmented(idx, augment_stream(info.rank))
             labels = torch.from_numpy(data.labels[idx]).to(device)
             mining_seed = int(step_rng(config.seed, step, MINING_STREAM).integers(2**62))
             target = consistency_target(idx)
