@@ -8,6 +8,8 @@ Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything is a sing
 
 from __future__ import annotations
 
+import gc
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -55,14 +57,23 @@ def setup(device: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
+        # why: DDP imports torch.distributed.nn, whose functions take ``group.WORLD`` as a
+        # default argument. Imported after the group exists, they keep it (and gloo's worker
+        # threads) alive past cleanup() into interpreter shutdown, where a worker still releasing
+        # a finished collective aborts the process ("terminate called without an active
+        # exception"). Imported first, the defaults are None.
+        importlib.import_module("torch.distributed.nn")
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(rank, world_size, local_rank, dev)
 
 
 def cleanup() -> None:
-    """Leave the process group (no-op in a single process)."""
+    """Leave the process group and end its worker threads (no-op in a single process)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        # why: if the group's last references sit in reference cycles (a DDP wrapper's), free
+        # them now, so that its threads are joined while the interpreter is whole (see setup())
+        gc.collect()
 
 
 def barrier() -> None:
