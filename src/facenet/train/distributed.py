@@ -8,7 +8,6 @@ Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything is a sing
 
 from __future__ import annotations
 
-import gc
 import importlib
 import os
 from dataclasses import dataclass
@@ -70,10 +69,7 @@ def setup(device: str = "auto") -> DistInfo:
 def cleanup() -> None:
     """Leave the process group and end its worker threads (no-op in a single process)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-        # why: if the group's last references sit in reference cycles (a DDP wrapper's), free
-        # them now, so that its threads are joined while the interpreter is whole (see setup())
-        gc.collect()
+        dist.destroy_process_group()  # the group's last reference: its threads end (see setup())
 
 
 def barrier() -> None:
@@ -94,8 +90,15 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
     """Overwrite every buffer of ``module`` (e.g. BatchNorm statistics) with rank ``src``'s."""
     if not (dist.is_available() and dist.is_initialized()):
         return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for b in module.buffers():
-        dist.broadcast(b, src=src)
+        by_dtype.setdefault(b.dtype, []).append(b)
+    # why: one collective per dtype, not one per buffer (a ResNet's BatchNorm has dozens), every step
+    for buffers in by_dtype.values():
+        flat = torch.cat([b.reshape(-1) for b in buffers])
+        dist.broadcast(flat, src=src)
+        for b, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
+            b.copy_(part.view_as(b))
 
 
 def all_true(flag: bool, device: torch.device) -> bool:
