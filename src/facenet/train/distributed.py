@@ -8,6 +8,7 @@ Without ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything is a sing
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 from dataclasses import dataclass
@@ -69,7 +70,12 @@ def setup(device: str = "auto") -> DistInfo:
 def cleanup() -> None:
     """Leave the process group and end its worker threads (no-op in a single process)."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()  # the group's last reference: its threads end (see setup())
+        dist.destroy_process_group()
+        # why: a DDP wrapper sits in reference cycles that hold the group; whether the automatic
+        # collector has freed them by now depends on allocation counts (in CI one rank of two
+        # still had gloo's 3 threads here). Collect now, so the threads are joined while the
+        # interpreter is whole (see setup()).
+        gc.collect()
 
 
 def barrier() -> None:
