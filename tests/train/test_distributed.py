@@ -131,6 +131,7 @@ def test_a_consistency_run_under_torchrun_resumes_bit_exactly(tmp_path, torchrun
 
 _THREADS_AFTER_TRAIN = """
 import gc, os, sys
+from pathlib import Path
 from facenet.config import load_config
 from facenet.train import distributed as D
 from facenet.train.loop import train
@@ -138,7 +139,7 @@ from facenet.train.loop import train
 # why: the automatic collector may or may not have freed the cycles that hold the group by the
 # end of train() (it depends on allocation counts); off, only train() itself can free them
 gc.disable()
-fails = sys.argv[1] == "fail"
+fails, out = sys.argv[1] == "fail", Path(sys.argv[2])
 if fails:
     def fail(flag, device):
         raise RuntimeError("a failing step")
@@ -146,10 +147,11 @@ if fails:
     D.all_true = fail  # the run fails inside its first step, with the DDP model built
 before = len(os.listdir("/proc/self/task"))
 try:
-    train(load_config(sys.argv[2], sys.argv[3:]))
+    train(load_config(sys.argv[3], sys.argv[4:]))
 except RuntimeError:
     assert fails
-print("threads", before, len(os.listdir("/proc/self/task")), flush=True)
+# one file a rank: the ranks' prints would interleave on the shared stdout
+(out / f"threads_{os.environ['RANK']}").write_text(f"{before} {len(os.listdir('/proc/self/task'))}")
 """
 
 
@@ -165,11 +167,10 @@ def test_training_under_torchrun_ends_the_process_groups_threads(tmp_path, torch
     default group in the same process sometimes hangs in gloo's rendezvous, in PyTorch itself.)"""
     script = tmp_path / "train_and_count.py"
     script.write_text(_THREADS_AFTER_TRAIN)
-    cmd = [*torchrun, str(script), outcome, SMOKE, "max_steps=2", "validation.every=0"]
-    cmd += [f"data.cache_dir={tmp_path / 'cache'}", "output.weights=false"]
-    r = _run([*cmd, f"output.dir={tmp_path / 'run'}"])
-    counts = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("threads")]
-    assert len(counts) == 2, r.stdout
+    cmd = [*torchrun, str(script), outcome, str(tmp_path), SMOKE, "max_steps=2"]
+    cmd += ["validation.every=0", f"data.cache_dir={tmp_path / 'cache'}", "output.weights=false"]
+    _run([*cmd, f"output.dir={tmp_path / 'run'}"])
+    counts = [(tmp_path / f"threads_{rank}").read_text().split() for rank in (0, 1)]
     for before, after in counts:
         assert int(after) <= int(before), (before, after)
 
