@@ -16,8 +16,8 @@ from facenet.apps.cluster import (
     cluster_embeddings,
     hdbscan_graph,
     knn_graph,
-    write_clusters,
 )
+from facenet.apps.cluster_folder import write_clusters
 
 
 def blobs(n_ids: int, per: int, dim: int = 16, noise: float = 0.5, seed: int = 0):

@@ -1,0 +1,175 @@
+"""Writing a clustering of a photo collection to a folder: a folder per cluster with links to
+the photos, ``clusters.csv`` and an ``index.html`` contact sheet."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ClusterOutput:
+    """Where ``write_clusters`` put things."""
+
+    directory: str
+    csv: str
+    html: str | None
+    n_faces: int
+    n_clusters: int  # clusters with 2+ faces
+    n_singletons: int  # faces alone (or HDBSCAN noise)
+
+
+def cluster_folder_name(label: int, size: int) -> str:
+    return "noise" if label < 0 else (f"cluster_{label:04d}" if size > 1 else "singletons")
+
+
+def write_clusters(
+    out_dir: str | os.PathLike,
+    paths: Sequence[str],
+    boxes: np.ndarray,
+    face_index: Sequence[int],
+    labels: np.ndarray,
+    crops: Sequence[np.ndarray | None] | None = None,
+    link: Literal["symlink", "copy", "none"] = "symlink",
+    html: bool = True,
+    max_faces_per_cluster: int = 60,
+    title: str = "facenet clusters",
+) -> ClusterOutput:
+    """Write a clustering of faces: a folder per cluster with links to the source photos,
+    ``clusters.csv`` (photo, face index, box, cluster) and ``index.html``, a contact sheet of the
+    face crops of each cluster (largest cluster first).
+
+    Args:
+        paths: (N,) photo of each face.
+        boxes: (N, 4) face boxes in photo pixels.
+        labels: (N,) cluster labels (0 = largest; -1 = noise).
+        crops: optional (N,) uint8 face crops for the contact sheet (re-cut from the photos
+            when None).
+    """
+    import csv
+    import shutil
+
+    from facenet.utils import atomic_write
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = np.asarray(labels)
+    sizes = {
+        int(lab): int(c) for lab, c in zip(*np.unique(labels, return_counts=True), strict=True)
+    }
+    folder = [cluster_folder_name(int(lab), sizes[int(lab)]) for lab in labels]
+    # folders of photos
+    if link != "none":
+        made: set[tuple[str, str]] = set()
+        for p, f in zip(paths, folder, strict=True):
+            if (f, p) in made:
+                continue
+            made.add((f, p))
+            d = out / f
+            d.mkdir(exist_ok=True)
+            src = Path(p).resolve()
+            target = d / src.name
+            if target.exists() or target.is_symlink():
+                target = d / f"{hashlib_short(str(src))}_{src.name}"
+            if target.exists() or target.is_symlink():
+                continue
+            if link == "symlink":
+                os.symlink(src, target)
+            else:
+                shutil.copy2(src, target)
+    # table
+    csv_path = out / "clusters.csv"
+    with atomic_write(csv_path, "w") as fh:
+        w = csv.writer(fh)
+        w.writerow(["photo", "face_index", "x1", "y1", "x2", "y2", "cluster", "folder"])
+        for p, i, b, lab, f in zip(paths, face_index, boxes, labels, folder, strict=True):
+            w.writerow([p, int(i), *(f"{v:.1f}" for v in b), int(lab), f])
+    html_path = None
+    if html:
+        html_path = str(
+            _contact_sheet(out, paths, boxes, labels, folder, crops, max_faces_per_cluster, title)
+        )
+    n_clusters = sum(1 for lab, c in sizes.items() if lab >= 0 and c > 1)
+    n_single = sum(c for lab, c in sizes.items() if lab < 0 or c == 1)
+    return ClusterOutput(str(out), str(csv_path), html_path, len(labels), n_clusters, n_single)
+
+
+def hashlib_short(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def _contact_sheet(
+    out: Path,
+    paths: Sequence[str],
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    folder: Sequence[str],
+    crops: Sequence[np.ndarray | None] | None,
+    per_cluster: int,
+    title: str,
+) -> Path:
+    """``index.html`` with up to ``per_cluster`` face thumbnails per cluster (in ``faces/``)."""
+    import html as html_lib
+
+    from PIL import Image
+
+    from facenet.data.images import ImageError, load_image
+    from facenet.utils import atomic_write
+
+    faces_dir = out / "faces"
+    faces_dir.mkdir(exist_ok=True)
+    order = np.lexsort(
+        (np.arange(len(labels)), np.where(labels < 0, np.iinfo(np.int64).max, labels))
+    )
+    groups: dict[str, list[int]] = {}
+    for i in order.tolist():
+        groups.setdefault(folder[i], []).append(i)
+    parts = [
+        "<!doctype html><meta charset='utf-8'>",
+        f"<title>{html_lib.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1em}h2{font-size:1em;margin:1.2em 0 .3em}"
+        "img{width:80px;height:80px;object-fit:cover;margin:1px;border-radius:3px}</style>",
+        f"<h1>{html_lib.escape(title)}</h1>",
+        f"<p>{len(labels)} faces, {sum(1 for g in groups if g.startswith('cluster_'))} clusters."
+        " Open a cluster's folder for its photos; <code>clusters.csv</code> has every face.</p>",
+    ]
+    cache: dict[str, np.ndarray | None] = {}
+    for name, members in groups.items():
+        parts.append(f"<h2>{name} — {len(members)} face(s)</h2><div>")
+        for i in members[:per_cluster]:
+            thumb = faces_dir / f"{i:06d}.jpg"
+            if not thumb.exists():
+                crop = None if crops is None else crops[i]
+                if crop is None:
+                    p = paths[i]
+                    if p not in cache:
+                        try:
+                            cache = {p: load_image(p)}  # keep one photo in memory
+                        except ImageError:
+                            cache = {p: None}
+                    img = cache[p]
+                    if img is not None:
+                        x1, y1, x2, y2 = (int(round(v)) for v in boxes[i])
+                        crop = img[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
+                if crop is None or crop.size == 0:
+                    continue
+                im = Image.fromarray(np.ascontiguousarray(crop)).convert("RGB")
+                im.thumbnail((96, 96))
+                with atomic_write(thumb) as fh:
+                    im.save(fh, format="JPEG", quality=85)
+            alt = html_lib.escape(f"{paths[i]} face {i}")
+            parts.append(f"<img src='faces/{thumb.name}' title='{alt}' alt='{alt}'>")
+        if len(members) > per_cluster:
+            parts.append(f" … and {len(members) - per_cluster} more")
+        parts.append("</div>")
+    page = out / "index.html"
+    with atomic_write(page, "w") as fh:
+        fh.write("\n".join(parts))
+    return page
