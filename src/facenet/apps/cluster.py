@@ -14,6 +14,14 @@ Three methods, all on a sparse k-nearest-neighbour graph built with FAISS (never
   group get label -1, "noise").
 - ``chinese-whispers``: label propagation on the graph of k-NN edges closer than the threshold
   (Biemann 2006; dlib's face clustering).
+
+Every method then leaves the faces of clusters smaller than ``min_cluster_size`` *unclustered*
+(label -1): in a real collection most people are strangers seen once, and a "cluster" of two
+or three faces is more often two strangers that look alike than one person.
+
+Defaults (``DEFAULT_METHOD``, ``DEFAULT_OPERATING_POINT``, ``DEFAULT_MIN_CLUSTER_SIZE``) were
+chosen on all 13,233 LFW faces (5,749 people, 4,069 seen once) and CelebA-wild with
+``scripts/cluster_collections.py``; see that script for the measurement.
 """
 
 from __future__ import annotations
@@ -30,6 +38,14 @@ METHODS: tuple[str, ...] = ("agglomerative", "hdbscan", "chinese-whispers")
 # at recall@k ~0.98 on face embeddings (benchmarks/gallery.py).
 EXACT_KNN_BELOW = 20_000
 DEFAULT_K = 20
+# Defaults for real photo collections (measured by scripts/cluster_collections.py):
+DEFAULT_METHOD: ClusterMethod = "agglomerative"
+# why: the key of the model's calibrated thresholds to cut at. The "accuracy" threshold (best
+# accuracy on balanced same/different pairs) over-merges a collection of mostly strangers: each
+# stranger meets thousands of different-person candidates, so it needs a far stricter cut.
+DEFAULT_OPERATING_POINT = "far_1e-3"
+# why: clusters smaller than this are left unclustered (-1); see the module docstring.
+DEFAULT_MIN_CLUSTER_SIZE = 2
 
 
 @dataclass(frozen=True)
@@ -126,6 +142,22 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     rank[order] = np.arange(len(uniq))
     out[valid] = rank[inverse]
     return out
+
+
+def apply_min_cluster_size(labels: np.ndarray, min_cluster_size: int) -> np.ndarray:
+    """``labels`` with the members of every cluster of fewer than ``min_cluster_size`` faces set
+    to -1 ("unclustered"); the kept clusters renumbered 0..C-1 in the same order (largest first,
+    ties by first appearance). ``min_cluster_size <= 1`` keeps everything."""
+    labels = np.asarray(labels, np.int64)
+    if min_cluster_size <= 1 or not len(labels):
+        return _relabel(labels)
+    out = labels.copy()
+    valid = out >= 0
+    _, inverse, counts = np.unique(out[valid], return_inverse=True, return_counts=True)
+    small = np.zeros(len(out), bool)
+    small[valid] = counts[inverse] < min_cluster_size
+    out[small] = -1
+    return _relabel(out)
 
 
 def _pair_linkage(sums: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -278,22 +310,24 @@ def hdbscan_graph(
 
 def cluster_embeddings(
     embeddings: np.ndarray,
-    method: ClusterMethod = "agglomerative",
+    method: ClusterMethod = DEFAULT_METHOD,
     threshold: float | None = None,
     k: int = DEFAULT_K,
-    min_cluster_size: int = 2,
+    min_cluster_size: int = DEFAULT_MIN_CLUSTER_SIZE,
     progress: bool = False,
     seed: int = 0,
     graph: KnnGraph | None = None,
 ) -> np.ndarray:
-    """Cluster (N, D) unit embeddings; returns (N,) labels (-1 = noise, HDBSCAN only).
+    """Cluster (N, D) unit embeddings; returns (N,) labels 0..C-1, largest cluster first, and -1
+    for unclustered faces (in a cluster smaller than ``min_cluster_size``, or HDBSCAN noise).
 
     Args:
         method: ``agglomerative`` | ``hdbscan`` | ``chinese-whispers``.
         threshold: squared-L2 cut; required by agglomerative and chinese-whispers (use the
-            model's calibrated verification threshold).
+            model's calibrated threshold ``DEFAULT_OPERATING_POINT``).
         k: neighbours per face in the candidate graph.
-        min_cluster_size: HDBSCAN's smallest cluster.
+        min_cluster_size: smallest cluster kept, for every method (HDBSCAN's own parameter
+            too); 1 labels every face, a face alone then being a cluster of one.
     """
     if method not in METHODS:
         raise ValueError(
@@ -305,7 +339,9 @@ def cluster_embeddings(
     if graph is None:
         graph = knn_graph(x, k=k, progress=progress, seed=seed)
     if method == "agglomerative":
-        return average_linkage(x, float(threshold), graph, progress=progress)
-    if method == "chinese-whispers":
-        return chinese_whispers(graph, float(threshold), seed=seed, progress=progress)
-    return hdbscan_graph(graph, min_cluster_size=min_cluster_size)
+        labels = average_linkage(x, float(threshold), graph, progress=progress)
+    elif method == "chinese-whispers":
+        labels = chinese_whispers(graph, float(threshold), seed=seed, progress=progress)
+    else:
+        labels = hdbscan_graph(graph, min_cluster_size=min_cluster_size)
+    return apply_min_cluster_size(labels, min_cluster_size)

@@ -12,6 +12,9 @@ All counts come from the contingency table ``n[i, j]`` = items of class i put in
   items: P = sum n_ij^2 / a_j / N, R = sum n_ij^2 / b_i / N.
 - **NMI**: scikit-learn's ``normalized_mutual_info_score`` (arithmetic mean normalisation).
 - **cluster count error**: predicted clusters minus true identities (signed), and relative.
+- **unclustered**: items labelled -1 (noise, or left out of clusters too small to keep) or alone
+  in their predicted cluster; ``n_groups`` counts the predicted clusters of 2+ items (what a
+  user sees as a group of photos).
 
 Labels may be any hashable values; a predicted label of ``-1`` (noise, as DBSCAN/HDBSCAN write
 it) is treated as a singleton cluster per item when ``noise_as_singletons`` is True.
@@ -42,6 +45,9 @@ class ClusteringReport:
     nmi: float
     n_clusters_error: int  # n_clusters - n_classes
     n_clusters_relative_error: float  # (n_clusters - n_classes) / n_classes
+    n_groups: int = 0  # predicted clusters of 2+ items (label -1 is no cluster)
+    n_unclustered: int = 0  # items labelled -1 or alone in their predicted cluster
+    unclustered_fraction: float = 0.0  # n_unclustered / n_items
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +88,7 @@ def clustering_metrics(
     n = true.size
     if n == 0:
         raise ValueError("no items to score")
+    groups, n_unclustered = group_counts(pred)
     if noise_as_singletons and np.issubdtype(pred.dtype, np.integer) and (pred == -1).any():
         pred = pred.copy()
         noise = pred == -1
@@ -117,4 +124,19 @@ def clustering_metrics(
         nmi=nmi,
         n_clusters_error=n_clusters - n_classes,
         n_clusters_relative_error=(n_clusters - n_classes) / n_classes,
+        n_groups=groups,
+        n_unclustered=n_unclustered,
+        unclustered_fraction=n_unclustered / n,
     )
+
+
+def group_counts(labels_pred: Sequence[Any] | np.ndarray) -> tuple[int, int]:
+    """(clusters of 2+ items, items unclustered) of predicted labels: an item is unclustered
+    when it is labelled -1 (integer labels only) or is the only item with its label."""
+    pred = np.asarray(labels_pred)
+    if pred.size == 0:
+        return 0, 0
+    noise = (pred == -1) if np.issubdtype(pred.dtype, np.integer) else np.zeros(pred.size, bool)
+    _, inverse, counts = np.unique(pred[~noise], return_inverse=True, return_counts=True)
+    alone = int((counts[inverse] == 1).sum())
+    return int((counts >= 2).sum()), int(noise.sum()) + alone

@@ -226,7 +226,8 @@ class OfflineTripletMiner:
         return {
             "refreshes": self._refreshes,
             "mined_at": self._mined_at,
-            "pool": self._pool.copy(),
+            # why: a tensor, so the checkpoint loads with torch.load(weights_only=True)
+            "pool": torch.from_numpy(self._pool.copy()),
             "cursor": self._cursor,
             "passes": self._passes,
             "seed": self.seed,

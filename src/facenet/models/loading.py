@@ -4,12 +4,19 @@ A weights file is a ``.safetensors`` whose metadata holds ``facenet`` = JSON
 ``{"model": name, "model_kwargs": {...}, "spec": {...}, "thresholds": {...}, ...}``, so the file
 alone rebuilds its model. Training checkpoints (``.pt``, see ``facenet.train.checkpoint``) carry
 the same fields beside the optimiser state.
+
+No file is ever unpickled with code execution: safetensors holds tensors and a JSON string, and
+``.pt`` checkpoints are read with ``torch.load(weights_only=True)`` (tensors and plain Python
+containers only; ``CHECKPOINT_SAFE_GLOBALS`` names the few other types a checkpoint may hold). A
+crafted pickle is refused with ``ModelFileError``, never run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,58 @@ from facenet.models.registry import ModelSpec, create_model
 from facenet.utils import atomic_write
 
 METADATA_KEY = "facenet"
+MODEL_FILE_SUFFIXES = (".safetensors", ".pt", ".pth")
+# why: everything a facenet checkpoint holds is tensors, numbers, strings and containers, which
+# weights_only=True admits without help; anything else in a pickle is refused, never constructed.
+CHECKPOINT_SAFE_GLOBALS: tuple[Any, ...] = ()
+
+
+class ModelFileError(ValueError):
+    """A weights or checkpoint file that cannot be used; ``str(e)`` names the file and why."""
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:
+    """``torch.load`` that can never run code: tensors and plain containers only.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ModelFileError: a pickle holding anything else (refused, not executed), or a file that
+            is not a readable torch checkpoint (corrupt, truncated, another format).
+    """
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        if path.is_dir():
+            raise ModelFileError(f"{path}: is a folder, not a checkpoint file")
+        raise FileNotFoundError(f"{path}: no such file")
+    allow = (
+        torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS))
+        if CHECKPOINT_SAFE_GLOBALS
+        else contextlib.nullcontext()
+    )
+    try:
+        with allow:
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise ModelFileError(
+                f"{path}: refused: it holds a Python object ({found.group(1)}) that could run "
+                "code when loaded; facenet loads only tensors and plain data from .pt files"
+            ) from None
+        raise ModelFileError(
+            f"{path}: not a readable torch checkpoint (corrupt or another format)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelFileError(f"{path}: not a readable checkpoint ({first[:200]})") from None
+
+
+def is_file_ref(ref: str) -> bool:
+    """Whether a model reference names a file (rather than a registered or published model)."""
+    return os.path.exists(ref) or ref.lower().endswith(MODEL_FILE_SUFFIXES) or os.sep in ref
 
 
 def model_info(model: nn.Module) -> dict[str, Any]:
@@ -63,15 +122,37 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The ``facenet`` metadata of a weights file (safetensors) or checkpoint (.pt)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = _safetensors_metadata(path)
         if METADATA_KEY not in meta:
-            raise ValueError(f"{path}: not a facenet weights file (no '{METADATA_KEY}' metadata)")
-        return json.loads(meta[METADATA_KEY])
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            raise ModelFileError(
+                f"{path}: not a facenet weights file (no '{METADATA_KEY}' metadata)"
+            )
+        try:
+            info = json.loads(meta[METADATA_KEY])
+        except json.JSONDecodeError as e:
+            raise ModelFileError(f"{path}: unreadable '{METADATA_KEY}' metadata ({e})") from None
+        if not isinstance(info, dict):
+            raise ModelFileError(f"{path}: '{METADATA_KEY}' metadata is not a JSON object")
+        return info
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict):
+        raise ModelFileError(f"{path}: not a facenet checkpoint (holds a {type(ckpt).__name__})")
     return {k: v for k, v in ckpt.items() if k not in ("model_state", "optimizer", "scheduler")}
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        if path.is_dir():
+            raise ModelFileError(f"{path}: is a folder, not a weights file")
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelFileError(f"{path}: not a readable safetensors file ({first[:200]})") from None
 
 
 def training_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -86,23 +167,77 @@ def training_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def load_weights_file(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     """Rebuild a model from a ``.safetensors`` weights file or a ``.pt`` training checkpoint."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, not a weights file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         info = read_metadata(path)
-        state = load_file(str(path), device=map_location)
+        try:
+            state = load_file(str(path), device=map_location)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelFileError(
+                f"{path}: not a readable safetensors file ({first[:200]})"
+            ) from None
     else:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        if "model_state" not in ckpt or "model" not in ckpt:
-            raise ValueError(f"{path}: not a facenet checkpoint (needs 'model' and 'model_state')")
+        ckpt = safe_torch_load(path, map_location=map_location)
+        if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model" not in ckpt:
+            raise ModelFileError(
+                f"{path}: not a facenet checkpoint (needs 'model' and 'model_state')"
+            )
         info, state = ckpt, ckpt["model_state"]
-    model = create_model(info["model"], **info.get("model_kwargs", {}))
+    return _build(path, info, state)
+
+
+def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model ``info`` describes with ``state`` loaded; errors name ``path``."""
+    name = info.get("model")
+    kwargs = info.get("model_kwargs") or {}
+    if not isinstance(name, str) or not isinstance(kwargs, dict):
+        raise ModelFileError(f"{path}: metadata names no model architecture")
+    try:
+        model = create_model(name, **kwargs)
+    except (KeyError, TypeError, ValueError) as e:
+        reason = e.args[0] if e.args else e
+        raise ModelFileError(f"{path}: cannot build its model {name!r} ({reason})") from None
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path}: 'model_state' is not a state dict")
+    mine = model.state_dict()
+    missing = sorted(set(mine) - set(state))
+    unexpected = sorted(set(state) - set(mine))
+    misshapen = sorted(
+        k
+        for k in set(mine) & set(state)
+        if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != tuple(mine[k].shape)
+    )
+    if missing or unexpected or misshapen:
+        parts = [
+            f"{len(v)} {what} (first: {v[0]})"
+            for what, v in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("of another shape", misshapen),
+            )
+            if v
+        ]
+        raise ModelFileError(
+            f"{path}: its weights do not fit the architecture {name!r} it names: "
+            + ", ".join(parts)
+        )
     model.load_state_dict(state)
     if "spec" in info:
-        model.spec = ModelSpec.from_dict(info["spec"])
-    model.thresholds = dict(info.get("thresholds") or {})
+        try:
+            model.spec = ModelSpec.from_dict(info["spec"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{path}: unreadable model spec ({e})") from None
+    thresholds = info.get("thresholds") or {}
+    try:
+        model.thresholds = {str(k): float(v) for k, v in dict(thresholds).items()}
+    except (TypeError, ValueError):
+        raise ModelFileError(f"{path}: unreadable thresholds {thresholds!r}") from None
     return model.eval()
 
 
@@ -113,7 +248,7 @@ def load_model(ref: str, map_location: str = "cpu") -> nn.Module:
     - ``NAME:PRETRAINED`` (e.g. ``inception_resnet_v1:casia-webface``): published weights;
     - ``NAME``: a registered architecture, randomly initialised.
     """
-    if os.path.exists(ref) or ref.endswith((".safetensors", ".pt", ".pth")):
+    if is_file_ref(ref):
         return load_weights_file(ref, map_location)
     name, _, pretrained = ref.partition(":")
     model = create_model(name, pretrained=pretrained or None)

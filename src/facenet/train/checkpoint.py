@@ -80,14 +80,17 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint`` (CPU tensors)."""
+    """Read a checkpoint written by ``save_checkpoint`` (CPU tensors); never runs code
+    (``facenet.models.loading.safe_torch_load``)."""
+    from facenet.models.loading import ModelFileError, safe_torch_load
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # torn or foreign files
-        raise ValueError(f"{path}: not a readable checkpoint ({e})") from e
+    # why: tensors and plain data only; a crafted last.pt is refused, never executed
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict):
+        raise ModelFileError(f"{path}: not a facenet training checkpoint")
     for key in ("model", "model_state", "config", "step"):
         if key not in ckpt:
             raise ValueError(f"{path}: not a facenet training checkpoint (missing {key!r})")
