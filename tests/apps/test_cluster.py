@@ -77,7 +77,8 @@ def test_chinese_whispers_and_hdbscan_find_separated_groups():
 def test_labels_are_ordered_by_size_and_cover_every_face():
     x, _ = blobs(5, 4, seed=7)
     x = np.concatenate([x, x[:1].repeat(6, 0)])  # make cluster of face 0 the largest
-    labels = cluster_embeddings(x, "agglomerative", threshold=0.5)
+    # min_cluster_size=1: every face labelled (the default leaves faces alone unclustered, -1)
+    labels = cluster_embeddings(x, "agglomerative", threshold=0.5, min_cluster_size=1)
     assert labels.shape == (len(x),)
     counts = np.bincount(labels)
     assert (np.diff(counts) <= 0).all() and labels[0] == 0
