@@ -3,6 +3,10 @@
 Each command lives in ``facenet.commands.<module>`` with two functions:
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
 command runs, so ``facenet --help`` stays instant (no torch import).
+
+No traceback reaches a user: a bad argument is one line naming the option (exit 2); a failure
+while running is one line naming the file or option (exit 1); a bug is one line asking for a
+report (exit 70). ``FACENET_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
+
+from facenet.commands._errors import describe_error, one_line
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,6 +36,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cluster": ("facenet.commands.cluster", "group the faces of a photo collection by person"),
 }
 
+EXIT_FAILURE = 1  # the command ran and failed (bad file, no face, ...)
+EXIT_USAGE = 2  # bad arguments or config
+EXIT_BUG = 70  # an unexpected exception: a bug to report (BSD's EX_SOFTWARE)
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line on stderr (no usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
 
 def _available() -> dict[str, tuple[str, str]]:
     """Commands whose module exists in this installation."""
@@ -41,7 +60,7 @@ def _available() -> dict[str, tuple[str, str]]:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only ``command``'s module is imported to add its arguments."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="facenet",
         description="FaceNet face embeddings: train, evaluate, verify, identify, cluster.",
     )
@@ -66,8 +85,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(available[args.command][0])
-    return int(module.run(args) or 0)
+    prog = f"facenet {args.command}"
+    try:
+        module = importlib.import_module(available[args.command][0])
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # why: `facenet ... | head` closed the pipe; nothing is wrong, and Python's own
+        # flush at exit must not print a traceback either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as e:
+        if os.environ.get("FACENET_DEBUG"):
+            raise
+        if isinstance(e, (OSError, ValueError, KeyError, ImportError, RuntimeError)) or (
+            type(e).__module__.startswith("facenet")
+        ):
+            print(f"{prog}: error: {one_line(describe_error(e))}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(
+            f"{prog}: internal error: {type(e).__name__}: {one_line(describe_error(e))} "
+            "(a bug: FACENET_DEBUG=1 shows the traceback; please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

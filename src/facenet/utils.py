@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -36,10 +37,33 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         raise
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON ``null``), recursively;
+    NumPy scalars and arrays become Python numbers and lists.
+
+    why: ``json.dumps`` writes ``NaN`` and ``Infinity`` by default, which strict JSON parsers
+    (browsers, jq, most languages) reject.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # NumPy arrays and scalars
+        return json_safe(obj.tolist())
+    return obj
+
+
+def dumps_json(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON text of ``obj`` (no NaN/Infinity: see ``json_safe``)."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
+    """Atomically write ``obj`` as indented, strict JSON (non-finite numbers as null)."""
     with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write(dumps_json(obj))
         f.write("\n")
 
 
@@ -54,3 +78,107 @@ def default_data_dir() -> Path | None:
         if (c / "lfw").is_dir() or (c / "orl").is_dir():
             return c.resolve()
     return None
+
+
+class UnsafeOutputError(ValueError):
+    """A write that would leave its output folder (through a symlink or ``..``) or replace a
+    file the command did not write; ``str(e)`` names the path."""
+
+
+def inside(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """``root / relative``, checked so that a write there stays inside ``root``.
+
+    Refused (``UnsafeOutputError``): an absolute ``relative`` or one with ``..``, and an existing
+    folder on the way that is a symlink or not a folder (a write would follow the link out of
+    ``root``). The final component itself may be anything: callers replace it atomically
+    (``os.replace`` swaps a symlink, never follows it) or refuse it as a conflict.
+    """
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise UnsafeOutputError(f"{relative}: not a path inside {root}")
+    root = Path(root)
+    here = root
+    for part in rel.parts[:-1]:
+        here = here / part
+        if here.is_symlink():
+            raise UnsafeOutputError(
+                f"{here}: is a symbolic link inside the output folder; refusing to write through it"
+            )
+        if here.exists() and not here.is_dir():
+            raise UnsafeOutputError(f"{here}: is a file where the output needs a folder")
+    return root / rel
+
+
+class OwnedFiles:
+    """The files a command wrote into an output folder, kept in a manifest inside it.
+
+    A rerun into the same folder replaces exactly those files: ``begin(planned)`` refuses (unless
+    ``overwrite``) when a planned path exists and is not one of ours — a user's own file — then
+    removes everything the previous run wrote (never following a symlink) and records the new
+    plan before anything is written, so a crash leaves no file that a later run would not own.
+    """
+
+    def __init__(self, root: str | os.PathLike, manifest: str, command: str) -> None:
+        self.root = Path(root)
+        self.path = self.root / manifest
+        self.command = command
+        self.previous: set[str] = set()
+        self.previous_dirs: set[str] = set()
+        if self.path.is_symlink():
+            raise UnsafeOutputError(f"{self.path}: is a symbolic link; refusing to use it")
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                files, dirs = data.get("files", []), data.get("dirs", [])
+            except (OSError, ValueError, AttributeError) as e:
+                raise UnsafeOutputError(f"{self.path}: unreadable manifest ({e})") from None
+            self.previous = {f for f in files if _plain_relative(f)}
+            self.previous_dirs = {d for d in dirs if _plain_relative(d)}
+
+    def conflicts(self, planned: list[str]) -> list[str]:
+        """Planned paths that exist but were not written by an earlier run of this command."""
+        out = []
+        for rel in planned:
+            p = self.root / rel
+            if (p.exists() or p.is_symlink()) and rel not in self.previous:
+                out.append(rel)
+        return out
+
+    def begin(self, planned: list[str], dirs: list[str], overwrite: bool = False) -> None:
+        """Check ``planned`` (file paths relative to the root), clear the previous run's files,
+        record the plan. Raises ``UnsafeOutputError`` on a conflict or an unsafe path."""
+        for rel in [*planned, *(f"{d}/x" for d in dirs)]:
+            inside(self.root, rel)
+        clash = self.conflicts(planned)
+        if clash and not overwrite:
+            shown = ", ".join(str(self.root / c) for c in clash[:3])
+            more = f" and {len(clash) - 3} more" if len(clash) > 3 else ""
+            raise UnsafeOutputError(
+                f"{shown}{more}: already exist and were not written by facenet {self.command}; "
+                "pass --overwrite to replace them, or choose another output folder"
+            )
+        for rel in sorted(self.previous | set(clash)):
+            p = self.root / rel
+            try:
+                inside(self.root, rel)
+            except UnsafeOutputError:
+                continue  # a folder on the way became a link: leave whatever is behind it
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+        # folders an earlier run made, deepest first, if nothing else lives in them now
+        for rel in sorted(self.previous_dirs, key=lambda d: -len(Path(d).parts)):
+            p = self.root / rel
+            if p.is_dir() and not p.is_symlink():
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+        self.previous = set()
+        write_json(
+            self.path, {"command": self.command, "files": sorted(planned), "dirs": sorted(dirs)}
+        )
+
+
+def _plain_relative(text: Any) -> bool:
+    if not isinstance(text, str) or not text:
+        return False
+    rel = Path(text)
+    return not rel.is_absolute() and ".." not in rel.parts

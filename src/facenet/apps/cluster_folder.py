@@ -28,6 +28,9 @@ def cluster_folder_name(label: int, size: int) -> str:
     return "noise" if label < 0 else (f"cluster_{label:04d}" if size > 1 else "singletons")
 
 
+MANIFEST = ".facenet-cluster.json"  # the files a run wrote; a rerun replaces exactly those
+
+
 def write_clusters(
     out_dir: str | os.PathLike,
     paths: Sequence[str],
@@ -39,10 +42,16 @@ def write_clusters(
     html: bool = True,
     max_faces_per_cluster: int = 60,
     title: str = "facenet clusters",
+    overwrite: bool = False,
 ) -> ClusterOutput:
     """Write a clustering of faces: a folder per cluster with links to the source photos,
     ``clusters.csv`` (photo, face index, box, cluster) and ``index.html``, a contact sheet of the
     face crops of each cluster (largest cluster first).
+
+    The folder may be reused: what an earlier run wrote (listed in ``.facenet-cluster.json``) is
+    replaced as a whole, so no old link or thumbnail survives under a new caption. A file the
+    command did not write is never replaced unless ``overwrite``, and no write follows a symlink
+    out of the folder (``facenet.utils.UnsafeOutputError``; nothing is changed then).
 
     Args:
         paths: (N,) photo of each face.
@@ -50,38 +59,58 @@ def write_clusters(
         labels: (N,) cluster labels (0 = largest; -1 = noise).
         crops: optional (N,) uint8 face crops for the contact sheet (re-cut from the photos
             when None).
+        overwrite: replace files in the way that an earlier run did not write.
     """
     import csv
     import shutil
 
-    from facenet.utils import atomic_write
+    from facenet.utils import OwnedFiles, UnsafeOutputError, atomic_write
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UnsafeOutputError(f"{out}: is a file, not a folder")
+    owned = OwnedFiles(out, MANIFEST, "cluster")
     labels = np.asarray(labels)
     sizes = {
         int(lab): int(c) for lab, c in zip(*np.unique(labels, return_counts=True), strict=True)
     }
     folder = [cluster_folder_name(int(lab), sizes[int(lab)]) for lab in labels]
-    # folders of photos
+    # the plan: every file this run writes, relative to ``out``
+    links: list[tuple[Path, str]] = []  # (source photo, relative link path)
     if link != "none":
-        made: set[tuple[str, str]] = set()
-        for p, f in zip(paths, folder, strict=True):
-            if (f, p) in made:
-                continue
-            made.add((f, p))
-            d = out / f
-            d.mkdir(exist_ok=True)
+        taken: set[str] = set()
+        for p, f in dict.fromkeys(zip(paths, folder, strict=True)):
             src = Path(p).resolve()
-            target = d / src.name
-            if target.exists() or target.is_symlink():
-                target = d / f"{hashlib_short(str(src))}_{src.name}"
-            if target.exists() or target.is_symlink():
-                continue
-            if link == "symlink":
-                os.symlink(src, target)
-            else:
-                shutil.copy2(src, target)
+            rel = f"{f}/{src.name}"
+            if rel in taken:
+                rel = f"{f}/{hashlib_short(str(src))}_{src.name}"
+            if rel in taken:
+                continue  # the same photo twice in one cluster
+            taken.add(rel)
+            links.append((src, rel))
+    groups = _groups(labels, folder)
+    thumbs = (
+        {
+            i: f"faces/{i:06d}.jpg"
+            for members in groups.values()
+            for i in members[:max_faces_per_cluster]
+        }
+        if html
+        else {}
+    )
+    planned = ["clusters.csv", *(rel for _, rel in links)]
+    if html:
+        planned += ["index.html", *thumbs.values()]
+    dirs = sorted({rel.split("/")[0] for _, rel in links} | ({"faces"} if html else set()))
+    owned.begin(planned, dirs, overwrite=overwrite)
+    # folders of photos
+    for src, rel in links:
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if link == "symlink":
+            os.symlink(src, target)
+        else:
+            shutil.copy2(src, target)
     # table
     csv_path = out / "clusters.csv"
     with atomic_write(csv_path, "w") as fh:
@@ -92,11 +121,24 @@ def write_clusters(
     html_path = None
     if html:
         html_path = str(
-            _contact_sheet(out, paths, boxes, labels, folder, crops, max_faces_per_cluster, title)
+            _contact_sheet(
+                out, paths, boxes, groups, thumbs, crops, max_faces_per_cluster, title, len(labels)
+            )
         )
     n_clusters = sum(1 for lab, c in sizes.items() if lab >= 0 and c > 1)
     n_single = sum(c for lab, c in sizes.items() if lab < 0 or c == 1)
     return ClusterOutput(str(out), str(csv_path), html_path, len(labels), n_clusters, n_single)
+
+
+def _groups(labels: np.ndarray, folder: Sequence[str]) -> dict[str, list[int]]:
+    """Face indices per cluster folder: largest cluster first, singletons and noise last."""
+    order = np.lexsort(
+        (np.arange(len(labels)), np.where(labels < 0, np.iinfo(np.int64).max, labels))
+    )
+    groups: dict[str, list[int]] = {}
+    for i in order.tolist():
+        groups.setdefault(folder[i], []).append(i)
+    return groups
 
 
 def hashlib_short(text: str) -> str:
@@ -109,13 +151,15 @@ def _contact_sheet(
     out: Path,
     paths: Sequence[str],
     boxes: np.ndarray,
-    labels: np.ndarray,
-    folder: Sequence[str],
+    groups: dict[str, list[int]],
+    thumbs: dict[int, str],
     crops: Sequence[np.ndarray | None] | None,
     per_cluster: int,
     title: str,
+    n_faces: int,
 ) -> Path:
-    """``index.html`` with up to ``per_cluster`` face thumbnails per cluster (in ``faces/``)."""
+    """``index.html`` with up to ``per_cluster`` face thumbnails per cluster (``thumbs``: face ->
+    its file under ``faces/``)."""
     import html as html_lib
 
     from PIL import Image
@@ -123,49 +167,41 @@ def _contact_sheet(
     from facenet.data.images import ImageError, load_image
     from facenet.utils import atomic_write
 
-    faces_dir = out / "faces"
-    faces_dir.mkdir(exist_ok=True)
-    order = np.lexsort(
-        (np.arange(len(labels)), np.where(labels < 0, np.iinfo(np.int64).max, labels))
-    )
-    groups: dict[str, list[int]] = {}
-    for i in order.tolist():
-        groups.setdefault(folder[i], []).append(i)
+    (out / "faces").mkdir(exist_ok=True)
     parts = [
         "<!doctype html><meta charset='utf-8'>",
         f"<title>{html_lib.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:1em}h2{font-size:1em;margin:1.2em 0 .3em}"
         "img{width:80px;height:80px;object-fit:cover;margin:1px;border-radius:3px}</style>",
         f"<h1>{html_lib.escape(title)}</h1>",
-        f"<p>{len(labels)} faces, {sum(1 for g in groups if g.startswith('cluster_'))} clusters."
+        f"<p>{n_faces} faces, {sum(1 for g in groups if g.startswith('cluster_'))} clusters."
         " Open a cluster's folder for its photos; <code>clusters.csv</code> has every face.</p>",
     ]
     cache: dict[str, np.ndarray | None] = {}
     for name, members in groups.items():
         parts.append(f"<h2>{name} — {len(members)} face(s)</h2><div>")
         for i in members[:per_cluster]:
-            thumb = faces_dir / f"{i:06d}.jpg"
-            if not thumb.exists():
-                crop = None if crops is None else crops[i]
-                if crop is None:
-                    p = paths[i]
-                    if p not in cache:
-                        try:
-                            cache = {p: load_image(p)}  # keep one photo in memory
-                        except ImageError:
-                            cache = {p: None}
-                    img = cache[p]
-                    if img is not None:
-                        x1, y1, x2, y2 = (int(round(v)) for v in boxes[i])
-                        crop = img[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
-                if crop is None or crop.size == 0:
-                    continue
-                im = Image.fromarray(np.ascontiguousarray(crop)).convert("RGB")
-                im.thumbnail((96, 96))
-                with atomic_write(thumb) as fh:
-                    im.save(fh, format="JPEG", quality=85)
+            thumb = out / thumbs[i]
+            crop = None if crops is None else crops[i]
+            if crop is None:
+                p = paths[i]
+                if p not in cache:
+                    try:
+                        cache = {p: load_image(p)}  # keep one photo in memory
+                    except ImageError:
+                        cache = {p: None}
+                img = cache[p]
+                if img is not None:
+                    x1, y1, x2, y2 = (int(round(v)) for v in boxes[i])
+                    crop = img[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
+            if crop is None or crop.size == 0:
+                continue
+            im = Image.fromarray(np.ascontiguousarray(crop)).convert("RGB")
+            im.thumbnail((96, 96))
+            with atomic_write(thumb) as fh:
+                im.save(fh, format="JPEG", quality=85)
             alt = html_lib.escape(f"{paths[i]} face {i}")
-            parts.append(f"<img src='faces/{thumb.name}' title='{alt}' alt='{alt}'>")
+            parts.append(f"<img src='{thumbs[i]}' title='{alt}' alt='{alt}'>")
         if len(members) > per_cluster:
             parts.append(f" … and {len(members) - per_cluster} more")
         parts.append("</div>")

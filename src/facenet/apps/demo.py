@@ -239,6 +239,31 @@ def _calibrate_on_view1(
     return calibrate_thresholds(np.array(d), np.array(y))
 
 
+DEMO_MARKER = ".facenet-demo"
+
+
+def claim_demo_folder(out: Path) -> None:
+    """Make ``out`` the demo's folder, or refuse: the demo replaces its own sub-folders whole, so
+    it only ever writes into a new or empty folder, or one an earlier demo run made (it holds
+    ``.facenet-demo``).
+
+    Raises:
+        UnsafeOutputError: ``out`` is a file, or a non-empty folder the demo did not make.
+    """
+    from facenet.utils import UnsafeOutputError
+
+    if out.exists() and not out.is_dir():
+        raise UnsafeOutputError(f"{out}: is a file, not a folder")
+    marker = out / DEMO_MARKER
+    if out.is_dir() and not marker.is_file() and any(out.iterdir()):
+        raise UnsafeOutputError(
+            f"{out}: not empty and not made by facenet demo (no {DEMO_MARKER}); the demo "
+            "replaces its sub-folders, so give it a new or empty folder (--out DIR)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text("this folder was made by `facenet demo`, which may replace its contents\n")
+
+
 def run_demo(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -254,7 +279,8 @@ def run_demo(
     """
     from PIL import Image
 
-    from facenet.apps.cluster import cluster_embeddings, write_clusters
+    from facenet.apps.cluster import cluster_embeddings
+    from facenet.apps.cluster_folder import write_clusters
     from facenet.apps.embedder import Embedder, _subject_index
     from facenet.apps.gallery import FaceRecord, Gallery
     from facenet.apps.verify import verify_faces
@@ -265,7 +291,7 @@ def run_demo(
         raise DataNotFound(how_to_get_lfw(data))
     images, pairs_file = found
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_demo_folder(out)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     rng = np.random.default_rng(config.seed)

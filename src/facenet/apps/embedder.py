@@ -76,6 +76,15 @@ class Face:
     embedding: np.ndarray | None = field(default=None, repr=False)  # (D,) float32 unit vector
 
 
+@dataclass(frozen=True)
+class Pick:
+    """The face of a photo an answer uses, and how it was chosen."""
+
+    face: Face
+    faces_found: int  # faces the detector found in the photo
+    chosen_by: str  # "main face" (largest, most central) or "chosen" (the caller's face index)
+
+
 @dataclass
 class PhotoResult:
     """The faces of one photo, or why there are none."""
@@ -312,16 +321,43 @@ class Embedder:
         Raises:
             NoFaceError: no face was found.
         """
-        faces = self._faces_in([np.asarray(image)], [path])[0]
+        return self.pick(image, path).face
+
+    def pick(self, image: np.ndarray, path: str | None = None, face: int | None = None) -> Pick:
+        """One face of a photo, embedded, with how many faces the photo has.
+
+        Args:
+            face: ``face_index`` of the face to use (detector order, 0 = most confident);
+                None picks the main face (largest and most central, Sandberg's rule).
+
+        Raises:
+            NoFaceError: no face was found.
+            ValueError: ``face`` is not one of the faces found (the message lists them).
+        """
+        image = np.asarray(image)
+        faces = self._faces_in([image], [path])[0]
         if not faces:
             raise NoFaceError(path)
-        face = faces[_subject_index(faces, image.shape)]
-        self._embed_faces([face])
-        return face
+        if face is None:
+            chosen = faces[_subject_index(faces, image.shape)]
+        else:
+            found = {f.face_index: f for f in faces}
+            if face not in found:
+                raise ValueError(
+                    f"{path or 'image'}: no face {face}; {len(faces)} face(s) found, "
+                    f"numbered {', '.join(str(i) for i in sorted(found))}"
+                )
+            chosen = found[face]
+        self._embed_faces([chosen])
+        return Pick(chosen, len(faces), "main face" if face is None else "chosen")
 
     def subject_of_file(self, path: str | os.PathLike) -> Face:
         """``subject(load_image(path))``; raises ``ImageError`` or ``NoFaceError`` naming the file."""
         return self.subject(load_image(path), str(path))
+
+    def pick_of_file(self, path: str | os.PathLike, face: int | None = None) -> Pick:
+        """``pick(load_image(path), face=face)``; errors name the file."""
+        return self.pick(load_image(path), str(path), face)
 
     def embed_files(
         self,
@@ -500,31 +536,64 @@ def save_embeddings(path: str | os.PathLike, table: EmbeddingTable) -> Path:
 
 
 def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
-    """Read a file written by ``save_embeddings``."""
-    path = Path(path)
-    if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
+    """Read a file written by ``save_embeddings``.
 
-        t = pq.read_table(path)
-        meta = json.loads((t.schema.metadata or {}).get(b"facenet", b"{}"))
-        emb = np.array(t.column("embedding").to_pylist(), np.float32)
-        return EmbeddingTable(
-            np.array(t.column("path").to_pylist(), dtype=str),
-            np.array(t.column("face_index").to_pylist(), np.int64),
-            np.array(t.column("box").to_pylist(), np.float32).reshape(-1, 4),
-            np.array(t.column("score").to_pylist(), np.float32),
-            emb.reshape(len(emb), -1),
-            meta,
-        )
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable embeddings file (corrupt, truncated, other columns, rows that
+            do not line up, non-finite embeddings); the message names the file.
+    """
+    import zipfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not an embeddings file")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return EmbeddingTable(
-                z["path"],
-                z["face_index"],
-                z["box"],
-                z["score"],
-                z["embedding"],
-                json.loads(str(z["meta"])),
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            t = pq.read_table(path)
+            meta = json.loads((t.schema.metadata or {}).get(b"facenet", b"{}"))
+            emb = np.array(t.column("embedding").to_pylist(), np.float32)
+            table = EmbeddingTable(
+                np.array(t.column("path").to_pylist(), dtype=str),
+                np.array(t.column("face_index").to_pylist(), np.int64),
+                np.array(t.column("box").to_pylist(), np.float32).reshape(-1, 4),
+                np.array(t.column("score").to_pylist(), np.float32),
+                emb.reshape(len(emb), -1),
+                meta,
             )
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: not a facenet embeddings file ({e})") from None
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                table = EmbeddingTable(
+                    z["path"],
+                    z["face_index"],
+                    z["box"],
+                    z["score"],
+                    z["embedding"],
+                    json.loads(str(z["meta"])),
+                )
+    except ImportError:
+        raise ValueError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: not a facenet embeddings file ({first[:200]})") from None
+    except Exception as e:  # noqa: BLE001 - pyarrow raises its own error types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: not a facenet embeddings file ({first[:200]})") from None
+    n = len(table.paths)
+    emb = np.asarray(table.embeddings)
+    if (
+        emb.ndim != 2
+        or len(emb) != n
+        or len(table.face_index) != n
+        or np.asarray(table.boxes).shape != (n, 4)
+        or len(table.scores) != n
+        or not isinstance(table.meta, dict)
+    ):
+        raise ValueError(f"{path}: columns do not line up (a damaged embeddings file)")
+    if not np.isfinite(emb).all():
+        raise ValueError(f"{path}: holds embeddings that are NaN or infinite")
+    return table

@@ -14,6 +14,15 @@ that with the database's generation: an index behind the database is brought up 
 rows appended when nothing was removed since, otherwise rebuilt from SQLite). The database is the
 only source of truth; losing ``index.faiss`` costs a rebuild, never data.
 
+The index file is bound to its database: SQLite records a random ``gallery_id`` (made with the
+database) and the SHA-256 of the last index file written for it. A file whose checksum or gallery
+id does not match (another gallery's index, a database deleted and re-created, a file edited or
+with one bit flipped) is never searched: the index is rebuilt from SQLite.
+
+Identity names are printable text: control and format characters (newlines, bidi overrides) are
+refused, so a name cannot spoof a line of ``gallery list``. A photo is stored once: enrolling a
+photo whose bytes (SHA-256) and face are already in the gallery reports it and stores nothing.
+
 Search. Embeddings are unit vectors, so squared L2 distance = ``2 - 2 * inner product``; the index
 ranks by inner product. Up to ``approximate_above`` embeddings it is an exact ``IndexFlatIP``;
 above, an HNSW graph (approximate, logarithmic query time). Identification takes the nearest
@@ -30,6 +39,8 @@ import os
 import sqlite3
 import struct
 import time
+import unicodedata
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +61,7 @@ HNSW_M = 32  # graph degree: the usual accuracy/memory trade-off for 128-d vecto
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 _INDEX_MAGIC = b"FNGIDX01"
+MAX_NAME_LENGTH = 200
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -81,6 +93,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
 );
 CREATE INDEX IF NOT EXISTS embeddings_identity ON embeddings(identity_id);
 CREATE INDEX IF NOT EXISTS images_identity ON images(identity_id);
+CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
 """
 
 
@@ -152,6 +165,23 @@ class FaceRecord:
 
 
 @dataclass(frozen=True)
+class Duplicate:
+    """A face not enrolled because the gallery already holds it (same photo bytes, same face)."""
+
+    path: str  # the photo given now
+    identity: str  # who it is enrolled as
+    enrolled_path: str  # the path it was enrolled from
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    """What ``Gallery.enroll`` stored."""
+
+    added: int  # faces stored
+    duplicates: list[Duplicate] = field(default_factory=list)  # faces already in the gallery
+
+
+@dataclass(frozen=True)
 class IdentityInfo:
     name: str
     images: int
@@ -180,6 +210,51 @@ class Identification:
     @property
     def known(self) -> bool:
         return self.name != UNKNOWN
+
+
+def check_identity_name(name: str) -> str:
+    """``name`` stripped, or ``GalleryError`` when it cannot be an identity name.
+
+    Refused: empty names, the reserved ``unknown``, names over ``MAX_NAME_LENGTH`` characters and
+    any control or format character (newline, tab, NUL, bidi overrides, zero-width marks): such
+    characters would let a name spoof or hide rows in listings and answers.
+    """
+    if not isinstance(name, str):
+        raise GalleryError(f"an identity name must be text, got {type(name).__name__}")
+    name = name.strip()
+    if not name:
+        raise GalleryError("an identity needs a non-empty name")
+    bad = sorted(
+        {
+            ch
+            for ch in name
+            if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")
+        }
+    )
+    if bad:
+        shown = ", ".join(f"U+{ord(ch):04X}" for ch in bad)
+        raise GalleryError(
+            f"identity name {printable(name)!r} contains control or format characters ({shown}); "
+            "use printable text"
+        )
+    if len(name) > MAX_NAME_LENGTH:
+        raise GalleryError(
+            f"identity name is {len(name)} characters long; at most {MAX_NAME_LENGTH}"
+        )
+    if name == UNKNOWN:
+        raise GalleryError(f"{UNKNOWN!r} is reserved for open-set rejections; pick another name")
+    return name
+
+
+def printable(text: str) -> str:
+    """``text`` with control and format characters shown as escapes (for names stored by older
+    versions, before such names were refused)."""
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")
+        else ch
+        for ch in text
+    )
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -256,25 +331,30 @@ def index_kind(index: Any) -> str:
     return "hnsw" if isinstance(base, faiss.IndexHNSW) else "flat"
 
 
-def _write_index_file(path: Path, index: Any, header: dict[str, Any]) -> None:
-    """``magic | u32 header length | JSON header | faiss bytes``, written atomically."""
+def _write_index_file(path: Path, index: Any, header: dict[str, Any]) -> str:
+    """``magic | u32 header length | JSON header | faiss bytes``, written atomically; returns
+    the SHA-256 of the bytes written."""
     import faiss
 
     blob = faiss.serialize_index(index).tobytes()
     head = json.dumps(header).encode()
+    h = hashlib.sha256()
     with atomic_write(path) as f:
-        f.write(_INDEX_MAGIC)
-        f.write(struct.pack("<I", len(head)))
-        f.write(head)
-        f.write(blob)
+        for part in (_INDEX_MAGIC, struct.pack("<I", len(head)), head, blob):
+            f.write(part)
+            h.update(part)
+    return h.hexdigest()
 
 
-def _read_index_file(path: Path) -> tuple[dict[str, Any], Any] | None:
-    """The header and index of ``path``, or None when it is missing or unreadable."""
+def _read_index_file(path: Path, sha256: str | None = None) -> tuple[dict[str, Any], Any] | None:
+    """The header and index of ``path``, or None when it is missing, unreadable or its bytes do
+    not have the SHA-256 ``sha256`` (when given)."""
     import faiss
 
     try:
         data = path.read_bytes()
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            return None
         if not data.startswith(_INDEX_MAGIC):
             return None
         (n,) = struct.unpack_from("<I", data, len(_INDEX_MAGIC))
@@ -329,6 +409,10 @@ class Gallery:
                 )
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('removal_generation', '0')")
+                # why: binds index files to this database; a re-created database gets a new id
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('gallery_id', ?)", (uuid.uuid4().hex,)
+                )
         except sqlite3.DatabaseError as e:
             raise GalleryError(f"{db_path}: not a readable gallery database ({e})") from None
         self._index: Any = None
@@ -362,6 +446,11 @@ class Gallery:
 
     def _set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @property
+    def gallery_id(self) -> str:
+        """Random id made with the database; index files record it."""
+        return self._meta("gallery_id") or ""
 
     @property
     def generation(self) -> int:
@@ -399,22 +488,20 @@ class Gallery:
         faces: Sequence[FaceRecord],
         model: ModelFingerprint,
         thresholds: dict[str, float] | None = None,
-    ) -> int:
+    ) -> EnrollResult:
         """Add ``faces`` to identity ``name`` (created if new) in one transaction.
 
+        A face whose photo (``FaceRecord.sha256``) and face index are already in the gallery, or
+        appear twice in ``faces``, is not stored again; it is listed in the result.
+
         Returns:
-            the number of faces added.
+            ``EnrollResult``: faces added and duplicates skipped.
 
         Raises:
-            GalleryError: empty name or no faces; IncompatibleModelError: another model's gallery.
+            GalleryError: a name ``check_identity_name`` refuses, or no faces;
+            IncompatibleModelError: another model's gallery.
         """
-        name = name.strip()
-        if not name:
-            raise GalleryError("an identity needs a non-empty name")
-        if name == UNKNOWN:
-            raise GalleryError(
-                f"{UNKNOWN!r} is reserved for open-set rejections; pick another name"
-            )
+        name = check_identity_name(name)
         if not faces:
             raise GalleryError(f"nothing to enrol for {name!r}: no usable face")
         vectors = _unit_rows(np.stack([f.embedding for f in faces]), model.embedding_dim)
@@ -422,6 +509,9 @@ class Gallery:
         with self._transaction() as db:
             # why: checked inside the write lock, so two first enrolments cannot mix models.
             self.check_model(model)
+            new, duplicates = self._new_faces(faces, vectors)
+            if not new:
+                return EnrollResult(0, duplicates)
             if self.model is None:
                 self._set_meta("model", json.dumps(model.to_dict()))
                 self._set_meta("thresholds", json.dumps(thresholds or {}))
@@ -433,7 +523,7 @@ class Gallery:
             else:
                 identity_id = row[0]
             image_ids: dict[tuple[str, str | None], int] = {}
-            for face, vec in zip(faces, vectors, strict=True):
+            for face, vec in new:
                 key = (face.path, face.sha256)
                 if key not in image_ids:
                     image_ids[key] = db.execute(
@@ -455,7 +545,35 @@ class Gallery:
                     ),
                 )
             self._set_meta("generation", str(self.generation + 1))
-        return len(faces)
+        return EnrollResult(len(new), duplicates)
+
+    def _new_faces(
+        self, faces: Sequence[FaceRecord], vectors: np.ndarray
+    ) -> tuple[list[tuple[FaceRecord, np.ndarray]], list[Duplicate]]:
+        """Split ``faces`` into those to store and those the gallery (or the batch) already has."""
+        new: list[tuple[FaceRecord, np.ndarray]] = []
+        duplicates: list[Duplicate] = []
+        seen: dict[tuple[str, int], str] = {}
+        for face, vec in zip(faces, vectors, strict=True):
+            if face.sha256 is None:
+                new.append((face, vec))
+                continue
+            key = (face.sha256, int(face.face_index))
+            if key in seen:
+                duplicates.append(Duplicate(str(face.path), "(this enrolment)", seen[key]))
+                continue
+            row = self._db.execute(
+                "SELECT i.name, m.path FROM images m"
+                " JOIN embeddings e ON e.image_id = m.id JOIN identities i ON i.id = m.identity_id"
+                " WHERE m.sha256 = ? AND e.face_index = ? LIMIT 1",
+                key,
+            ).fetchone()
+            if row is not None:
+                duplicates.append(Duplicate(str(face.path), row[0], row[1]))
+                continue
+            seen[key] = str(face.path)
+            new.append((face, vec))
+        return new, duplicates
 
     def remove(self, name: str) -> int:
         """Delete identity ``name`` with its images and embeddings; returns embeddings removed."""
@@ -504,20 +622,29 @@ class Gallery:
         return ids, vectors.astype(np.float32)
 
     def _fresh_index(self) -> Any:
-        """The search index, made current with the database (and saved if it changed)."""
+        """The search index, made current with the database (and saved if it changed).
+
+        ``index.faiss`` is used only when its bytes have the checksum this database recorded
+        when it was written and it names this gallery; otherwise it is rebuilt from SQLite.
+        """
         generation = self.generation
         if self._index is not None and self._index_header["generation"] == generation:
             return self._index
-        path = self.directory / INDEX_NAME
-        loaded = _read_index_file(path)
         model = self.model
-        weights = model.weights_hash if model else ""
+        if model is None:
+            return None
+        weights = model.weights_hash
+        recorded = self._meta("index_sha256")
+        loaded = _read_index_file(self.directory / INDEX_NAME, recorded) if recorded else None
         if loaded is not None:
             header, index = loaded
-            usable = header.get("weights_hash") == weights and header.get("generation", -1) <= (
-                generation
+            usable = (
+                header.get("gallery_id") == self.gallery_id
+                and header.get("weights_hash") == weights
+                and header.get("generation", generation + 1) <= generation
+                and index.d == model.embedding_dim
             )
-            if usable and header["generation"] == generation:
+            if usable and header["generation"] == generation and index.ntotal == len(self):
                 self._index, self._index_header = index, header
                 return index
             removal = int(self._meta("removal_generation") or 0)
@@ -526,19 +653,27 @@ class Gallery:
                 ids, vectors = self.embeddings(after_id=header["max_id"])
                 if len(ids):
                     index.add_with_ids(vectors, ids)
-                return self._save_index(index, generation, weights)
+                if index.ntotal == len(self):
+                    return self._save_index(index, generation, weights)
         ids, vectors = self.embeddings()
-        index = build_index(vectors, ids, self.approximate_above) if model else None
-        if index is None:
-            return None
+        index = build_index(vectors, ids, self.approximate_above)
         return self._save_index(index, generation, weights)
 
     def _save_index(self, index: Any, generation: int, weights_hash: str) -> Any:
         max_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM embeddings").fetchone()[0])
-        header = {"generation": generation, "max_id": max_id, "weights_hash": weights_hash}
-        # why: the file is only a cache; a read-only gallery still answers from memory.
-        with contextlib.suppress(OSError):
-            _write_index_file(self.directory / INDEX_NAME, index, header)
+        header = {
+            "gallery_id": self.gallery_id,
+            "generation": generation,
+            "max_id": max_id,
+            "weights_hash": weights_hash,
+        }
+        # why: the file is only a cache; a read-only gallery still answers from memory. File and
+        # checksum change under the write lock, so two processes cannot pair one's file with the
+        # other's checksum, and a database that moved on meanwhile keeps its own state.
+        with contextlib.suppress(OSError, sqlite3.OperationalError), self._transaction():
+            if self.generation == generation:
+                digest = _write_index_file(self.directory / INDEX_NAME, index, header)
+                self._set_meta("index_sha256", digest)
         self._index, self._index_header = index, header
         return index
 
@@ -628,6 +763,7 @@ class EnrollReport:
     name: str
     added: int  # faces enrolled
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (photo, reason)
+    duplicates: list[Duplicate] = field(default_factory=list)  # photos already enrolled
 
 
 def enroll_files(
@@ -635,9 +771,11 @@ def enroll_files(
 ) -> EnrollReport:
     """Enrol the main face of each photo as ``name`` (one transaction for all of them).
 
-    Unreadable photos and photos without a face are skipped and reported; when none is usable,
+    Unreadable photos and photos without a face are skipped and reported; photos already in the
+    gallery are reported as duplicates and not stored again. When no photo is usable,
     ``GalleryError`` is raised and the gallery is unchanged.
     """
+    name = check_identity_name(name)
     gallery.check_model(embedder.fingerprint)
     faces: list[FaceRecord] = []
     skipped: list[tuple[str, str]] = []
@@ -648,14 +786,17 @@ def enroll_files(
             skipped.append((result.path, f"{result.path}: no face found"))
         else:
             f = result.faces[0]
-            faces.append(
-                FaceRecord(f.embedding, result.path, f.face_index, f.box, file_sha256(result.path))
-            )
+            try:
+                digest = file_sha256(result.path)
+            except OSError as e:  # removed or replaced since it was read
+                skipped.append((result.path, f"{result.path}: {e.strerror or e}"))
+                continue
+            faces.append(FaceRecord(f.embedding, result.path, f.face_index, f.box, digest))
     if not faces:
         reasons = "; ".join(r for _, r in skipped) or "no photos given"
         raise GalleryError(f"nothing enrolled for {name!r}: {reasons}")
-    added = gallery.enroll(name, faces, embedder.fingerprint, embedder.thresholds)
-    return EnrollReport(name, added, skipped)
+    result = gallery.enroll(name, faces, embedder.fingerprint, embedder.thresholds)
+    return EnrollReport(name, result.added, skipped, result.duplicates)
 
 
 def open_set_threshold(

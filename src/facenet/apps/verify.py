@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from facenet.apps.embedder import Embedder, Face, resolve_threshold
+from facenet.apps.embedder import Embedder, Face, Pick, resolve_threshold
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,12 @@ class Verification:
     same: bool
     box_a: tuple[float, float, float, float]
     box_b: tuple[float, float, float, float]
+    face_a: int = 0  # face_index of the face compared in A (detector order)
+    face_b: int = 0
+    faces_a: int = 1  # faces found in A
+    faces_b: int = 1
+    chosen_a: str = "main face"  # how the face of A was chosen: "main face" or "chosen"
+    chosen_b: str = "main face"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,7 +44,28 @@ class Verification:
             "same": self.same,
             "box_a": [round(v, 1) for v in self.box_a],
             "box_b": [round(v, 1) for v in self.box_b],
+            "face_a": self.face_a,
+            "face_b": self.face_b,
+            "faces_found_a": self.faces_a,
+            "faces_found_b": self.faces_b,
+            "face_chosen_by_a": self.chosen_a,
+            "face_chosen_by_b": self.chosen_b,
         }
+
+    def notes(self) -> list[str]:
+        """What the verdict rests on that a reader should know: photos with several faces."""
+        out = []
+        for side, path, n, i, how in (
+            ("a", self.path_a, self.faces_a, self.face_a, self.chosen_a),
+            ("b", self.path_b, self.faces_b, self.face_b, self.chosen_b),
+        ):
+            if n > 1:
+                what = "the main face (largest, most central)" if how == "main face" else "as asked"
+                out.append(
+                    f"{path}: {n} faces found; compared face {i}, {what}; "
+                    f"choose another with --face-{side} N"
+                )
+        return out
 
     def sentence(self) -> str:
         verdict = "SAME person" if self.same else "DIFFERENT people"
@@ -55,20 +82,29 @@ def squared_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def verify_faces(
-    a: Face, b: Face, threshold: float, threshold_source: str = "--threshold"
+    a: Face | Pick, b: Face | Pick, threshold: float, threshold_source: str = "--threshold"
 ) -> Verification:
     """Compare two embedded faces at ``threshold`` (squared L2)."""
-    assert a.embedding is not None and b.embedding is not None
-    dist = squared_distance(a.embedding, b.embedding)
+    pa = a if isinstance(a, Pick) else Pick(a, 1, "main face")
+    pb = b if isinstance(b, Pick) else Pick(b, 1, "main face")
+    fa, fb = pa.face, pb.face
+    assert fa.embedding is not None and fb.embedding is not None
+    dist = squared_distance(fa.embedding, fb.embedding)
     return Verification(
-        str(a.path),
-        str(b.path),
+        str(fa.path),
+        str(fb.path),
         dist,
         float(threshold),
         threshold_source,
         dist <= threshold,
-        a.box,
-        b.box,
+        fa.box,
+        fb.box,
+        fa.face_index,
+        fb.face_index,
+        pa.faces_found,
+        pb.faces_found,
+        pa.chosen_by,
+        pb.chosen_by,
     )
 
 
@@ -78,18 +114,22 @@ def verify_files(
     path_b: str | os.PathLike,
     threshold: float | None = None,
     far: float | None = None,
+    face_a: int | None = None,
+    face_b: int | None = None,
 ) -> Verification:
-    """Verify the main faces of two photos.
+    """Verify one face of each of two photos (by default each photo's main face).
 
     Args:
         threshold: squared-L2 threshold; default the model's calibrated one.
         far: use the model's threshold calibrated for this false-accept rate instead.
+        face_a, face_b: ``face_index`` of the face to compare in each photo (detector order);
+            None picks the main face. The result says how many faces each photo has.
 
     Raises:
         ImageError / NoFaceError: a photo is unreadable or has no face (the message names it).
-        ValueError: no threshold is available.
+        ValueError: no threshold is available, or no such face.
     """
     t, source = resolve_threshold(embedder.thresholds, threshold, far)
-    face_a = embedder.subject_of_file(path_a)
-    face_b = embedder.subject_of_file(path_b)
-    return verify_faces(face_a, face_b, t, source)
+    pick_a = embedder.pick_of_file(path_a, face_a)
+    pick_b = embedder.pick_of_file(path_b, face_b)
+    return verify_faces(pick_a, pick_b, t, source)

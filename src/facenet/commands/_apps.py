@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+from typing import Any
 
 from facenet.apps.embedder import CROP_MODES, DEFAULT_MODEL, Embedder
+from facenet.commands._checks import positive_int, rate, squared_distance
+from facenet.commands._errors import fail
 
 DEFAULT_GALLERY = "facenet-gallery"
 
@@ -31,15 +33,17 @@ def add_model_arguments(
         help="box: detector box + margin; similarity: 5-point alignment; none: the photos "
         "already are tight face crops (no detection)",
     )
-    g.add_argument("--batch-size", type=int, default=32, help="faces per forward pass")
+    g.add_argument("--batch-size", type=positive_int, default=32, help="faces per forward pass")
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
 
 
 def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_mutually_exclusive_group()
-    g.add_argument("--threshold", type=float, help="squared-L2 distance threshold")
     g.add_argument(
-        "--far", type=float, help="use the model's threshold calibrated for this false-accept rate"
+        "--threshold", type=squared_distance, help="squared-L2 distance threshold, in [0, 4]"
+    )
+    g.add_argument(
+        "--far", type=rate, help="use the model's threshold calibrated for this false-accept rate"
     )
 
 
@@ -58,7 +62,30 @@ def build_embedder(args: argparse.Namespace, model: str | None = None) -> Embedd
     )
 
 
-def error(message: str) -> int:
-    """Print ``facenet: error: message`` to stderr; returns exit code 1."""
-    print(f"facenet: error: {message}", file=sys.stderr)
-    return 1
+def error(message: object, code: int = 1) -> int:
+    """Print ``facenet: error: message`` (one line) to stderr; returns ``code``."""
+    return fail("facenet", message, code)
+
+
+def load_embedder(args: argparse.Namespace, model: str | None = None) -> Embedder | int:
+    """``build_embedder``, or the exit code after a one-line error naming the model."""
+    ref = model or args.model or DEFAULT_MODEL
+    try:
+        return build_embedder(args, ref)
+    except Exception as e:  # noqa: BLE001 - any load failure becomes one clear line
+        from facenet.commands._errors import describe_error
+
+        text = describe_error(e)
+        return error(text if ref in text else f"cannot load model {ref!r}: {text}")
+
+
+def model_for_gallery(args: argparse.Namespace, gallery: Any) -> str | None:
+    """The model to use with ``gallery``: ``--model``, else the one recorded in the gallery when
+    it is a registered or published name (a recorded weights file is never loaded on its own)."""
+    from facenet.models.loading import recorded_model_ref
+
+    if args.model or gallery.model is None:
+        return args.model
+    return recorded_model_ref(
+        gallery.model.ref, f"gallery {gallery.directory}", gallery.model.weights_hash
+    )

@@ -7,14 +7,31 @@ import sys
 
 import numpy as np
 
-from facenet.commands._apps import add_model_arguments, build_embedder, error
+from facenet.commands._apps import add_model_arguments, error, load_embedder
+from facenet.commands._checks import (
+    existing_file,
+    int_at_least,
+    output_dir,
+    positive_int,
+    squared_distance,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "photos", nargs="*", metavar="PHOTOS", help="photos and/or folders (searched recursively)"
     )
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=output_dir,
+        help="output folder (a rerun replaces what the last run wrote there, nothing else)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in --out that facenet cluster did not write (default: refuse)",
+    )
     parser.add_argument(
         "--method",
         choices=("agglomerative", "hdbscan", "chinese-whispers"),
@@ -24,15 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=squared_distance,
         help="squared-L2 cut (default: the model's calibrated accuracy threshold)",
     )
-    parser.add_argument("--k", type=int, default=20, help="neighbours per face in the graph")
     parser.add_argument(
-        "--min-cluster-size", type=int, default=2, help="HDBSCAN's smallest cluster (default 2)"
+        "--k", type=positive_int, default=20, help="neighbours per face in the graph"
+    )
+    parser.add_argument(
+        "--min-cluster-size",
+        type=int_at_least(2),
+        default=2,
+        help="HDBSCAN's smallest cluster (default 2)",
     )
     parser.add_argument(
         "--embeddings",
+        type=existing_file,
         help="cluster the faces of a `facenet embed` file instead of embedding PHOTOS",
     )
     parser.add_argument(
@@ -47,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facenet.apps.cluster import cluster_embeddings, write_clusters
+    from facenet.apps.cluster import cluster_embeddings
+    from facenet.apps.cluster_folder import write_clusters
     from facenet.apps.embedder import expand_paths, load_embeddings, resolve_threshold
 
     thresholds: dict[str, float] = {}
@@ -57,34 +81,30 @@ def run(args: argparse.Namespace) -> int:
         try:
             table = load_embeddings(args.embeddings)
         except (OSError, ValueError) as e:
-            return error(str(e))
+            return error(e)
         paths, boxes, face_index, emb = (
             table.paths.tolist(),
             table.boxes,
             table.face_index,
             table.embeddings,
         )
-        if args.threshold is None:
+        if args.threshold is None and args.method != "hdbscan":
             try:
-                from facenet.apps.embedder import Embedder
-
-                ref = table.meta.get("model", {}).get("ref") or args.model
-                thresholds = Embedder.from_ref(ref, crop="none").thresholds
-            except Exception:  # noqa: BLE001 - only needed for the default threshold
-                thresholds = {}
+                thresholds = _recorded_thresholds(table.meta, str(args.embeddings))
+            except ValueError as e:
+                return error(f"{e}; or pass --threshold T")
     else:
         if not args.photos:
             return error("give PHOTOS (files or folders) or --embeddings FILE")
         try:
             photo_paths = expand_paths(args.photos)
-        except FileNotFoundError as e:
-            return error(str(e))
+        except OSError as e:
+            return error(e)
         if not photo_paths:
             return error(f"no image files found in {' '.join(args.photos)}")
-        try:
-            embedder = build_embedder(args)
-        except Exception as e:  # noqa: BLE001 - any load failure becomes one clear line
-            return error(f"cannot load model {args.model!r}: {e}")
+        embedder = load_embedder(args)
+        if isinstance(embedder, int):
+            return embedder
         thresholds = embedder.thresholds
         paths, boxes_l, face_l, emb_l = [], [], [], []
         for result in embedder.embed_files(photo_paths, progress=args.progress):
@@ -105,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             threshold, _ = resolve_threshold(thresholds, args.threshold)
         except ValueError as e:
-            return error(str(e))
+            return error(e)
     labels = cluster_embeddings(
         emb,
         method=args.method,
@@ -114,9 +134,19 @@ def run(args: argparse.Namespace) -> int:
         min_cluster_size=args.min_cluster_size,
         progress=args.progress,
     )
-    out = write_clusters(
-        args.out, paths, boxes, face_index, labels, link=args.link, html=not args.no_html
-    )
+    try:
+        out = write_clusters(
+            args.out,
+            paths,
+            boxes,
+            face_index,
+            labels,
+            link=args.link,
+            html=not args.no_html,
+            overwrite=args.overwrite,
+        )
+    except (OSError, ValueError) as e:
+        return error(e)
     print(
         f"{out.n_faces} faces -> {out.n_clusters} clusters + {out.n_singletons} unclustered "
         f"({args.method}"
@@ -125,3 +155,24 @@ def run(args: argparse.Namespace) -> int:
         + (f"; {out.html}" if out.html else "")
     )
     return 0
+
+
+def _recorded_thresholds(meta: dict, where: str) -> dict[str, float]:
+    """The calibrated thresholds an embeddings file carries; for files written before they were
+    recorded, those of the model it names when that is a registered or published name (a model
+    file named inside the file is never loaded)."""
+    recorded = meta.get("thresholds")
+    if isinstance(recorded, dict) and recorded:
+        return {str(k): float(v) for k, v in recorded.items()}
+    from facenet.models.loading import is_file_ref, load_model
+
+    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    ref = str(model.get("ref", "")).strip()
+    if not ref:
+        raise ValueError(f"{where} records no model thresholds")
+    if is_file_ref(ref):
+        raise ValueError(
+            f"{where} records no thresholds and was made with a model file, which is never "
+            "loaded because a data file names it"
+        )
+    return dict(getattr(load_model(ref), "thresholds", None) or {})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from facenet.commands._checks import int_at_least, non_negative_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -22,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="download LFW into --data (default ~/facenet-data) when it is not there",
     )
-    parser.add_argument("--gallery-people", type=int, default=20, help="people to enrol")
-    parser.add_argument("--seed", type=int, default=0, help="which LFW sample")
+    parser.add_argument(
+        "--gallery-people", type=int_at_least(2), default=20, help="people to enrol"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="which LFW sample")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from facenet.apps.demo import DataNotFound, DemoConfig, download_lfw, how_to_get_lfw, run_demo
-    from facenet.utils import default_data_dir
+    from facenet.utils import UnsafeOutputError, default_data_dir
 
     data = args.data or (str(default_data_dir()) if default_data_dir() else None)
     if args.download:
@@ -52,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     except DataNotFound as e:
         print(str(e), file=sys.stderr)
         return 2
+    except UnsafeOutputError as e:
+        print(f"facenet demo: error: {e}", file=sys.stderr)
+        return 1
     s = result.summary
     idn, cl = s["identification"], s["clustering"]
     ok = sum(v["same"] == v["truth"] for v in s["verification"])

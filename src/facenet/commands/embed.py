@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from facenet.commands._apps import add_model_arguments, build_embedder, error
+from facenet.commands._apps import add_model_arguments, error, load_embedder
+from facenet.commands._checks import output_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="photos and/or folders of photos")
     parser.add_argument(
-        "--out", required=True, help="output file: .npz, or .parquet (needs pyarrow)"
+        "--out",
+        required=True,
+        type=output_file,
+        help="output file: .npz, or .parquet (needs pyarrow)",
     )
     parser.add_argument(
         "--subject-only", action="store_true", help="keep only the main face of each photo"
@@ -28,18 +32,17 @@ def run(args: argparse.Namespace) -> int:
         save_embeddings,
     )
 
-    if not args.out.lower().endswith(EMBEDDING_FILE_FORMATS):
+    if not str(args.out).lower().endswith(EMBEDDING_FILE_FORMATS):
         return error(f"--out {args.out}: must end in {' or '.join(EMBEDDING_FILE_FORMATS)}")
     try:
         paths = expand_paths(args.paths)
-    except FileNotFoundError as e:
-        return error(str(e))
+    except OSError as e:
+        return error(e)
     if not paths:
         return error(f"no image files found in {' '.join(args.paths)}")
-    try:
-        embedder = build_embedder(args)
-    except Exception as e:  # noqa: BLE001 - any load failure becomes one clear line
-        return error(f"cannot load model {args.model!r}: {e}")
+    embedder = load_embedder(args)
+    if isinstance(embedder, int):
+        return embedder
     faces, failed, faceless = [], 0, 0
     for result in embedder.embed_files(
         paths, subject_only=args.subject_only, progress=args.progress
@@ -55,13 +58,16 @@ def run(args: argparse.Namespace) -> int:
         "model": embedder.fingerprint.to_dict(),
         "crop": embedder.crop_mode,
         "detector": None if embedder.crop_mode == "none" else args.detector,
+        # why: `facenet cluster --embeddings` takes its default threshold from here instead of
+        # loading the model the file names
+        "thresholds": embedder.thresholds,
     }
     try:
         out = save_embeddings(
             args.out, EmbeddingTable.from_faces(faces, embedder.embedding_dim, meta)
         )
-    except ValueError as e:
-        return error(str(e))
+    except (OSError, ValueError) as e:
+        return error(e)
     print(
         f"{len(faces)} faces from {len(paths) - failed - faceless} of {len(paths)} photos "
         f"-> {out} ({failed} unreadable, {faceless} without a face)"

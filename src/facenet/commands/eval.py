@@ -15,6 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from facenet.commands._checks import (
+    existing_dir,
+    existing_file,
+    float_in,
+    output_dir,
+    output_file,
+    positive_int,
+    rate,
+)
+from facenet.commands._errors import fail
+
 DEFAULT_CACHE = Path.home() / ".cache" / "facenet" / "embeddings"
 
 
@@ -24,8 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="weights file, NAME:PRETRAINED, NAME, or a peer (dlib-resnet)",
     )
-    parser.add_argument("--data", required=True, help="image folder: <root>/<Name>/<Name>_NNNN.*")
-    parser.add_argument("--pairs", required=True, help="LFW-format pairs file (e.g. pairs.txt)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        type=existing_dir,
+        help="image folder: <root>/<Name>/<Name>_NNNN.*",
+    )
+    parser.add_argument(
+        "--pairs",
+        required=True,
+        type=existing_file,
+        help="LFW-format pairs file (e.g. pairs.txt)",
+    )
     parser.add_argument(
         "--align",
         choices=("center", "box", "similarity"),
@@ -36,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--center-fraction",
-        type=float,
+        type=float_in(0.0, 1.0, low_open=True),
         default=None,
         help="fraction of the frame kept by --align center (default 0.6)",
     )
@@ -52,9 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--flip-mode", choices=("mean", "concat"), default="mean", help="how flips combine"
     )
     parser.add_argument("--distance", choices=("l2", "cosine", "cosine-centered"), default="l2")
-    parser.add_argument("--far", type=float, default=1e-3, help="FAR target for VAL (1e-3)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON")
-    parser.add_argument("--report", type=Path, default=None, help="write an HTML/MD report here")
+    parser.add_argument("--far", type=rate, default=1e-3, help="FAR target for VAL (1e-3)")
+    parser.add_argument("--json", type=output_file, default=None, help="write the results as JSON")
+    parser.add_argument(
+        "--report", type=output_dir, default=None, help="write an HTML/MD report here"
+    )
     parser.add_argument(
         "--sweep",
         action="append",
@@ -67,8 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also closed/open-set identification on every image under --data",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="embedding cache folder")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per pass")
+    parser.add_argument(
+        "--cache", type=output_dir, default=DEFAULT_CACHE, help="embedding cache folder"
+    )
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
@@ -249,12 +274,12 @@ def run(args: argparse.Namespace) -> int:
 
             files = write_report(args.report, rep, ev.distances, ev.issame, meta, sections, extra)
             print(f"wrote {files['html']}")
-    except (ProtocolFileError, FileNotFoundError, EmbeddingError, ImageError, ImportError) as e:
-        print(f"facenet eval: error: {e}", file=sys.stderr)
-        return 1
+    except EmbeddingError as e:
+        return fail("facenet eval", e.summary(), 1)
+    except (ProtocolFileError, OSError, ImageError, ImportError) as e:
+        return fail("facenet eval", e, 1)
     except (ValueError, KeyError) as e:
-        print(f"facenet eval: error: {e}", file=sys.stderr)
-        return 2
+        return fail("facenet eval", e, 2)
     return 0
 
 

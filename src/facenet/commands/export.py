@@ -10,8 +10,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from facenet.commands._checks import non_negative_float, output_file
+from facenet.commands._errors import fail
 
 # why: the suffixes users give each format; anything else needs --format.
 _SUFFIX_FORMATS = {
@@ -26,7 +28,7 @@ HALF_ATOL = 1e-2  # why: fp16 weights move unit-vector embeddings by ~1e-3
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="weights file (.safetensors/.pt), NAME:PRETRAINED or NAME")
-    parser.add_argument("out", type=Path, help="output file")
+    parser.add_argument("out", type=output_file, help="output file")
     parser.add_argument(
         "--format",
         choices=("onnx", "torchscript", "safetensors"),
@@ -47,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--atol",
-        type=float,
+        type=non_negative_float,
         default=None,
         help=f"largest allowed max abs difference of embeddings (default 1e-4; {HALF_ATOL:g} "
         "with --half)",
@@ -57,25 +59,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     fmt = args.format or _SUFFIX_FORMATS.get(args.out.suffix.lower())
     if fmt is None:
-        print(
-            f"facenet export: cannot tell the format from {args.out.name!r}; "
-            "pass --format onnx|torchscript|safetensors",
-            file=sys.stderr,
+        return fail(
+            "facenet export",
+            f"cannot tell the format from {args.out.name!r}; pass --format "
+            "onnx|torchscript|safetensors",
+            2,
         )
-        return 2
     from facenet.models.export import ExportParityError, export_model
     from facenet.models.loading import load_model
 
     try:
         model = load_model(args.model)
-    except (KeyError, FileNotFoundError, ValueError) as e:
-        print(f"facenet export: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    except (KeyError, OSError, ValueError) as e:
+        return fail("facenet export", e, 2)
     if (args.half or args.data_terms) and fmt != "safetensors":
-        print(
-            "facenet export: --half and --data-terms need the safetensors format", file=sys.stderr
-        )
-        return 2
+        return fail("facenet export", "--half and --data-terms need the safetensors format", 2)
     extra = None
     if fmt == "safetensors":
         from facenet.models.loading import training_metadata
@@ -91,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
             model, args.out, fmt, check=not args.no_check, atol=atol, half=args.half, extra=extra
         )
     except ExportParityError as e:
-        print(f"facenet export: parity check failed: {e}", file=sys.stderr)
-        return 1
+        return fail("facenet export", f"parity check failed: {e}", 1)
     h, w = model.spec.input_size
     check = (
         f"max |diff| vs PyTorch {report.max_abs_diff:.2e} on batches {report.batch_sizes}"

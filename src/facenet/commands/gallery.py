@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from facenet.commands._apps import add_model_arguments, build_embedder, error, gallery_dir
+from facenet.commands._apps import (
+    add_model_arguments,
+    error,
+    gallery_dir,
+    load_embedder,
+    model_for_gallery,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,45 +35,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facenet.apps.embedder import expand_paths
-    from facenet.apps.gallery import Gallery, GalleryError, enroll_files
+    from facenet.apps.gallery import Gallery, GalleryError, check_identity_name, enroll_files
+    from facenet.apps.gallery import printable as shown
+    from facenet.utils import dumps_json
 
     directory = gallery_dir(args.gallery)
+    if args.action == "enroll":
+        try:  # why: before any folder is created or any photo embedded
+            check_identity_name(args.name)
+            paths = expand_paths(args.images)
+        except (GalleryError, OSError) as e:
+            return error(e)
+        if not paths:
+            return error(f"no image files in {' '.join(args.images)}")
     try:
         gallery = Gallery(directory, create=args.action == "enroll")
-    except GalleryError as e:
-        return error(str(e))
+    except (GalleryError, OSError) as e:
+        return error(e)
     with gallery:
         try:
             if args.action == "enroll":
-                paths = expand_paths(args.images)
-                if not paths:
-                    return error(f"no image files in {' '.join(args.images)}")
-                model = args.model or (gallery.model.ref if gallery.model else None)
-                try:
-                    embedder = build_embedder(args, model)
-                except Exception as e:  # noqa: BLE001 - any load failure becomes one clear line
-                    return error(f"cannot load model {model!r}: {e}")
+                model = model_for_gallery(args, gallery)
+                embedder = load_embedder(args, model)
+                if isinstance(embedder, int):
+                    return embedder
                 report = enroll_files(gallery, embedder, args.name, paths)
                 for _, reason in report.skipped:
                     print(f"facenet: skipped {reason}", file=sys.stderr)
+                for d in report.duplicates:
+                    print(
+                        f"facenet: already enrolled: {d.path} (as {shown(d.identity)!r}, "
+                        f"from {d.enrolled_path}); not stored again",
+                        file=sys.stderr,
+                    )
                 print(
                     f"enrolled {report.added} face(s) as {report.name!r} in {directory} "
-                    f"({len(report.skipped)} photo(s) skipped)"
+                    f"({len(report.skipped)} photo(s) skipped, {len(report.duplicates)} already "
+                    "enrolled)"
                 )
                 return 1 if report.skipped else 0
             if args.action == "remove":
                 n = gallery.remove(args.name)
-                print(f"removed {args.name!r} ({n} face(s)) from {directory}")
+                print(f"removed {shown(args.name)!r} ({n} face(s)) from {directory}")
                 return 0
             if args.action == "rebuild":
                 gallery.rebuild_index()
                 print(f"rebuilt the index of {directory} ({len(gallery)} faces)")
                 return 0
             people = gallery.identities()
+            model = gallery.model
             if args.json:
-                model = gallery.model
                 print(
-                    json.dumps(
+                    dumps_json(
                         {
                             "gallery": directory,
                             "model": model.to_dict() if model else None,
@@ -76,17 +94,17 @@ def run(args: argparse.Namespace) -> int:
                                 {"name": p.name, "images": p.images, "faces": p.embeddings}
                                 for p in people
                             ],
-                        },
-                        indent=2,
+                        }
                     )
                 )
             else:
-                model = gallery.model
                 print(f"{directory}: {len(people)} people, {len(gallery)} faces")
                 if model:
                     print(f"model: {model.describe()}")
                 for p in people:
-                    print(f"  {p.name}\t{p.images} photo(s)\t{p.embeddings} face(s)")
+                    # why: names from older galleries may hold control characters; never let
+                    # one print a line of its own
+                    print(f"  {shown(p.name)}\t{p.images} photo(s)\t{p.embeddings} face(s)")
             return 0
-        except (GalleryError, FileNotFoundError) as e:
-            return error(str(e))
+        except (GalleryError, OSError, ValueError) as e:
+            return error(e)

@@ -1,30 +1,43 @@
 """``facenet identify IMAGE [--k 5]``: who is in this photo? (open-set: "unknown" beyond the
-calibrated threshold)."""
+calibrated threshold). The main face by default, ``--face N`` or ``--all-faces``; a photo with
+several faces is reported."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 
 from facenet.commands._apps import (
     add_model_arguments,
     add_threshold_arguments,
-    build_embedder,
     error,
     gallery_dir,
+    load_embedder,
+    model_for_gallery,
 )
+from facenet.commands._checks import existing_file, non_negative_int, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", metavar="IMAGE", help="a photo")
-    parser.add_argument("--k", type=int, default=5, help="nearest identities to list (default 5)")
+    parser.add_argument("image", metavar="IMAGE", type=existing_file, help="a photo")
+    parser.add_argument(
+        "--k", type=positive_int, default=5, help="nearest identities to list (default 5)"
+    )
     parser.add_argument(
         "--gallery",
         default=None,
         help="gallery folder (default: $FACENET_GALLERY or ./facenet-gallery)",
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--all-faces", action="store_true", help="identify every face, not only the main one"
+    )
+    which.add_argument(
+        "--face",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="identify face N (detector order; default: the main face, largest and most central)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_threshold_arguments(parser)
@@ -33,24 +46,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from facenet.apps.embedder import NoFaceError
-    from facenet.apps.gallery import Gallery, GalleryError, open_set_threshold
+    from facenet.apps.gallery import Gallery, GalleryError, open_set_threshold, printable
     from facenet.data.images import ImageError, load_image
+    from facenet.utils import dumps_json
 
-    if args.k < 1:
-        return error("--k must be at least 1")
     directory = gallery_dir(args.gallery)
     try:
         gallery = Gallery(directory, create=False)
     except GalleryError as e:
-        return error(str(e))
+        return error(e)
     with gallery:
-        if gallery.model is None:
+        if gallery.model is None or len(gallery) == 0:
             return error(f"gallery {directory} is empty; enrol people first")
-        model = args.model or gallery.model.ref
         try:
-            embedder = build_embedder(args, model)
-        except Exception as e:  # noqa: BLE001 - any load failure becomes one clear line
-            return error(f"cannot load model {model!r}: {e}")
+            model = model_for_gallery(args, gallery)
+        except ValueError as e:
+            return error(e)
+        embedder = load_embedder(args, model)
+        if isinstance(embedder, int):
+            return embedder
         try:
             gallery.check_model(embedder.fingerprint)
             threshold, source = open_set_threshold(
@@ -58,22 +72,35 @@ def run(args: argparse.Namespace) -> int:
             )
             image = load_image(args.image)
             if args.all_faces:
-                faces = embedder.faces(image, args.image)
+                faces = embedder.faces(image, str(args.image))
                 if not faces:
                     raise NoFaceError(args.image)
+                found, how = len(faces), "all faces"
             else:
-                faces = [embedder.subject(image, args.image)]
+                pick = embedder.pick(image, str(args.image), args.face)
+                faces, found, how = [pick.face], pick.faces_found, pick.chosen_by
             queries = [f.embedding for f in faces]
             answers = gallery.identify(queries, threshold, k=args.k, model=embedder.fingerprint)
         except (GalleryError, ImageError, NoFaceError, ValueError) as e:
-            return error(str(e))
+            return error(e)
+    if found > 1 and not args.all_faces:
+        print(
+            f"facenet identify: note: {args.image}: {found} faces found; identified face "
+            f"{faces[0].face_index}"
+            + (", the main face (largest, most central)" if how == "main face" else ", as asked")
+            + "; choose another with --face N or use --all-faces",
+            file=sys.stderr,
+        )
     if args.json:
         out = [
             {
                 "face_index": f.face_index,
+                "faces_found": found,
+                "face_chosen_by": how,
                 "box": [round(v, 1) for v in f.box],
                 "identity": a.name,
-                "distance": round(a.distance, 6),
+                # why: None (JSON null) when nothing is near, never Infinity
+                "distance": round(a.distance, 6) if a.matches else None,
                 "threshold": round(threshold, 6),
                 "threshold_source": source,
                 "matches": [
@@ -83,12 +110,16 @@ def run(args: argparse.Namespace) -> int:
             }
             for f, a in zip(faces, answers, strict=True)
         ]
-        print(json.dumps(out if args.all_faces else out[0], indent=2))
+        print(dumps_json(out if args.all_faces else out[0]))
         return 0
     for f, a in zip(faces, answers, strict=True):
         box = ", ".join(f"{v:.0f}" for v in f.box)
-        verdict = a.name if a.known else f"unknown (nearest is beyond threshold {threshold:.3f})"
+        verdict = (
+            printable(a.name)
+            if a.known
+            else f"unknown (nearest is beyond threshold {threshold:.3f})"
+        )
         print(f"face {f.face_index} [{box}]: {verdict}  (threshold {threshold:.3f}, {source})")
         for rank, m in enumerate(a.matches, 1):
-            print(f"  {rank}. {m.name}\t{m.distance:.3f}")
+            print(f"  {rank}. {printable(m.name)}\t{m.distance:.3f}")
     return 0

@@ -1,42 +1,58 @@
-"""``facenet verify A B``: are the main faces of two photos the same person?"""
+"""``facenet verify A B``: are two photos the same person? (each photo's main face, or the face
+chosen with ``--face-a``/``--face-b``; a photo with several faces is reported)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 
 from facenet.commands._apps import (
     add_model_arguments,
     add_threshold_arguments,
-    build_embedder,
     error,
+    load_embedder,
 )
+from facenet.commands._checks import existing_file, non_negative_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("a", metavar="A", help="first photo")
-    parser.add_argument("b", metavar="B", help="second photo")
+    parser.add_argument("a", metavar="A", type=existing_file, help="first photo")
+    parser.add_argument("b", metavar="B", type=existing_file, help="second photo")
     add_threshold_arguments(parser)
+    for side in ("a", "b"):
+        parser.add_argument(
+            f"--face-{side}",
+            type=non_negative_int,
+            default=None,
+            metavar="N",
+            help=f"compare face N of {side.upper()} (detector order, as listed when a photo has "
+            "several faces; default: its main face, the largest and most central)",
+        )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from facenet.apps.embedder import NoFaceError, resolve_threshold
     from facenet.apps.verify import verify_files
     from facenet.data.images import ImageError
+    from facenet.utils import dumps_json
 
-    try:
-        embedder = build_embedder(args)
-    except Exception as e:  # noqa: BLE001 - any load failure becomes one clear line
-        return error(f"cannot load model {args.model!r}: {e}")
+    embedder = load_embedder(args)
+    if isinstance(embedder, int):
+        return embedder
     try:
         resolve_threshold(embedder.thresholds, args.threshold, args.far)
-        result = verify_files(embedder, args.a, args.b, args.threshold, args.far)
+        result = verify_files(
+            embedder, args.a, args.b, args.threshold, args.far, args.face_a, args.face_b
+        )
     except (ImageError, NoFaceError, ValueError) as e:
-        return error(str(e))
+        return error(e)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(dumps_json(result.to_dict()))
     else:
         print(result.sentence())
+    for note in result.notes():
+        print(f"facenet verify: note: {note}", file=sys.stderr)
     return 0

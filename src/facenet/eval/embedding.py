@@ -80,6 +80,12 @@ class EmbeddingError(RuntimeError):
             f"{len(failures)} image(s) could not be embedded:\n" + "\n".join(lines) + more
         )
 
+    def summary(self, show: int = 3) -> str:
+        """One line: the count and the first ``show`` failures."""
+        first = "; ".join(f"{p}: {r}" for p, r in list(self.failures.items())[:show])
+        more = f"; ... {len(self.failures) - show} more" if len(self.failures) > show else ""
+        return f"{len(self.failures)} image(s) could not be embedded ({first}{more})"
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -296,6 +302,8 @@ def embed_paths(
         float32 (N, D) embeddings, (N, 2D) for ``flip_mode="concat"``.
     """
     t0 = time.perf_counter()
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if flip_mode not in ("mean", "concat"):
         raise ValueError(f"flip_mode must be 'mean' or 'concat', got {flip_mode!r}")
     if aligner is not None and aligner_name is None:
@@ -363,6 +371,10 @@ def embed_paths(
     if stats.failures and on_error == "raise":
         raise EmbeddingError(stats.failures)
 
+    missing = [p for p in unique if keys[p] not in cache]
+    if missing and on_error == "raise":
+        # why: a run that embedded nothing must never score as a 50% coin toss
+        raise EmbeddingError({str(p): "not embedded" for p in missing})
     dim = next(iter(cache.values())).shape[0] if cache else 0
     out = np.full((len(paths), dim), np.nan, dtype=np.float32)
     for i, p in enumerate(paths):

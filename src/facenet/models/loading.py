@@ -241,6 +241,28 @@ def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> 
     return model.eval()
 
 
+def recorded_model_ref(ref: str, where: str, weights_hash: str = "") -> str:
+    """A model reference read from a file (a gallery, an embeddings file), made safe to load.
+
+    Registered and published names (``NAME``, ``NAME:PRETRAINED``) are returned as they are. A
+    reference to a weights file is refused: a file named by data the user did not write
+    themselves is never loaded on its own, the user names the model file with ``--model``.
+
+    Raises:
+        ModelFileError: ``ref`` is empty or names a file; the message says what to pass.
+    """
+    ref = (ref or "").strip()
+    if ref and not is_file_ref(ref):
+        return ref
+    expects = f" (weights sha256 {weights_hash[:12]}...)" if weights_hash else ""
+    if not ref:
+        raise ModelFileError(f"{where} does not say which model made it; pass --model")
+    raise ModelFileError(
+        f"{where} was made with a model file{expects}; model files recorded in data are not "
+        "loaded automatically: pass --model with the weights file you trust"
+    )
+
+
 def load_model(ref: str, map_location: str = "cpu") -> nn.Module:
     """Resolve what a user typed into a ready model (eval mode).
 
