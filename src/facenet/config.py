@@ -206,7 +206,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _from_dict(tp, value, where)
+        return _from_dict(tp, value, f"{where}." if where else "")
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
@@ -305,7 +305,13 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({problem})"
+            ) from None
         node, section = d, config  # the dict being edited and the config object it mirrors
         parts = key.strip().split(".")
         for i, p in enumerate(parts[:-1]):
@@ -333,17 +339,23 @@ def load_config(
     d: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a config file")
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
         try:
             d = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: unreadable ({e})") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
         config = config_from_dict(d)
     except ConfigError as e:
+        if path is None:
+            raise
         raise ConfigError(f"{path}: {e}") from e
     return apply_overrides(config, overrides)
 

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from facenet.commands._checks import (
+    existing_dir,
+    existing_file,
+    int_at_least,
+    non_negative_float,
+    non_negative_int,
+    output_dir,
+    positive_int,
+)
+from facenet.commands._errors import fail
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from facenet.detect.base import DEFAULT_DETECTOR, DETECTORS
 
-    parser.add_argument("src", help="folder of photos (one sub-folder per identity)")
-    parser.add_argument("dst", help="output folder for the crops, manifest.csv and manifest.json")
+    parser.add_argument(
+        "src", type=existing_dir, help="folder of photos (one sub-folder per identity)"
+    )
+    parser.add_argument(
+        "dst",
+        type=output_dir,
+        help="output folder for the crops, manifest.csv and manifest.json",
+    )
     parser.add_argument(
         "--size",
-        type=int,
+        type=int_at_least(8),
         default=None,
         help="crop side in pixels (default: the --model's input size, else 160)",
     )
@@ -24,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--margin",
-        type=float,
+        type=non_negative_float,
         default=32.0,
         help="pixels added around the face box, half per side (default 32, Sandberg's LFW "
         "protocol at 160)",
@@ -50,11 +66,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"face detector (default {DEFAULT_DETECTOR})",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="parallel processes (default 1: all threads)"
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="parallel processes (default 1: all threads)",
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="images per detector call")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=16, help="images per detector call"
+    )
     parser.add_argument(
         "--detections",
+        type=existing_file,
         default=None,
         metavar="MANIFEST",
         help="re-crop from the faces an earlier run recorded in its manifest.csv (no detector "
@@ -62,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-side",
-        type=int,
+        type=non_negative_int,
         default=1280,
         help="detect on a copy shrunk to this many pixels on the longer side (0: never shrink)",
     )
@@ -74,7 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="redo every file (default: a rerun skips files an earlier run finished)",
+        help="redo every file (default: a rerun skips files an earlier run finished) and "
+        "replace files in DST that facenet align did not write (default: refuse)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -90,16 +113,11 @@ def run(args: argparse.Namespace) -> int:
         spec = create_model(args.model).spec
         h, w = spec.input_size
         if h != w:
-            print(
-                f"error: model {args.model} wants {h}x{w} input; only square crops are made",
-                file=sys.stderr,
+            return fail(
+                "facenet align", f"model {args.model} wants {h}x{w} input; only square crops", 2
             )
-            return 2
         if size is not None and size != h:
-            print(
-                f"error: --size {size} contradicts --model {args.model} ({h}x{w})", file=sys.stderr
-            )
-            return 2
+            return fail("facenet align", f"--size {size} contradicts --model {args.model}", 2)
         size = h
     size = 160 if size is None else size
     config = AlignConfig(
@@ -122,8 +140,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             detections=args.detections,
         )
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, ImportError) as e:
+        return fail("facenet align", e, 2)
     print(summary.format())
     return summary.exit_code

