@@ -10,9 +10,9 @@ checkpoint with his ``freeze_graph.py``); thresholds are then yours to compute.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from facenet.commands._checks import existing_file, output_file
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
