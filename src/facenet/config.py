@@ -8,6 +8,7 @@ resolved beside the run and inside every checkpoint, so a checkpoint alone says 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -357,7 +358,56 @@ def load_config(
         if path is None:
             raise
         raise ConfigError(f"{path}: {e}") from e
-    return apply_overrides(config, overrides)
+    return check_ranges(apply_overrides(config, overrides))
+
+
+# key -> (lowest, highest, whether the ends are allowed); values outside stop the run before it
+# starts, with the key named (a 0 here would divide by zero or train on nothing much later)
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "max_steps": (1, math.inf, True, True),
+    "time_limit_minutes": (0, math.inf, True, True),
+    "threads": (0, math.inf, True, True),
+    "data.synthetic_identities": (0, math.inf, True, True),
+    "data.synthetic_images_per_identity": (1, math.inf, True, True),
+    "data.min_images_per_identity": (1, math.inf, True, True),
+    "data.max_identities": (0, math.inf, True, True),
+    "data.stored_size": (0, math.inf, True, True),
+    "data.crop_fraction": (0, 1, False, True),
+    "data.decode_threads": (1, math.inf, True, True),
+    "sampler.identities_per_batch": (2, math.inf, True, True),
+    "sampler.images_per_identity": (2, math.inf, True, True),
+    "sampler.extra_negatives": (0, math.inf, True, True),
+    "mining.margin": (0, math.inf, True, True),
+    "optimiser.lr": (0, math.inf, False, True),
+    "optimiser.weight_decay": (0, math.inf, True, True),
+    "optimiser.eps": (0, math.inf, False, True),
+    "optimiser.grad_clip": (0, math.inf, True, True),
+    "schedule.warmup_steps": (0, math.inf, True, True),
+    "schedule.min_lr_ratio": (0, 1, True, True),
+    "schedule.gamma": (0, math.inf, False, True),
+    "validation.every": (0, math.inf, True, True),
+    "validation.far_target": (0, 1, False, False),
+    "validation.folds": (2, math.inf, True, True),
+    "validation.batch_size": (1, math.inf, True, True),
+    "output.checkpoint_every": (1, math.inf, True, True),
+    "output.log_every": (1, math.inf, True, True),
+    "faults.collapse_patience": (1, math.inf, True, True),
+}
+
+
+def check_ranges(config: Config) -> Config:
+    """``config`` unchanged, or ``ConfigError`` naming the first key outside its ``RANGES``."""
+    for key, (low, high, low_ok, high_ok) in RANGES.items():
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        inside = (low < value or (low_ok and value == low)) and (
+            value < high or (high_ok and value == high)
+        )
+        if not inside or not math.isfinite(value):
+            shown = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+            raise ConfigError(f"{key}={value!r} is out of range: must be in {shown}")
+    return config
 
 
 def dump_config(config: Config) -> str:

@@ -54,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
             faceless += 1
             print(f"facenet: no face found in {result.path}", file=sys.stderr)
         faces.extend(result.faces)
+    if not faces:
+        return error(
+            f"no face found in {len(paths)} photo(s) ({failed} unreadable, {faceless} without a "
+            f"face); {args.out} not written"
+        )
     meta = {
         "model": embedder.fingerprint.to_dict(),
         "crop": embedder.crop_mode,

@@ -9,10 +9,11 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from facenet.commands._checks import output_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         const="-",
         default=None,
+        type=lambda v: v if v == "-" else str(output_file(v)),
         metavar="PATH",
         help="print JSON (one object per model) instead of the table; to PATH if given",
     )
@@ -99,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json is None:
         print(markdown_table(rows))
     elif args.json == "-":
-        print(json.dumps(rows, indent=2))
+        from facenet.utils import dumps_json
+
+        print(dumps_json(rows))
     else:
         from facenet.utils import write_json
 
