@@ -158,3 +158,149 @@ def test_opening_a_missing_gallery_without_create_is_a_clear_error(tmp_path):
     (tmp_path / "bad" / "gallery.sqlite").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(GalleryError, match="not a readable gallery database"):
         Gallery(tmp_path / "bad")
+
+
+# --------------------------------------------------------------------------- a bound index
+
+
+def agrees_with_oracle(g, vecs, queries, k=3):
+    """Whether the gallery's k nearest identities and distances equal the brute-force answer."""
+    for q, matches in zip(queries, g.search(queries, k), strict=True):
+        expected = brute_force(vecs, q, k)
+        if [m.name for m in matches] != [n for n, _ in expected]:
+            return False
+        if not np.allclose([m.distance for m in matches], [d for _, d in expected], atol=1e-4):
+            return False
+    return True
+
+
+def test_an_index_left_by_a_deleted_database_is_never_searched(tmp_path):
+    """Delete gallery.sqlite, enrol someone else: the old index.faiss matched on (weights,
+    generation 1) and answered with the deleted person at distance 0."""
+    rng = np.random.default_rng(7)
+    first = unit(rng, 1)
+    g = Gallery(tmp_path / "g")
+    g.enroll("agassi", records(first), MODEL)
+    assert g.search(first, 1)[0][0].name == "agassi"  # index.faiss written
+    g.close()
+    (tmp_path / "g" / "gallery.sqlite").unlink()
+    other = unit(rng, 1)
+    g = Gallery(tmp_path / "g")
+    g.enroll("toledo", records(other), MODEL)
+    g.close()
+    g = Gallery(tmp_path / "g")
+    assert agrees_with_oracle(g, {"toledo": other}, np.concatenate([first, other]), k=1)
+    assert g.search(other, 1)[0][0].distance < 1e-5
+
+
+def _rewrite_index(path, change):
+    """Read index.faiss, let ``change(vectors)`` edit its vectors, write it back with the same
+    header (what a tamperer or a stray process would do)."""
+    import faiss
+
+    from facenet.apps.gallery import _read_index_file, _write_index_file
+
+    header, index = _read_index_file(path)
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    base = faiss.downcast_index(index.index)
+    vectors = base.reconstruct_n(0, base.ntotal)
+    change(vectors)
+    fresh = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    fresh.add_with_ids(vectors, ids)
+    _write_index_file(path, fresh, header)
+
+
+def test_overwritten_index_vectors_are_never_searched(tmp_path):
+    rng = np.random.default_rng(8)
+    g, vecs = populate(tmp_path / "g", rng, people=6)
+    queries = unit(rng, 10)
+    assert agrees_with_oracle(g, vecs, queries)
+    g.close()
+
+    def plant(vectors):  # every stored face becomes the first query
+        vectors[:] = queries[0]
+
+    _rewrite_index(tmp_path / "g" / INDEX_NAME, plant)
+    g = Gallery(tmp_path / "g")
+    assert agrees_with_oracle(g, vecs, queries)
+
+
+@pytest.mark.parametrize("where", [0.3, 0.6, 0.95])  # header, early and late vector bytes
+def test_a_flipped_bit_in_the_index_file_is_never_searched(tmp_path, where):
+    rng = np.random.default_rng(9)
+    g, vecs = populate(tmp_path / "g", rng, people=6)
+    queries = unit(rng, 10)
+    assert agrees_with_oracle(g, vecs, queries)
+    g.close()
+    path = tmp_path / "g" / INDEX_NAME
+    data = bytearray(path.read_bytes())
+    data[int(where * len(data))] ^= 0x40
+    path.write_bytes(bytes(data))
+    g = Gallery(tmp_path / "g")
+    assert agrees_with_oracle(g, vecs, queries)
+
+
+def test_index_checksum_is_recorded_and_a_rebuild_restores_it(tmp_path):
+    import hashlib
+
+    rng = np.random.default_rng(10)
+    g, vecs = populate(tmp_path / "g", rng, people=3)
+    g.search(unit(rng, 1), 1)
+    path = tmp_path / "g" / INDEX_NAME
+    assert g._meta("index_sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert len(g.gallery_id) == 32 and g._index_header["gallery_id"] == g.gallery_id
+
+
+# --------------------------------------------------------------------------- names and duplicates
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["eve\nbob\t1 photo(s)", "a\rb", "nul\x00", "bidi\u202eevil", "zero\u200bwidth", "ls\u2028x"],
+)
+def test_identity_names_with_control_or_format_characters_are_refused(tmp_path, name):
+    rng = np.random.default_rng(11)
+    g = Gallery(tmp_path / "g")
+    with pytest.raises(GalleryError, match="control or format characters"):
+        g.enroll(name, records(unit(rng, 1)), MODEL)
+    assert g.identities() == [] and len(g) == 0
+
+
+def test_printable_names_from_many_scripts_are_accepted(tmp_path):
+    rng = np.random.default_rng(12)
+    g = Gallery(tmp_path / "g")
+    names = ["José María Aznar", "李小龙", "Ольга", "O'Brien-Smith Jr.", "محمد"]
+    for n in names:
+        g.enroll(n, records(unit(rng, 1), n), MODEL)
+    assert sorted(i.name for i in g.identities()) == sorted(names)
+    with pytest.raises(GalleryError, match="at most"):
+        g.enroll("x" * 201, records(unit(rng, 1)), MODEL)
+
+
+def test_a_photo_enrolled_twice_is_stored_once(tmp_path):
+    rng = np.random.default_rng(13)
+    g = Gallery(tmp_path / "g")
+    v = unit(rng, 3)
+    faces = [FaceRecord(x, f"p{i}.jpg", 0, None, f"{i:064x}") for i, x in enumerate(v)]
+    first = g.enroll("ann", faces, MODEL)
+    assert first.added == 3 and first.duplicates == []
+    generation = g.generation
+    again = g.enroll("ann", faces, MODEL)  # the same photos, again
+    assert again.added == 0 and [d.path for d in again.duplicates] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert g.generation == generation  # nothing committed
+    # the same photo under another name, copied elsewhere: reported with who it is enrolled as
+    moved = FaceRecord(v[0], "copy/p0.jpg", 0, None, f"{0:064x}")
+    new = FaceRecord(unit(rng, 1)[0], "p9.jpg", 0, None, f"{9:064x}")
+    mixed = g.enroll("bob", [moved, new, new], MODEL)
+    assert mixed.added == 1
+    assert [(d.path, d.identity, d.enrolled_path) for d in mixed.duplicates] == [
+        ("copy/p0.jpg", "ann", "p0.jpg"),
+        ("p9.jpg", "(this enrolment)", "p9.jpg"),
+    ]
+    assert [(i.name, i.images, i.embeddings) for i in g.identities()] == [
+        ("ann", 3, 3),
+        ("bob", 1, 1),
+    ]
+    # another face of the same photo is a different face
+    other_face = FaceRecord(unit(rng, 1)[0], "p0.jpg", 1, None, f"{0:064x}")
+    assert g.enroll("cid", [other_face], MODEL).added == 1
