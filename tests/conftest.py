@@ -65,18 +65,12 @@ def interrupt_training(monkeypatch):
 
 @pytest.fixture
 def cli(capsys):
-    """``cli(*argv)`` runs ``facenet argv`` in this process; returns (exit code, stdout, stderr).
-
-    argparse's ``SystemExit`` is turned into the exit code, so usage errors are checked like
-    any other failure."""
+    """``cli(*argv)`` runs ``facenet argv`` in this process; returns (exit code, stdout, stderr)."""
     from facenet.cli import main
 
     def run(*argv: object) -> tuple[int, str, str]:
         capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+        code = main([str(a) for a in argv])
         out, err = capsys.readouterr()
         return code, out, err
 

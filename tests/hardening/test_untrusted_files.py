@@ -88,55 +88,51 @@ def test_train_resume_never_runs_a_crafted_last_pt(cli, world, evil, tmp_path):
     assert "refused" in err and not marker.exists()
 
 
-def test_a_gallery_never_loads_the_model_file_it_records(cli, world, evil, tmp_path):
-    """Enrol with a real model file, then swap the file for a crafted one: a later command that
-    takes the model from the gallery refuses it (and never runs it); naming it with --model is
-    refused by the safe loader."""
+def test_a_gallery_loads_its_recorded_model_file_only_safely(cli, world, evil, tmp_path):
+    """Enrol with a real model file, then swap the file: a later command that takes the model
+    from the gallery loads it with the safe loader (the crafted one is refused, never run) and
+    refuses other weights by their hash."""
     path, marker = evil
     model = tmp_path / "mine.pt"
     shutil.copy(world / "model.pt", model)
     gallery = tmp_path / "g"
-    code, _, err = cli(
-        "gallery",
-        "enroll",
-        "ann",
-        world / "photo.jpg",
-        "--gallery",
-        gallery,
-        "--model",
-        model,
-        *NONE,
-    )
+    enroll = ["gallery", "enroll", "ann", world / "photo.jpg", "--gallery", gallery, *NONE]
+    code, _, err = cli(*enroll, "--model", model)
     assert code == 0, err
+    code, out, err = cli("identify", world / "photo.jpg", "--gallery", gallery, *NONE)
+    assert code == 0 and "ann" in out, err  # the recorded model is remembered
     shutil.copy(path, model)  # the recorded model file is now hostile
     for argv in (
         ["identify", world / "photo2.jpg", "--gallery", gallery, *NONE],
         ["gallery", "enroll", "bob", world / "photo2.jpg", "--gallery", gallery, *NONE],
+        ["identify", world / "photo2.jpg", "--gallery", gallery, "--model", model, *NONE],
     ):
         code, _, err = cli(*argv)
-        line = assert_one_line_error(code, err, "--model")
-        assert "model file" in line
-        assert not marker.exists()
-    code, _, err = cli(
-        "identify", world / "photo2.jpg", "--gallery", gallery, "--model", model, *NONE
-    )
-    assert_one_line_error(code, err, str(model))
-    assert not marker.exists()
+        line = assert_one_line_error(code, err, str(model))
+        assert "refused" in line and not marker.exists()
+    # other (harmless) weights in its place: refused by the gallery's weights hash
+    from _world import tiny_model
+
+    from facenet.train.checkpoint import save_checkpoint
+
+    save_checkpoint(model, tiny_model(seed=5), config={}, step=1)
+    code, _, err = cli("identify", world / "photo2.jpg", "--gallery", gallery, *NONE)
+    assert_one_line_error(code, err, "not comparable")
 
 
-def test_cluster_never_loads_a_model_file_named_in_an_embeddings_file(cli, world, evil, tmp_path):
-    """An embeddings file from before thresholds were recorded names the model it came from; a
-    file reference there is refused, a registered name is used; a file with thresholds needs no
-    model at all."""
+def test_cluster_reads_thresholds_from_an_embeddings_file_not_from_its_model(
+    cli, world, evil, tmp_path
+):
+    """`facenet embed` records the model's thresholds: clustering needs no model. An older file
+    names only the model; it is loaded safely (a crafted one is refused, never run)."""
     path, marker = evil
+    code, out, err = cli("cluster", "--embeddings", world / "emb.npz", "--out", tmp_path / "c1")
+    assert code == 0, err
+    assert "threshold 1.000" in out
     with np.load(world / "emb.npz") as z:
         cols = {k: z[k] for k in z.files}
-    old = {"model": {"name": "tiny", "ref": str(path), "weights_hash": "ab" * 32}}
+    old = {"model": {"name": "tiny", "ref": str(path)}}
     np.savez(tmp_path / "old.npz", **(cols | {"meta": np.array(json.dumps(old))}))
-    code, _, err = cli("cluster", "--embeddings", tmp_path / "old.npz", "--out", tmp_path / "c1")
-    line = assert_one_line_error(code, err, "old.npz")
-    assert "--threshold" in line and not marker.exists()
-    # with thresholds recorded (what `facenet embed` writes now) nothing is loaded
-    code, out, err = cli("cluster", "--embeddings", world / "emb.npz", "--out", tmp_path / "c2")
-    assert code == 0, err
-    assert "threshold 1.000" in out and not marker.exists()
+    code, _, err = cli("cluster", "--embeddings", tmp_path / "old.npz", "--out", tmp_path / "c2")
+    line = assert_one_line_error(code, err, "evil.pt")
+    assert "refused" in line and not marker.exists()

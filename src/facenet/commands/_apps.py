@@ -80,12 +80,11 @@ def load_embedder(args: argparse.Namespace, model: str | None = None) -> Embedde
 
 
 def model_for_gallery(args: argparse.Namespace, gallery: Any) -> str | None:
-    """The model to use with ``gallery``: ``--model``, else the one recorded in the gallery when
-    it is a registered or published name (a recorded weights file is never loaded on its own)."""
+    """The model to use with ``gallery``: ``--model``, else the one the gallery records. Either is
+    loaded by the safe loader (no code runs) and must have the gallery's weights hash
+    (``Gallery.check_model``), so a swapped model file is refused, never used."""
     from facenet.models.loading import recorded_model_ref
 
     if args.model or gallery.model is None:
         return args.model
-    return recorded_model_ref(
-        gallery.model.ref, f"gallery {gallery.directory}", gallery.model.weights_hash
-    )
+    return recorded_model_ref(gallery.model.ref, f"gallery {gallery.directory}")

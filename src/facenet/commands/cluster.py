@@ -159,20 +159,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _recorded_thresholds(meta: dict, where: str) -> dict[str, float]:
     """The calibrated thresholds an embeddings file carries; for files written before they were
-    recorded, those of the model it names when that is a registered or published name (a model
-    file named inside the file is never loaded)."""
+    recorded, those of the model it names, loaded by the safe loader (no code runs) and used only
+    when its weights hash is the one the file records."""
     recorded = meta.get("thresholds")
     if isinstance(recorded, dict) and recorded:
         return {str(k): float(v) for k, v in recorded.items()}
-    from facenet.models.loading import is_file_ref, load_model
+    from facenet.apps.embedder import weights_sha256
+    from facenet.models.loading import load_model, recorded_model_ref
 
-    model = meta.get("model") if isinstance(meta.get("model"), dict) else {}
-    ref = str(model.get("ref", "")).strip()
-    if not ref:
-        raise ValueError(f"{where} records no model thresholds")
-    if is_file_ref(ref):
+    model_meta = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    ref = recorded_model_ref(str(model_meta.get("ref", "")), where)
+    model = load_model(ref)
+    expected = str(model_meta.get("weights_hash", ""))
+    if expected and weights_sha256(model) != expected:
         raise ValueError(
-            f"{where} records no thresholds and was made with a model file, which is never "
-            "loaded because a data file names it"
+            f"{where} was made by weights sha256 {expected[:12]}..., but {ref} now holds others"
         )
-    return dict(getattr(load_model(ref), "thresholds", None) or {})
+    return dict(getattr(model, "thresholds", None) or {})

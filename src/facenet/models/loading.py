@@ -241,26 +241,20 @@ def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> 
     return model.eval()
 
 
-def recorded_model_ref(ref: str, where: str, weights_hash: str = "") -> str:
-    """A model reference read from a file (a gallery, an embeddings file), made safe to load.
+def recorded_model_ref(ref: str, where: str) -> str:
+    """A model reference read from data (a gallery, an embeddings file), checked before use.
 
-    Registered and published names (``NAME``, ``NAME:PRETRAINED``) are returned as they are. A
-    reference to a weights file is refused: a file named by data the user did not write
-    themselves is never loaded on its own, the user names the model file with ``--model``.
+    What data names is loaded exactly like what a user types (``load_model``): safetensors, or
+    ``.pt`` through ``safe_torch_load``, so a swapped or crafted file can never run code; callers
+    also compare the loaded weights' hash with the one recorded beside the reference.
 
     Raises:
-        ModelFileError: ``ref`` is empty or names a file; the message says what to pass.
+        ModelFileError: ``ref`` is empty (the message says to pass ``--model``).
     """
     ref = (ref or "").strip()
-    if ref and not is_file_ref(ref):
-        return ref
-    expects = f" (weights sha256 {weights_hash[:12]}...)" if weights_hash else ""
     if not ref:
         raise ModelFileError(f"{where} does not say which model made it; pass --model")
-    raise ModelFileError(
-        f"{where} was made with a model file{expects}; model files recorded in data are not "
-        "loaded automatically: pass --model with the weights file you trust"
-    )
+    return ref
 
 
 def load_model(ref: str, map_location: str = "cpu") -> nn.Module:
