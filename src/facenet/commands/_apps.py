@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 from facenet.apps.embedder import CROP_MODES, DEFAULT_MODEL, Embedder
@@ -88,3 +89,36 @@ def model_for_gallery(args: argparse.Namespace, gallery: Any) -> str | None:
     if args.model or gallery.model is None:
         return args.model
     return recorded_model_ref(gallery.model.ref, f"gallery {gallery.directory}")
+
+
+def embed_photos(
+    embedder: Embedder, paths: list, subject_only: bool = False, progress: bool = False
+) -> tuple[list[Any], int, int] | int:
+    """Every face of ``paths`` (embedded), reporting problems the way every command does: when
+    some photos gave faces, each unreadable or faceless photo is one ``skipped`` line on stderr
+    and the batch goes on; when none did, one error line (the first problem and the counts) and
+    the exit code are returned instead.
+
+    Returns:
+        (faces, photos unreadable, photos without a face) or an exit code.
+    """
+    faces: list[Any] = []
+    problems: list[str] = []
+    unreadable = 0
+    for result in embedder.embed_files(paths, subject_only=subject_only, progress=progress):
+        if result.error:
+            unreadable += 1
+            problems.append(result.error)
+        elif not result.faces:
+            problems.append(f"{result.path}: no face found")
+        faces.extend(result.faces)
+    if not faces:
+        if len(problems) == 1:
+            return error(problems[0])
+        return error(
+            f"no face in any of {len(paths)} photos ({unreadable} unreadable, "
+            f"{len(problems) - unreadable} without a face; first: {problems[0]})"
+        )
+    for problem in problems:
+        print(f"facenet: skipped {problem}", file=sys.stderr)
+    return faces, unreadable, len(problems) - unreadable

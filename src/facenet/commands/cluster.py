@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
 
-from facenet.commands._apps import add_model_arguments, error, load_embedder
+from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import (
     existing_file,
     int_at_least,
@@ -106,15 +105,14 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(embedder, int):
             return embedder
         thresholds = embedder.thresholds
-        paths, boxes_l, face_l, emb_l = [], [], [], []
-        for result in embedder.embed_files(photo_paths, progress=args.progress):
-            if result.error:
-                print(f"facenet: skipped {result.error}", file=sys.stderr)
-            for f in result.faces:
-                paths.append(result.path)
-                boxes_l.append(f.box)
-                face_l.append(f.face_index)
-                emb_l.append(f.embedding)
+        embedded = embed_photos(embedder, photo_paths, progress=args.progress)
+        if isinstance(embedded, int):
+            return embedded
+        faces = embedded[0]
+        paths = [str(f.path) for f in faces]
+        boxes_l = [f.box for f in faces]
+        face_l = [f.face_index for f in faces]
+        emb_l = [f.embedding for f in faces]
         boxes = np.array(boxes_l, np.float32).reshape(-1, 4)
         face_index = np.array(face_l, np.int64)
         emb = np.array(emb_l, np.float32).reshape(len(emb_l), -1)

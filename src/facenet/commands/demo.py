@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from facenet.commands._checks import int_at_least, non_negative_int
+from facenet.commands._errors import fail, one_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
-    import sys
     from pathlib import Path
 
     from facenet.apps.demo import DataNotFound, DemoConfig, download_lfw, how_to_get_lfw, run_demo
@@ -44,21 +44,17 @@ def run(args: argparse.Namespace) -> int:
         try:
             download_lfw(target)
         except (OSError, ValueError) as e:
-            print(f"facenet: error: downloading LFW failed: {e}", file=sys.stderr)
-            return 1
+            return fail("facenet demo", f"downloading LFW failed: {e}", 1)
         data = str(target)
     if data is None:
-        print(how_to_get_lfw(None), file=sys.stderr)
-        return 2
+        return fail("facenet demo", one_line(how_to_get_lfw(None)), 2)
     config = DemoConfig(gallery_people=args.gallery_people, seed=args.seed)
     try:
         result = run_demo(data, args.out, args.model, config, detector=args.detector)
     except DataNotFound as e:
-        print(str(e), file=sys.stderr)
-        return 2
+        return fail("facenet demo", one_line(e), 2)
     except UnsafeOutputError as e:
-        print(f"facenet demo: error: {e}", file=sys.stderr)
-        return 1
+        return fail("facenet demo", e, 1)
     s = result.summary
     idn, cl = s["identification"], s["clustering"]
     ok = sum(v["same"] == v["truth"] for v in s["verification"])

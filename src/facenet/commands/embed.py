@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from facenet.commands._apps import add_model_arguments, error, load_embedder
+from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import output_file
 
 
@@ -43,22 +42,10 @@ def run(args: argparse.Namespace) -> int:
     embedder = load_embedder(args)
     if isinstance(embedder, int):
         return embedder
-    faces, failed, faceless = [], 0, 0
-    for result in embedder.embed_files(
-        paths, subject_only=args.subject_only, progress=args.progress
-    ):
-        if result.error:
-            failed += 1
-            print(f"facenet: skipped {result.error}", file=sys.stderr)
-        elif not result.faces:
-            faceless += 1
-            print(f"facenet: no face found in {result.path}", file=sys.stderr)
-        faces.extend(result.faces)
-    if not faces:
-        return error(
-            f"no face found in {len(paths)} photo(s) ({failed} unreadable, {faceless} without a "
-            f"face); {args.out} not written"
-        )
+    embedded = embed_photos(embedder, paths, args.subject_only, args.progress)
+    if isinstance(embedded, int):
+        return embedded
+    faces, failed, faceless = embedded
     meta = {
         "model": embedder.fingerprint.to_dict(),
         "crop": embedder.crop_mode,
