@@ -1,4 +1,3 @@
-
 from facenet.cli import COMMANDS, main
 
 

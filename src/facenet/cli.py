@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from facenet.commands._errors import describe_error, one_line
+from facenet.commands._errors import describe_error, one_line, set_prog
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -89,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     prog = f"facenet {args.command}"
+    set_prog(prog)
     try:
         module = importlib.import_module(available[args.command][0])
         return int(module.run(args) or 0)

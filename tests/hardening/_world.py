@@ -137,6 +137,22 @@ def build_world(w: Path) -> Path:
     victim.mkdir()
     (victim / "keep.txt").write_text("must survive\n")
     os.symlink(victim / "keep.txt", w / "link.out")
+    # a gallery with one person, and output folders holding things a command must not replace
+    from facenet.apps.embedder import Embedder
+    from facenet.apps.gallery import FaceRecord, Gallery
+
+    embedder = Embedder.from_ref(str(w / "model.safetensors"), crop="none")
+    face = embedder.subject_of_file(w / "photo.jpg")
+    with Gallery(w / "gallery") as g:
+        g.enroll("ann", [FaceRecord(face.embedding, str(w / "photo.jpg"))], embedder.fingerprint)
+    (w / "alignuser").mkdir()
+    (w / "alignuser" / "manifest.csv").write_text("the user's own table\n")
+    (w / "alignlink").mkdir()
+    os.symlink(victim, w / "alignlink" / "Ann_A")
+    (w / "clusteruser").mkdir()
+    (w / "clusteruser" / "index.html").write_text("<p>the user's own page</p>\n")
+    (w / "clusterlink").mkdir()
+    os.symlink(victim, w / "clusterlink" / "faces")
     # a corrupt gallery database
     (w / "badgallery").mkdir()
     (w / "badgallery" / "gallery.sqlite").write_bytes(b"not a database at all" * 10)

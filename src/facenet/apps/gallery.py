@@ -387,6 +387,8 @@ class Gallery:
         self.directory = Path(directory)
         self.approximate_above = approximate_above
         db_path = self.directory / DB_NAME
+        if self.directory.exists() and not self.directory.is_dir():
+            raise GalleryError(f"{self.directory}: is a file, not a gallery folder")
         if not db_path.exists():
             if not create:
                 raise GalleryError(

@@ -64,8 +64,8 @@ def build_embedder(args: argparse.Namespace, model: str | None = None) -> Embedd
 
 
 def error(message: object, code: int = 1) -> int:
-    """Print ``facenet: error: message`` (one line) to stderr; returns ``code``."""
-    return fail("facenet", message, code)
+    """Print ``facenet <command>: error: message`` (one line) to stderr; returns ``code``."""
+    return fail(None, message, code)
 
 
 def load_embedder(args: argparse.Namespace, model: str | None = None) -> Embedder | int:

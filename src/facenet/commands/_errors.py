@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import sys
 
+# the command being run ("facenet verify"); set by facenet.cli.main, read by ``fail``
+PROG = "facenet"
+
+
+def set_prog(prog: str) -> None:
+    global PROG
+    PROG = prog
+
 
 def one_line(message: object) -> str:
     """``message`` with its line breaks folded, so an error is one line on a terminal."""
@@ -20,8 +28,10 @@ def describe_error(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def fail(prog: str, problem: object, code: int = 1) -> int:
-    """Print ``<prog>: error: <problem>`` (one line) to stderr; returns ``code``."""
+def fail(prog: str | None, problem: object, code: int = 1) -> int:
+    """Print ``<prog>: error: <problem>`` (one line) to stderr; returns ``code``.
+
+    ``prog`` None: the command being run (``PROG``)."""
     text = describe_error(problem) if isinstance(problem, BaseException) else str(problem)
-    print(f"{prog}: error: {one_line(text)}", file=sys.stderr)
+    print(f"{prog or PROG}: error: {one_line(text)}", file=sys.stderr)
     return code

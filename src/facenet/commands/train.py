@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +40,13 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(config), end="")
         return 0
+    from facenet.commands._checks import output_dir
+
+    try:  # why: a folder that cannot be made is one line now, not a traceback after set-up
+        output_dir(str(Path(config.output.dir).expanduser()))
+    except argparse.ArgumentTypeError as e:
+        print(f"facenet train: output.dir: {e}", file=sys.stderr)
+        return 2
     from facenet.train.loop import TrainingStopped, train
 
     try:

@@ -73,6 +73,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "PytorchStreamReader" in first or isinstance(e, EOFError):
+            first = "corrupt, truncated or empty"
         raise ModelFileError(f"{path}: not a readable checkpoint ({first[:200]})") from None
 
 
@@ -192,19 +194,11 @@ def load_weights_file(path: str | os.PathLike, map_location: str = "cpu") -> nn.
     return _build(path, info, state)
 
 
-def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
-    """The model ``info`` describes with ``state`` loaded; errors name ``path``."""
-    name = info.get("model")
-    kwargs = info.get("model_kwargs") or {}
-    if not isinstance(name, str) or not isinstance(kwargs, dict):
-        raise ModelFileError(f"{path}: metadata names no model architecture")
-    try:
-        model = create_model(name, **kwargs)
-    except (KeyError, TypeError, ValueError) as e:
-        reason = e.args[0] if e.args else e
-        raise ModelFileError(f"{path}: cannot build its model {name!r} ({reason})") from None
+def check_state_fits(path: str | os.PathLike, model: nn.Module, state: Any, name: str = "") -> None:
+    """Raise ``ModelFileError`` naming ``path`` unless ``state`` has exactly ``model``'s tensor
+    names and shapes (one line: counts and the first of each kind of mismatch)."""
     if not isinstance(state, dict):
-        raise ModelFileError(f"{path}: 'model_state' is not a state dict")
+        raise ModelFileError(f"{path}: its weights are not a state dict")
     mine = model.state_dict()
     missing = sorted(set(mine) - set(state))
     unexpected = sorted(set(state) - set(mine))
@@ -223,10 +217,24 @@ def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> 
             )
             if v
         ]
+        arch = name or getattr(model, "model_name", type(model).__name__)
         raise ModelFileError(
-            f"{path}: its weights do not fit the architecture {name!r} it names: "
-            + ", ".join(parts)
+            f"{path}: its weights do not fit the architecture {arch!r}: " + ", ".join(parts)
         )
+
+
+def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    """The model ``info`` describes with ``state`` loaded; errors name ``path``."""
+    name = info.get("model")
+    kwargs = info.get("model_kwargs") or {}
+    if not isinstance(name, str) or not isinstance(kwargs, dict):
+        raise ModelFileError(f"{path}: metadata names no model architecture")
+    try:
+        model = create_model(name, **kwargs)
+    except (KeyError, TypeError, ValueError) as e:
+        reason = e.args[0] if e.args else e
+        raise ModelFileError(f"{path}: cannot build its model {name!r} ({reason})") from None
+    check_state_fits(path, model, state, name)
     model.load_state_dict(state)
     if "spec" in info:
         try:

@@ -466,6 +466,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
     from facenet.losses.mining import Triplets
     from facenet.losses.triplet import TripletLossOutput, loss_and_stats
     from facenet.models import create_model
+    from facenet.models.loading import check_state_fits
 
     if config.optimiser.sam_rho < 0:
         raise ConfigError(
@@ -596,6 +597,8 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
                 f"{last_path} was trained with optimiser.ema_decay={saved}; resume it with an "
                 "EMA setting of the same kind (on or off)"
             )
+        # why: a checkpoint of another architecture is one line naming it, not torch's list
+        check_state_fits(last_path, unwrap(model), trained_state or ckpt["model_state"])
         unwrap(model).load_state_dict(trained_state or ckpt["model_state"])
         if ema is not None:
             ema.module.load_state_dict(ckpt["model_state"])
