@@ -92,6 +92,35 @@ def test_unknown_yaml_key_lists_valid_keys(tmp_path):
     p.write_text("optimiser:\n  learning_rate: 0.1\n")
     with pytest.raises(ConfigError, match="valid keys under optimiser: .*lr"):
         load_config(p)
+    # the key is named with its section's dot (it read 'optimiserlearning_rate')
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) optimiser\.learning_rate;"):
+        load_config(p)
+    p.write_text("data:\n  augment:\n    flipp: true\n")
+    with pytest.raises(ConfigError, match=r"data\.augment\.flipp"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "max_steps=0",
+        "optimiser.lr=0",
+        "sampler.images_per_identity=1",
+        "output.checkpoint_every=0",
+        "validation.far_target=1",
+        "data.crop_fraction=0",
+        "schedule.min_lr_ratio=2",
+    ],
+)
+def test_out_of_range_values_are_refused_before_a_run(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"{key}=.* is out of range"):
+        load_config(None, [override])
+
+
+def test_an_override_that_is_not_yaml_is_a_config_error():
+    with pytest.raises(ConfigError, match="optimiser.lr=\\[.*not valid YAML"):
+        load_config(None, ["optimiser.lr=["])
 
 
 def test_missing_config_file_is_a_clear_error(tmp_path):
