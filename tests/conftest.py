@@ -34,8 +34,11 @@ def orl_dir(shared_data: Path) -> Path:
     return d
 
 
-class TrainingInterrupted(Exception):
-    """Raised inside ``facenet train`` by the ``interrupt_training`` fixture."""
+class TrainingInterrupted(BaseException):
+    """Raised inside ``facenet train`` by the ``interrupt_training`` fixture.
+
+    why: a BaseException, like the kill it stands for: ``facenet.cli.main`` turns every
+    ``Exception`` into a one-line error, and must not swallow this one."""
 
 
 @pytest.fixture
