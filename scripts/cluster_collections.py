@@ -22,7 +22,7 @@ faces; unclustered = fraction of faces in no such cluster; BCubed precision / re
     facenet embed ../shared/data/lfw/lfw-deepfunneled --subject-only --out lfw_all.npz
     facenet embed ../shared/data/celeba-wild/images --subject-only --out celeba_all.npz
     python scripts/cluster_collections.py lfw_all.npz celeba_all.npz --names LFW CelebA-wild \\
-        --min-images 1 5 --json sweep.json --plot sweep.png --progress
+        --min-images 1 LFW=5 --json sweep.json --plot sweep.png --progress
 """
 
 from __future__ import annotations
@@ -97,6 +97,19 @@ def subset_min_images(s: FaceSet, min_images: int) -> FaceSet:
         thresholds=s.thresholds,
         info={**s.info, "min_images": min_images},
     )
+
+
+def min_images_for(specs: list[str], name: str) -> list[int]:
+    """The ``--min-images`` entries (``N`` or ``NAME=N``) that apply to set ``name``, in order,
+    without duplicates."""
+    out: list[int] = []
+    for spec in specs:
+        target, _, value = spec.rpartition("=")
+        if target and target != name:
+            continue
+        if int(value) not in out:
+            out.append(int(value))
+    return out
 
 
 def threshold_list(
@@ -280,9 +293,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--min-images",
         nargs="+",
-        type=int,
-        default=[1],
-        help="also score the people with >= N faces (1 = everyone; e.g. 1 5)",
+        default=["1"],
+        metavar="[NAME=]N",
+        help="score the people with >= N faces (1 = everyone) of every set, or of set NAME only "
+        "(e.g. 1 LFW=5: everyone, plus LFW's people with >= 5)",
     )
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument(
@@ -315,6 +329,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.names and len(args.names) != len(args.embeddings):
         ap.error("give one --names entry per embeddings file")
+    for spec in args.min_images:
+        try:
+            int(spec.rpartition("=")[2])
+        except ValueError:
+            ap.error(f"--min-images {spec!r}: expected N or NAME=N")
     return args
 
 
@@ -337,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             print(f"cluster_collections: {e}", file=sys.stderr)
             return 1
-        for m in args.min_images:
+        for m in min_images_for(args.min_images, name):
             s = subset_min_images(base, m)
             if len(s.labels) < 2:
                 print(f"cluster_collections: {s.name}: fewer than 2 faces", file=sys.stderr)

@@ -208,7 +208,8 @@ def test_sweep_script_writes_table_json_and_plot(tmp_path, capsys):
             "syn",
             "--min-images",
             "1",
-            "5",
+            "syn=5",
+            "other=3",  # another set's subset: not applied here
             "--thresholds",
             "0.6",
             "accuracy",  # the fake model has no thresholds: skipped, the number is kept
@@ -244,6 +245,14 @@ def test_sweep_script_writes_table_json_and_plot(tmp_path, capsys):
     assert r["unclustered"] == pytest.approx(ref.unclustered_fraction)
     assert r["clusters"] == ref.n_groups
     assert (tmp_path / "out.png").stat().st_size > 1000
+
+
+def test_min_images_specs():
+    mod = load_script()
+    assert mod.min_images_for(["1", "LFW=5", "CelebA=2", "5"], "LFW") == [1, 5]
+    assert mod.min_images_for(["1", "LFW=5", "CelebA=2"], "CelebA") == [1, 2]
+    with pytest.raises(SystemExit):
+        mod.parse_args(["x.npz", "--min-images", "LFW=five"])
 
 
 def test_sweep_script_rejects_a_bad_file(tmp_path, capsys):
