@@ -113,6 +113,6 @@ def test_write_clusters_makes_folders_csv_and_contact_sheet(tmp_path):
     with open(out.csv) as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["cluster"]) for r in rows] == labels.tolist()
-    assert rows[4]["folder"] == "singletons"
+    assert rows[4]["folder"] == "unclustered"
     page = (tmp_path / "out" / "index.html").read_text()
     assert page.count("<img") == 5 and "cluster_0001" in page

@@ -265,10 +265,15 @@ def test_sweep_script_rejects_a_bad_file(tmp_path, capsys):
 # ------------------------------------------------------------------ real data
 
 
-def test_defaults_on_lfw_photos_do_not_merge_strangers(lfw_dir):
+@pytest.mark.slow
+@pytest.mark.data
+def test_defaults_on_lfw_photos_do_not_merge_strangers(lfw_dir, tmp_path, monkeypatch):
     """The first 150 people of LFW (alphabetical: most seen once, a few often), embedded as
     `facenet embed --subject-only` does, clustered with the defaults."""
     from facenet.apps.embedder import Embedder
+
+    # why: tests never touch ~/.cache; the weights are converted into a fresh folder
+    monkeypatch.setenv("FACENET_CACHE", str(tmp_path / "cache"))
 
     try:
         embedder = Embedder.from_ref("inception_resnet_v1:casia-webface")

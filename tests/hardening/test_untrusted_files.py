@@ -128,7 +128,7 @@ def test_cluster_reads_thresholds_from_an_embeddings_file_not_from_its_model(
     path, marker = evil
     code, out, err = cli("cluster", "--embeddings", world / "emb.npz", "--out", tmp_path / "c1")
     assert code == 0, err
-    assert "threshold 1.000" in out
+    assert "threshold 0.600 (model far_1e-3)" in out
     with np.load(world / "emb.npz") as z:
         cols = {k: z[k] for k in z.files}
     old = {"model": {"name": "tiny", "ref": str(path)}}

@@ -25,7 +25,9 @@ class ClusterOutput:
 
 
 def cluster_folder_name(label: int, size: int) -> str:
-    return "noise" if label < 0 else (f"cluster_{label:04d}" if size > 1 else "singletons")
+    # why: -1 is any face left out of the clusters (smaller than the minimum size, or HDBSCAN's
+    # noise); one folder for those and for faces alone in their cluster
+    return f"cluster_{label:04d}" if label >= 0 and size > 1 else "unclustered"
 
 
 MANIFEST = ".facenet-cluster.json"  # the files a run wrote; a rerun replaces exactly those

@@ -279,7 +279,7 @@ def run_demo(
     """
     from PIL import Image
 
-    from facenet.apps.cluster import cluster_embeddings
+    from facenet.apps.cluster import DEFAULT_OPERATING_POINT, cluster_embeddings
     from facenet.apps.cluster_folder import write_clusters
     from facenet.apps.embedder import Embedder, _subject_index
     from facenet.apps.gallery import FaceRecord, Gallery
@@ -431,7 +431,10 @@ def run_demo(
             c_subject.append(j == main)
             c_truth.append(truth_of[r.path])
     emb = np.array(c_emb, np.float32)
-    labels = cluster_embeddings(emb, "agglomerative", threshold=t_verify)
+    # why: the operating point `facenet cluster` uses (README: clustering a real collection);
+    # a folder of ~70 photos takes the small-collection minimum cluster size
+    t_cluster = thresholds.get(DEFAULT_OPERATING_POINT, t_verify)
+    labels = cluster_embeddings(emb, "agglomerative", threshold=t_cluster, min_cluster_size=3)
     cdir = out / "clusters"
     if cdir.exists():
         shutil.rmtree(cdir)
@@ -464,6 +467,8 @@ def run_demo(
             "faces": written.n_faces,
             "clusters": written.n_clusters,
             "people": len(cluster_people) + len(distractors),
+            "threshold": t_cluster,
+            "unclustered": written.n_singletons,
             **{
                 k: v
                 for k, v in report.to_dict().items()
@@ -521,8 +526,9 @@ Probes of people never enrolled rejected as "unknown": {idn["unknown_rejected"]}
 (threshold {idn["threshold"]:.3f}).</p>
 <table><tr><th>probe</th><th>truth</th><th>answer</th><th>distance</th><th></th></tr>{rows_i}</table>
 <h2>3. Clustering a mixed folder</h2>
-<p>{cl["faces"]} faces in photos of {cl["people"]} people -> {cl["clusters"]} clusters (average linkage
-cut at the accuracy threshold). Main faces scored against the true names: pairwise F1
+<p>{cl["faces"]} faces in photos of {cl["people"]} people -> {cl["clusters"]} clusters and
+{cl["unclustered"]} faces left unclustered (average linkage cut at {cl["threshold"]:.3f}, the model's
+far_1e-3 threshold; clusters under 3 faces left out). Main faces scored against the true names: pairwise F1
 {cl["pairwise_f1"]:.3f}, BCubed F {cl["bcubed_f"]:.3f}. <a href="clusters/index.html">Contact sheet</a>,
 <code>clusters/clusters.csv</code>, and a folder per cluster in <code>clusters/</code>.</p>
 """

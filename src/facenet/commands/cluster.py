@@ -6,6 +6,13 @@ import argparse
 
 import numpy as np
 
+from facenet.apps.cluster import (
+    DEFAULT_K,
+    DEFAULT_METHOD,
+    DEFAULT_MIN_CLUSTER_SIZE,
+    DEFAULT_OPERATING_POINT,
+    METHODS,
+)
 from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import (
     existing_file,
@@ -33,24 +40,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--method",
-        choices=("agglomerative", "hdbscan", "chinese-whispers"),
-        default="agglomerative",
-        help="agglomerative (average linkage, the paper's choice; default), hdbscan, "
-        "chinese-whispers",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help=f"agglomerative (average linkage, the paper's choice), hdbscan, chinese-whispers "
+        f"(default {DEFAULT_METHOD})",
     )
     parser.add_argument(
         "--threshold",
         type=squared_distance,
-        help="squared-L2 cut (default: the model's calibrated accuracy threshold)",
+        help=f"squared-L2 cut (default: the model's {DEFAULT_OPERATING_POINT} threshold: "
+        "in a collection every face meets every other, so the pair-wise accuracy threshold "
+        "merges look-alike strangers)",
     )
     parser.add_argument(
-        "--k", type=positive_int, default=20, help="neighbours per face in the graph"
+        "--k", type=positive_int, default=DEFAULT_K, help="neighbours per face in the graph"
     )
     parser.add_argument(
         "--min-cluster-size",
-        type=int_at_least(2),
-        default=2,
-        help="HDBSCAN's smallest cluster (default 2)",
+        type=int_at_least(1),
+        default=DEFAULT_MIN_CLUSTER_SIZE,
+        help="faces in clusters smaller than this are left unclustered, every method (default "
+        f"{DEFAULT_MIN_CLUSTER_SIZE}; 3 suits a few hundred photos; 1 labels every face)",
     )
     parser.add_argument(
         "--embeddings",
@@ -118,10 +128,12 @@ def run(args: argparse.Namespace) -> int:
         emb = np.array(emb_l, np.float32).reshape(len(emb_l), -1)
     if len(paths) == 0:
         return error("no faces found to cluster")
-    threshold = args.threshold
+    threshold, source = args.threshold, ""
     if args.method != "hdbscan":
         try:
-            threshold, _ = resolve_threshold(thresholds, args.threshold)
+            threshold, source = resolve_threshold(
+                thresholds, args.threshold, default=(DEFAULT_OPERATING_POINT, "accuracy")
+            )
         except ValueError as e:
             return error(e)
     labels = cluster_embeddings(
@@ -148,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{out.n_faces} faces -> {out.n_clusters} clusters + {out.n_singletons} unclustered "
         f"({args.method}"
-        + (f", threshold {threshold:.3f}" if threshold is not None else "")
+        + (f", threshold {threshold:.3f} ({source})" if threshold is not None else "")
+        + f", clusters of under {args.min_cluster_size} faces left unclustered"
         + f"); {out.csv}"
         + (f"; {out.html}" if out.html else "")
     )
