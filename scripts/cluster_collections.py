@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-GRID = (0.80, 1.30, 0.05)  # default threshold grid: start, stop (inclusive), step
-MIN_SIZES = (2, 3, 4, 5)
+GRID = (0.60, 1.30, 0.05)  # default threshold grid: start, stop (inclusive), step
+MIN_SIZES = (2, 3, 4, 5, 6, 8)  # 6 is the default of `facenet cluster`
 
 
 @dataclass
