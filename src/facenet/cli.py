@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from facenet.commands._errors import describe_error, one_line, set_prog
+from facenet.commands._errors import describe_error, fail, one_line, set_prog
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -108,8 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, (OSError, ValueError, KeyError, ImportError, RuntimeError)) or (
             type(e).__module__.startswith("facenet")
         ):
-            print(f"{prog}: error: {one_line(describe_error(e))}", file=sys.stderr)
-            return EXIT_FAILURE
+            return fail(prog, e, EXIT_FAILURE)
         print(
             f"{prog}: internal error: {type(e).__name__}: {one_line(describe_error(e))} "
             "(a bug: FACENET_DEBUG=1 shows the traceback; please report it)",

@@ -37,6 +37,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         raise
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of ``e``'s message (its type name when empty), at most ``limit`` chars:
+    what a one-line error quotes from a library's multi-line exception."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with every NaN or infinite float replaced by None (JSON ``null``), recursively;
     NumPy scalars and arrays become Python numbers and lists.

@@ -543,7 +543,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
         ValueError: not a readable embeddings file (corrupt, truncated, other columns, rows that
             do not line up, non-finite embeddings); the message names the file.
     """
-    import zipfile
+    from facenet.utils import first_line
 
     path = Path(path)
     if path.is_dir():
@@ -577,12 +577,8 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
                 )
     except ImportError:
         raise ValueError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{path}: not a facenet embeddings file ({first[:200]})") from None
-    except Exception as e:  # noqa: BLE001 - pyarrow raises its own error types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{path}: not a facenet embeddings file ({first[:200]})") from None
+    except Exception as e:  # noqa: BLE001 - NumPy, zipfile and pyarrow raise their own types
+        raise ValueError(f"{path}: not a facenet embeddings file ({first_line(e)})") from None
     n = len(table.paths)
     emb = np.asarray(table.embeddings)
     if (

@@ -640,22 +640,23 @@ class Gallery:
         loaded = _read_index_file(self.directory / INDEX_NAME, recorded) if recorded else None
         if loaded is not None:
             header, index = loaded
+            count = len(self)
             usable = (
                 header.get("gallery_id") == self.gallery_id
                 and header.get("weights_hash") == weights
                 and header.get("generation", generation + 1) <= generation
                 and index.d == model.embedding_dim
             )
-            if usable and header["generation"] == generation and index.ntotal == len(self):
+            if usable and header["generation"] == generation and index.ntotal == count:
                 self._index, self._index_header = index, header
                 return index
             removal = int(self._meta("removal_generation") or 0)
-            kind_ok = (index_kind(index) == "hnsw") == (len(self) > self.approximate_above)
+            kind_ok = (index_kind(index) == "hnsw") == (count > self.approximate_above)
             if usable and removal <= header["generation"] and kind_ok:
                 ids, vectors = self.embeddings(after_id=header["max_id"])
                 if len(ids):
                     index.add_with_ids(vectors, ids)
-                if index.ntotal == len(self):
+                if index.ntotal == count:
                     return self._save_index(index, generation, weights)
         ids, vectors = self.embeddings()
         index = build_index(vectors, ids, self.approximate_above)

@@ -10,7 +10,7 @@ from typing import Any
 
 from facenet.apps.embedder import CROP_MODES, DEFAULT_MODEL, Embedder
 from facenet.commands._checks import positive_int, rate, squared_distance
-from facenet.commands._errors import fail
+from facenet.commands._errors import describe_error, fail
 
 DEFAULT_GALLERY = "facenet-gallery"
 
@@ -74,8 +74,6 @@ def load_embedder(args: argparse.Namespace, model: str | None = None) -> Embedde
     try:
         return build_embedder(args, ref)
     except Exception as e:  # noqa: BLE001 - any load failure becomes one clear line
-        from facenet.commands._errors import describe_error
-
         text = describe_error(e)
         return error(text if ref in text else f"cannot load model {ref!r}: {text}")
 

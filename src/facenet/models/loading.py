@@ -7,13 +7,12 @@ the same fields beside the optimiser state.
 
 No file is ever unpickled with code execution: safetensors holds tensors and a JSON string, and
 ``.pt`` checkpoints are read with ``torch.load(weights_only=True)`` (tensors and plain Python
-containers only; ``CHECKPOINT_SAFE_GLOBALS`` names the few other types a checkpoint may hold). A
-crafted pickle is refused with ``ModelFileError``, never run.
+containers only, no allow-listed extras). A crafted pickle is refused with ``ModelFileError``,
+never run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -24,13 +23,10 @@ import torch
 from torch import nn
 
 from facenet.models.registry import ModelSpec, create_model
-from facenet.utils import atomic_write
+from facenet.utils import atomic_write, first_line
 
 METADATA_KEY = "facenet"
 MODEL_FILE_SUFFIXES = (".safetensors", ".pt", ".pth")
-# why: everything a facenet checkpoint holds is tensors, numbers, strings and containers, which
-# weights_only=True admits without help; anything else in a pickle is refused, never constructed.
-CHECKPOINT_SAFE_GLOBALS: tuple[Any, ...] = ()
 
 
 class ModelFileError(ValueError):
@@ -53,14 +49,11 @@ def safe_torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:
         if path.is_dir():
             raise ModelFileError(f"{path}: is a folder, not a checkpoint file")
         raise FileNotFoundError(f"{path}: no such file")
-    allow = (
-        torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS))
-        if CHECKPOINT_SAFE_GLOBALS
-        else contextlib.nullcontext()
-    )
     try:
-        with allow:
-            return torch.load(path, map_location=map_location, weights_only=True)
+        # why: the allow-list is empty: everything a facenet checkpoint holds is tensors,
+        # numbers, strings and containers, which weights_only=True admits without help (the
+        # one numpy array a checkpoint held, the offline miner's pool, is saved as a tensor)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:
@@ -72,10 +65,10 @@ def safe_torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:
             f"{path}: not a readable torch checkpoint (corrupt or another format)"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         if "PytorchStreamReader" in first or isinstance(e, EOFError):
             first = "corrupt, truncated or empty"
-        raise ModelFileError(f"{path}: not a readable checkpoint ({first[:200]})") from None
+        raise ModelFileError(f"{path}: not a readable checkpoint ({first})") from None
 
 
 def is_file_ref(ref: str) -> bool:
@@ -153,8 +146,7 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelFileError(f"{path}: not a readable safetensors file ({first[:200]})") from None
+        raise ModelFileError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
 
 
 def training_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -180,9 +172,8 @@ def load_weights_file(path: str | os.PathLike, map_location: str = "cpu") -> nn.
         try:
             state = load_file(str(path), device=map_location)
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ModelFileError(
-                f"{path}: not a readable safetensors file ({first[:200]})"
+                f"{path}: not a readable safetensors file ({first_line(e)})"
             ) from None
     else:
         ckpt = safe_torch_load(path, map_location=map_location)
