@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 GRID = (0.60, 1.30, 0.05)  # default threshold grid: start, stop (inclusive), step
-MIN_SIZES = (2, 3, 4, 5, 6, 8)  # 6 is the default of `facenet cluster`
+MIN_SIZES = (2, 3, 4, 5, 6, 7, 8)  # 6 is the default of `facenet cluster`
 
 
 @dataclass
@@ -97,6 +97,63 @@ def subset_min_images(s: FaceSet, min_images: int) -> FaceSet:
         thresholds=s.thresholds,
         info={**s.info, "min_images": min_images},
     )
+
+
+def random_subset(s: FaceSet, n: int, seed: int) -> FaceSet:
+    """``n`` faces of ``s`` drawn without replacement (a smaller collection of the same kind)."""
+    keep = np.sort(np.random.default_rng(seed).choice(len(s.labels), size=n, replace=False))
+    return FaceSet(
+        name=f"{s.name}, {n:,} random faces",
+        labels=s.labels[keep],
+        embeddings=s.embeddings[keep],
+        thresholds=s.thresholds,
+        info={**s.info, "sample": n, "seed": seed},
+    )
+
+
+def mean_rows(runs: list[list[dict[str, Any]]], seeds: int) -> list[dict[str, Any]]:
+    """Row-by-row means over the runs of several seeds (same sweep, same row order)."""
+    out = []
+    for same in zip(*runs, strict=True):
+        row = dict(same[0])
+        row["set"] = f"{row['set']} (mean of {seeds} seeds)"
+        for key, value in row.items():
+            if isinstance(value, float) and key != "threshold":
+                row[key] = float(np.mean([r[key] for r in same]))
+        for key in ("clusters", "people"):
+            row[key] = round(float(np.mean([r[key] for r in same])))
+        out.append(row)
+    return out
+
+
+def pair_false_accepts(s: FaceSet, thresholds: list[tuple[str, float]]) -> list[dict[str, Any]]:
+    """For each threshold: the share of different-person pairs of ``s`` at squared distance <=
+    it (every pair counted once, in row chunks: no N x N matrix), and what that means per face,
+    the look-alikes a face meets in a collection of this size."""
+    x = s.embeddings.astype(np.float32)
+    _, y = np.unique(s.labels, return_inverse=True)
+    values = np.array([v for _, v in thresholds], np.float64)
+    hits = np.zeros(len(values), np.int64)
+    n, different = len(x), 0
+    for start in range(0, n, 1024):
+        block = x[start : start + 1024]
+        d = np.clip(2.0 - 2.0 * block @ x.T, 0.0, 4.0)  # (b, N)
+        rows = np.arange(start, start + len(block))[:, None]
+        mask = (np.arange(n)[None, :] > rows) & (y[start : start + len(block), None] != y[None, :])
+        pairs = d[mask]
+        different += pairs.size
+        hits += (pairs[None, :] <= values[:, None]).sum(axis=1)
+    return [
+        {
+            "set": s.name,
+            "threshold_name": label,
+            "threshold": value,
+            "different_pairs": different,
+            "false_accept_rate": h / max(different, 1),
+            "lookalikes_per_face": 2 * h / n,
+        }
+        for (label, value), h in zip(thresholds, hits.tolist(), strict=True)
+    ]
 
 
 def min_images_for(specs: list[str], name: str) -> list[int]:
@@ -314,6 +371,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"threshold grid (default {GRID[0]} {GRID[1]} {GRID[2]})",
     )
     ap.add_argument("--no-grid", action="store_true", help="only the --thresholds")
+    ap.add_argument(
+        "--sample",
+        nargs="+",
+        type=int,
+        default=[],
+        metavar="N",
+        help="also score random collections of N faces of each set (mean over --seeds)",
+    )
+    ap.add_argument("--seeds", type=int, default=3, help="random draws per --sample size")
+    ap.add_argument(
+        "--pair-far",
+        action="store_true",
+        help="print each named threshold's false-accept rate over every different-person pair",
+    )
     ap.add_argument("--min-sizes", nargs="+", type=int, default=list(MIN_SIZES))
     ap.add_argument("--k", type=int, default=DEFAULT_K, help="neighbours per face in the graph")
     ap.add_argument("--model", help="model whose thresholds to use (default: the file's)")
@@ -348,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.names or [p.stem for p in args.embeddings]
     grid = None if args.no_grid else tuple(args.grid)
     rows: list[dict[str, Any]] = []
+    pair_rows: list[dict[str, Any]] = []
     sets_info = []
     t_start = time.perf_counter()
     for path, name in zip(args.embeddings, names, strict=True):
@@ -383,6 +455,30 @@ def main(argv: list[str] | None = None) -> int:
             part = sweep_set(s, args.methods, thresholds, args.min_sizes, args.k, args.progress)
             info["sweep_seconds"] = time.perf_counter() - t
             rows.extend(part)
+            if args.pair_far and m <= 1:
+                named = threshold_list(s, args.thresholds, None)
+                for r in pair_false_accepts(s, named):
+                    pair_rows.append(r)
+                    print(
+                        f"{r['set']}: {r['threshold_name']} ({r['threshold']:.3f}): false-accept "
+                        f"rate {r['false_accept_rate']:.2e} over {r['different_pairs']:,} "
+                        f"different pairs, {r['lookalikes_per_face']:.1f} look-alikes per face",
+                        file=sys.stderr,
+                    )
+        for n in args.sample:
+            if n >= len(base.labels):
+                continue
+            runs = [
+                sweep_set(
+                    random_subset(base, n, seed),
+                    args.methods,
+                    threshold_list(base, args.thresholds, grid),
+                    args.min_sizes,
+                    args.k,
+                )
+                for seed in range(args.seeds)
+            ]
+            rows.extend(mean_rows(runs, args.seeds))
     # the old `facenet cluster`: agglomerative at the accuracy threshold, every face labelled
     # (a face alone scores the same as an unclustered one, so min size 2 shows it)
     mark = {("agglomerative", "accuracy", 2): "old default"}
@@ -403,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                     "k": args.k,
                     "sets": sets_info,
                     "rows": rows,
+                    "pair_false_accepts": pair_rows,
                     "seconds": elapsed,
                 },
                 indent=1,
