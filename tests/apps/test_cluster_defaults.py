@@ -307,3 +307,27 @@ def test_defaults_meet_the_goal_on_all_of_lfw():
     labels = cluster_embeddings(s.embeddings, threshold=s.thresholds[DEFAULT_OPERATING_POINT])
     r = clustering_metrics(s.labels, labels)
     assert r.bcubed_precision >= 0.95 and r.bcubed_f >= 0.85, r
+
+
+def test_pair_false_accepts_match_brute_force_and_samples_average_seeds():
+    mod = load_script()
+    x, y = groups_of([1, 1, 2, 3, 5, 1, 4] * 200, dim=8, noise=0.6, seed=4)
+    s = mod.FaceSet("synthetic", np.array([f"p{v}" for v in y]), x)
+    thresholds = [("a", 0.5), ("b", 1.2)]
+    got = mod.pair_false_accepts(s, thresholds)
+    d = ((x[:, None].astype(np.float64) - x[None]) ** 2).sum(-1)
+    iu = np.triu_indices(len(x), 1)
+    different = y[iu[0]] != y[iu[1]]
+    for row, (_, t) in zip(got, thresholds, strict=True):
+        assert row["different_pairs"] == different.sum()
+        expected = (d[iu][different] <= t).mean()
+        assert abs(row["false_accept_rate"] - expected) < 1e-4
+    sub = mod.random_subset(s, 300, seed=1)
+    assert len(sub.labels) == 300 and len(set(sub.embeddings[:, 0].tolist())) == 300
+    runs = [
+        [{"set": "s", "bcubed_f": f, "threshold": 1.0, "clusters": c, "people": 9}]
+        for f, c in ((0.5, 10), (0.7, 13))
+    ]
+    (mean,) = mod.mean_rows(runs, 2)
+    assert mean["bcubed_f"] == pytest.approx(0.6) and mean["clusters"] == 12
+    assert mean["threshold"] == 1.0 and "mean of 2 seeds" in mean["set"]
