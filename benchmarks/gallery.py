@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from facenet.apps.cluster import cluster_embeddings, knn_graph
-from facenet.apps.gallery import Gallery, ModelFingerprint
+from facenet.apps.gallery import Gallery
+from facenet.fingerprint import ModelFingerprint
 
 
 def unit(x: np.ndarray) -> np.ndarray:

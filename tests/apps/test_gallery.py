@@ -14,10 +14,10 @@ from facenet.apps.gallery import (
     Gallery,
     GalleryError,
     IncompatibleModelError,
-    ModelFingerprint,
     UnknownIdentityError,
     index_kind,
 )
+from facenet.fingerprint import ModelFingerprint
 
 DIM = 16
 MODEL = ModelFingerprint("tiny", "test", "a" * 64, DIM, ref="model-a.safetensors")

@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from facenet.apps.gallery import FaceRecord, Gallery, ModelFingerprint
+from facenet.apps.gallery import FaceRecord, Gallery
+from facenet.fingerprint import ModelFingerprint
 
 PER_PERSON = 50
 DIM = 64
@@ -27,7 +28,8 @@ CHILD = textwrap.dedent(
     f"""
     import sys
     import numpy as np
-    from facenet.apps.gallery import FaceRecord, Gallery, ModelFingerprint
+    from facenet.apps.gallery import FaceRecord, Gallery
+    from facenet.fingerprint import ModelFingerprint
 
     model = ModelFingerprint("tiny", "test", "a" * 64, {DIM})
     g = Gallery(sys.argv[1], approximate_above=int(sys.argv[3]))

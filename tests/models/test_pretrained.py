@@ -19,9 +19,9 @@ from facenet.convert.sandberg import (
     DELIBERATELY_UNUSED,
     ConversionError,
     convert_graph,
-    state_sha256,
     tensor_names,
 )
+from facenet.fingerprint import state_sha256
 from facenet.models import create_model
 from facenet.models import pretrained as pt
 from facenet.models.inception_resnet_v1 import BN_EPS

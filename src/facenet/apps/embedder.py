@@ -17,7 +17,6 @@ embedding so that two embedding spaces are never mixed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -29,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from facenet.apps.gallery import ModelFingerprint
 from facenet.data.images import ImageError, is_image_file, load_image
+from facenet.fingerprint import ModelFingerprint, weights_sha256
 
 CropMode = Literal["box", "similarity", "none"]
 CROP_MODES: tuple[str, ...] = ("box", "similarity", "none")
@@ -92,17 +91,6 @@ class PhotoResult:
     path: str
     faces: list[Face]
     error: str | None = None  # set when the photo could not be read
-
-
-def weights_sha256(model: nn.Module) -> str:
-    """SHA-256 of a model's weights (names, dtypes, shapes, bytes); same scheme as the converter."""
-    h = hashlib.sha256()
-    state = model.state_dict()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def expand_paths(paths: Sequence[str | os.PathLike], recursive: bool = True) -> list[Path]:

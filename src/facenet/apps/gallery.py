@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from facenet.fingerprint import ModelFingerprint, file_sha256
 from facenet.utils import atomic_write
 
 SCHEMA_VERSION = 1
@@ -107,50 +108,6 @@ class IncompatibleModelError(GalleryError):
 
 class UnknownIdentityError(GalleryError):
     """A name that is not enrolled."""
-
-
-@dataclass(frozen=True)
-class ModelFingerprint:
-    """Which embedding space a vector lives in: enough to refuse mixing two of them."""
-
-    name: str  # registry name of the architecture, e.g. "inception_resnet_v1"
-    version: str  # pretrained tag, checkpoint file name or "random"; for people, not for checks
-    weights_hash: str  # sha256 of the weights: two models are compatible iff these match
-    embedding_dim: int
-    ref: str = ""  # what the user typed to load the model (re-used by later commands)
-    compatible_with: tuple[str, ...] = ()  # other weights hashes whose embeddings we can query
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "weights_hash": self.weights_hash,
-            "embedding_dim": self.embedding_dim,
-            "ref": self.ref,
-            "compatible_with": list(self.compatible_with),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelFingerprint:
-        return cls(
-            name=d["name"],
-            version=d.get("version", ""),
-            weights_hash=d["weights_hash"],
-            embedding_dim=int(d["embedding_dim"]),
-            ref=d.get("ref", ""),
-            compatible_with=tuple(d.get("compatible_with", ())),
-        )
-
-    def can_query(self, gallery: ModelFingerprint) -> bool:
-        """Whether embeddings from this model may be compared with ``gallery``'s."""
-        if self.embedding_dim != gallery.embedding_dim:
-            return False
-        return gallery.weights_hash == self.weights_hash or (
-            gallery.weights_hash in self.compatible_with
-        )
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.version}, weights sha256 {self.weights_hash[:12]}, d={self.embedding_dim})"
 
 
 @dataclass(frozen=True)
@@ -255,14 +212,6 @@ def printable(text: str) -> str:
         else ch
         for ch in text
     )
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _unit_rows(x: np.ndarray, dim: int | None = None) -> np.ndarray:

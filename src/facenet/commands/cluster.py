@@ -175,7 +175,7 @@ def _recorded_thresholds(meta: dict, where: str) -> dict[str, float]:
     recorded = meta.get("thresholds")
     if isinstance(recorded, dict) and recorded:
         return {str(k): float(v) for k, v in recorded.items()}
-    from facenet.apps.embedder import weights_sha256
+    from facenet.fingerprint import weights_sha256
     from facenet.models.loading import load_model, recorded_model_ref
 
     model_meta = meta.get("model") if isinstance(meta.get("model"), dict) else {}

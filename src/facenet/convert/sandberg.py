@@ -18,7 +18,6 @@ not this architecture cannot convert silently wrong.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from facenet.convert.graphdef import Node, read_graphdef
+from facenet.fingerprint import file_sha256, state_sha256
 from facenet.models.inception_resnet_v1 import BN_EPS, InceptionResnetV1
 from facenet.models.registry import create_model
 
@@ -70,26 +70,6 @@ class ConversionReport:
 
 class ConversionError(ValueError):
     """The graph does not match our Inception-ResNet-v1."""
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def state_sha256(state: dict[str, torch.Tensor]) -> str:
-    """Hex SHA-256 of a state dict's content (names, dtypes, shapes, bytes), independent of the
-    file format it is stored in."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _key(name: str) -> str:
@@ -242,7 +222,7 @@ def convert_sandberg(
     meta = {
         "source": {
             "file": graph_path.name,
-            "sha256": sha256_file(graph_path),
+            "sha256": file_sha256(graph_path),
             "upstream": "https://github.com/davidsandberg/facenet",
             "licence": "MIT",
         }

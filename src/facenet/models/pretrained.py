@@ -48,7 +48,7 @@ class PublishedWeights:
     module: str = ""  # the package's import name
     source_file: str = ""  # file inside that package
     source_sha256: str = ""  # SHA-256 of that file
-    weights_sha256: str = ""  # facenet.convert.sandberg.state_sha256 of the loaded tensors
+    weights_sha256: str = ""  # facenet.fingerprint.state_sha256 of the loaded tensors
     # (entry, source, out file); None for bundled weights
     produce: Callable[[PublishedWeights, Path, Path], None] | None = None
     bundled: str = ""  # file name in facenet/models/weights/ for weights shipped in the package
@@ -189,7 +189,7 @@ def _cache_is_current(entry: PublishedWeights, path: Path) -> tuple[bool, str]:
 
 
 def _verify_weights(entry: PublishedWeights, model: nn.Module, path: Path) -> None:
-    from facenet.convert.sandberg import state_sha256
+    from facenet.fingerprint import state_sha256
 
     if not entry.weights_sha256:
         return
@@ -221,9 +221,9 @@ def weights_file(entry: PublishedWeights) -> Path:
             return path
         warnings.warn(f"{path}: {why}; rebuilding", stacklevel=3)
     source = source_path(entry)
-    from facenet.convert.sandberg import sha256_file
+    from facenet.fingerprint import file_sha256
 
-    digest = sha256_file(source)
+    digest = file_sha256(source)
     if digest != entry.source_sha256:
         raise PretrainedUnavailable(
             f"{source}: SHA-256 {digest} != expected {entry.source_sha256} for {entry.ref}; "
