@@ -31,6 +31,7 @@ from torch import nn
 from facenet.config import Config, ConfigError, config_to_dict, dump_config
 from facenet.data.augment import augment_batch, step_rng
 from facenet.data.transforms import normalize
+from facenet.models.card import card_of
 from facenet.train import distributed as D
 from facenet.train import sam
 from facenet.train.checkpoint import (
@@ -629,7 +630,7 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         last_val = dict((ckpt.get("metrics") or {}).get("validation") or {})
         elapsed_before = float((ckpt.get("metrics") or {}).get("elapsed_s", 0.0))
         thresholds = dict(ckpt.get("thresholds") or {})
-        unwrap(model).thresholds = thresholds
+        card_of(unwrap(model)).set_thresholds(thresholds)
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -700,9 +701,9 @@ def _train(config: Config, resume: bool, info: D.DistInfo) -> TrainResult:
         res = evaluate(unwrap(model) if ema is None else ema.module)
         raw = evaluate(unwrap(model)) if ema is not None else None
         thresholds = dict(res.thresholds)
-        unwrap(model).thresholds = thresholds
+        card_of(unwrap(model)).set_thresholds(thresholds)
         if ema is not None:
-            ema.module.thresholds = thresholds
+            card_of(ema.module).set_thresholds(thresholds)
         row = {
             "step": step,
             "accuracy": res.accuracy,
