@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from facenet.models.loading import ModelFileError, model_info, safe_torch_load
 from facenet.utils import atomic_write
 
 FORMAT_VERSION = 1
@@ -55,13 +56,14 @@ def save_checkpoint(
     ``metrics`` (latest training + validation values), ``best``.
     """
     bare = unwrap(model)
+    info = model_info(bare)  # registry name, factory kwargs, spec, thresholds
     ckpt = {
         "format_version": FORMAT_VERSION,
-        "model": getattr(bare, "model_name", bare.spec.name),
-        "model_kwargs": dict(getattr(bare, "model_kwargs", {})),
-        "spec": bare.spec.to_dict(),
+        "model": info["model"],
+        "model_kwargs": info["model_kwargs"],
+        "spec": info["spec"],
         "model_state": model_state_dict(bare),
-        "thresholds": dict(thresholds or getattr(bare, "thresholds", None) or {}),
+        "thresholds": dict(thresholds or info["thresholds"]),
         "config": config,
         "step": int(step),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -82,8 +84,6 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint`` (CPU tensors); never runs code
     (``facenet.models.loading.safe_torch_load``)."""
-    from facenet.models.loading import ModelFileError, safe_torch_load
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
