@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from facenet.models import create_model, list_models
+from facenet.models.card import card_of
 from facenet.models.flops import count_multiply_adds
 
 VARIANTS = ("eager", "channels_last", "compile", "onnxruntime")
@@ -97,7 +98,7 @@ def make_runner(
 
         from facenet.models.export import export_onnx
 
-        path = workdir / f"{model.model_name}.onnx"
+        path = workdir / f"{card_of(model).name}.onnx"
         if not path.exists():
             export_onnx(model.to(memory_format=torch.contiguous_format), path)
         opts = ort.SessionOptions()

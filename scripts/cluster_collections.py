@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from facenet.models.card import card_of
+
 GRID = (0.60, 1.30, 0.05)  # default threshold grid: start, stop (inclusive), step
 MIN_SIZES = (2, 3, 4, 5, 6, 7, 8)  # 6 is the default of `facenet cluster`
 
@@ -61,7 +63,7 @@ def model_thresholds(ref: str) -> dict[str, float]:
     from facenet.models.loading import load_model
 
     try:
-        return {k: float(v) for k, v in (load_model(ref).thresholds or {}).items()}
+        return {k: float(v) for k, v in card_of(load_model(ref)).thresholds.items()}
     except Exception as e:  # noqa: BLE001 - named thresholds are optional; the grid still runs
         print(f"cluster_collections: no thresholds from model {ref!r}: {e}", file=sys.stderr)
         return {}

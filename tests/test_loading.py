@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from facenet.models import create_model, list_models
+from facenet.models.card import card_of
 from facenet.models.loading import load_model, read_metadata, save_weights
 
 
@@ -14,7 +15,7 @@ def test_unknown_model_lists_valid_names():
 def test_weights_file_rebuilds_the_same_model(tmp_path):
     torch.manual_seed(0)
     model = create_model("tiny", embedding_dim=64).eval()
-    model.thresholds = {"accuracy": 1.1}
+    card_of(model).set_thresholds({"accuracy": 1.1})
     path = save_weights(model, tmp_path / "w.safetensors", extra={"source": "test"})
     meta = read_metadata(path)
     assert meta["model"] == "tiny" and meta["model_kwargs"] == {"embedding_dim": 64}
@@ -22,7 +23,7 @@ def test_weights_file_rebuilds_the_same_model(tmp_path):
     again = load_model(str(path))
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
-    assert again.thresholds == {"accuracy": 1.1}
+    assert card_of(again).thresholds == {"accuracy": 1.1}
     assert again.spec == model.spec
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from facenet.data.images import load_image
 from facenet.data.transforms import to_tensor
+from facenet.models.card import card_of
 from facenet.models.loading import save_weights
 from facenet.models.registry import create_model
 
@@ -62,7 +63,7 @@ def trained_tiny(orl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     dist, issame = d[iu], same[iu]
     from facenet.eval.verification import calibrate_thresholds
 
-    model.thresholds = calibrate_thresholds(dist, issame)
+    card_of(model).set_thresholds(calibrate_thresholds(dist, issame))
     path = tmp_path_factory.mktemp("models") / "tiny-orl.safetensors"
     save_weights(model, path)
     return path
@@ -73,7 +74,7 @@ def other_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A different (untrained) ``tiny``: another embedding space."""
     torch.manual_seed(1)
     model = create_model("tiny")
-    model.thresholds = {"accuracy": 1.0, "far_1e-3": 0.5}
+    card_of(model).set_thresholds({"accuracy": 1.0, "far_1e-3": 0.5})
     path = tmp_path_factory.mktemp("models") / "tiny-other.safetensors"
     save_weights(model, path)
     return path

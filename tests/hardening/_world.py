@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from facenet.models.card import card_of
 from facenet.models.loading import save_weights
 from facenet.models.registry import create_model
 from facenet.train.checkpoint import save_checkpoint
@@ -59,7 +60,7 @@ def photo(path: Path, seed: int, size: int = 48) -> Path:
 def tiny_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = create_model("tiny")
-    model.thresholds = dict(THRESHOLDS)
+    card_of(model).set_thresholds(THRESHOLDS)
     return model
 
 

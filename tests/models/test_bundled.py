@@ -8,6 +8,7 @@ import torch
 
 from facenet.models import create_model
 from facenet.models import pretrained as pt
+from facenet.models.card import card_of
 from facenet.models.loading import load_model, read_metadata
 
 ENTRY = pt.PUBLISHED[("resnet_cpu", "lfw-celeba")]
@@ -36,9 +37,9 @@ def test_the_file_ships_small_half_precision_and_self_described():
 
 def test_loads_by_name_checksummed_in_fp32():
     model = create_model("resnet_cpu", pretrained="lfw-celeba")
-    assert model.pretrained == "resnet_cpu:lfw-celeba" and not model.training
+    assert card_of(model).version == "resnet_cpu:lfw-celeba" and not model.training
     assert next(model.parameters()).dtype == torch.float32
-    assert model.thresholds == read_metadata(FILE)["thresholds"]
+    assert card_of(model).thresholds == read_metadata(FILE)["thresholds"]
     x = torch.rand(2, 3, 96, 96) * 2 - 1
     with torch.no_grad():
         out = model(x)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facenet.models import ModelSpec, create_model, list_models
+from facenet.models.card import card_of
 from facenet.models.export import ExportParityError, export_model, parity
 
 MODELS = list_models()
@@ -85,7 +86,7 @@ def test_contract_gradients_and_a_training_step_lowers_triplet_loss(name):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = create_model(name)
-    assert isinstance(model.spec, ModelSpec) and model.model_name == name
+    assert isinstance(model.spec, ModelSpec) and card_of(model).name == name
     model.train()
     for m in model.modules():  # why: dropout would make the before/after comparison noisy
         if isinstance(m, nn.Dropout):
@@ -133,7 +134,7 @@ def test_embedding_dim_is_a_factory_argument(name):
     h, w = model.spec.input_size
     with torch.no_grad():
         assert model(torch.zeros(1, 3, h, w)).shape == (1, 64)
-    assert model.spec.embedding_dim == 64 and model.model_kwargs == {"embedding_dim": 64}
+    assert model.spec.embedding_dim == 64 and card_of(model).kwargs == {"embedding_dim": 64}
 
 
 # why: the torch.export-based ONNX exporter spends 5-20 s per Inception model tracing with

@@ -8,6 +8,7 @@ import torch
 
 from facenet.cli import main
 from facenet.models import create_model
+from facenet.models.card import card_of
 from facenet.models.flops import model_cost
 from facenet.models.loading import save_weights
 
@@ -81,7 +82,7 @@ def test_export_a_checkpoint_as_half_safetensors_keeps_its_training_record(tmp_p
 
     torch.manual_seed(0)
     model = create_model("tiny", embedding_dim=32).eval()
-    model.thresholds = {"accuracy": 1.1}
+    card_of(model).set_thresholds({"accuracy": 1.1})
     ckpt = save_checkpoint(
         tmp_path / "best.pt",
         model,

@@ -24,6 +24,7 @@ from facenet.convert.sandberg import (
 from facenet.fingerprint import state_sha256
 from facenet.models import create_model
 from facenet.models import pretrained as pt
+from facenet.models.card import card_of
 from facenet.models.inception_resnet_v1 import BN_EPS
 from facenet.models.loading import load_model, read_metadata
 
@@ -230,9 +231,10 @@ def test_pretrained_model_carries_spec_and_provenance(converted_cache, monkeypat
     assert model.spec.input_size == (160, 160) and model.spec.embedding_dim == 512
     assert model.spec.normalization == "fixed" and model.spec.mean == (127.5,) * 3
     assert model.spec.std == (128.0,) * 3
-    assert model.thresholds == ENTRY.thresholds
+    assert card_of(model).thresholds == ENTRY.thresholds
     # squared L2 of unit vectors; the FAR=1e-3 threshold is the stricter one
-    assert 0 < model.thresholds["far_1e-3"] < model.thresholds["accuracy"] < 4
+    thresholds = card_of(model).thresholds
+    assert 0 < thresholds["far_1e-3"] < thresholds["accuracy"] < 4
     meta = read_metadata(converted_cache / ENTRY.filename)
     assert meta["model"] == "inception_resnet_v1" and meta["licence"] == "MIT"
     assert meta["source"]["sha256"] == ENTRY.source_sha256
@@ -313,9 +315,9 @@ def test_unknown_tag_lists_the_known_ones():
 def test_local_weights_file_and_kwargs(converted_cache, tmp_path):
     path = converted_cache / ENTRY.filename
     model = create_model("inception_resnet_v1", pretrained=str(path))
-    assert model.pretrained == str(path)
+    assert card_of(model).version == str(path)
     tuned = create_model("inception_resnet_v1", pretrained=str(path), dropout=0.5)
-    assert tuned.dropout.p == 0.5 and tuned.thresholds == model.thresholds
+    assert tuned.dropout.p == 0.5 and card_of(tuned).thresholds == card_of(model).thresholds
     with pytest.raises(ValueError, match="do not fit"):
         create_model("inception_resnet_v1", pretrained=str(path), embedding_dim=128)
     with pytest.raises(ValueError, match="not 'tiny'"):

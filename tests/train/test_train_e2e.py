@@ -16,6 +16,7 @@ import torch
 
 from facenet.cli import main
 from facenet.config import load_config
+from facenet.models.card import card_of
 from facenet.models.loading import load_weights_file
 from facenet.train.checkpoint import load_checkpoint
 
@@ -70,7 +71,7 @@ def test_run_writes_everything_a_user_needs(reference_run):
     assert load_config(run / "config.yaml").max_steps == 24
     # checkpoints load as models, thresholds included (verify/identify/cluster use them)
     model = load_weights_file(run / "best.pt")
-    assert model.thresholds == load_checkpoint(run / "best.pt")["thresholds"]
+    assert card_of(model).thresholds == load_checkpoint(run / "best.pt")["thresholds"]
     st = load_weights_file(run / "last.safetensors")
     assert _states_equal(st.state_dict(), ckpt["model_state"])
     # validation rows at steps 8, 16, 24 on identities never trained on

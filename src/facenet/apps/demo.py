@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from facenet.models.card import card_of
+
 # why: scikit-learn's fetch_lfw_* mirror (figshare); the UMass site is often unreachable.
 # The SHA-256 sums are scikit-learn's; pairs.txt's equals our copy of LFW's pairs.txt.
 LFW_FILES: dict[str, tuple[str, str]] = {
@@ -333,7 +335,7 @@ def run_demo(
         thresholds = _calibrate_on_view1(
             embedder, images, dev if dev.is_file() else pairs_file, used
         )
-        model.thresholds = thresholds
+        card_of(model).set_thresholds(thresholds)
         timings["calibrate"] = time.perf_counter() - t0
         threshold_note = "fitted now on 150+150 LFW View 1 training pairs (the model ships none)"
     t_verify = thresholds.get("accuracy", 1.0)

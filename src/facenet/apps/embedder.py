@@ -30,6 +30,7 @@ from torch import nn
 
 from facenet.data.images import ImageError, is_image_file, load_image
 from facenet.fingerprint import ModelFingerprint, weights_sha256
+from facenet.models.card import card_of
 
 CropMode = Literal["box", "similarity", "none"]
 CROP_MODES: tuple[str, ...] = ("box", "similarity", "none")
@@ -159,7 +160,8 @@ class Embedder:
         self.batch_size = max(1, int(batch_size))
         self.device = device
         self.max_side = max_side
-        self.ref = ref or getattr(model, "pretrained", "") or getattr(model, "model_name", "")
+        self.card = card_of(model)
+        self.ref = ref or self.card.version or self.card.name
         self._detector_arg = detector if crop != "none" else None
         self._detector: Any = None
         self._fingerprint: ModelFingerprint | None = None
@@ -185,14 +187,14 @@ class Embedder:
     @property
     def thresholds(self) -> dict[str, float]:
         """Calibrated squared-L2 thresholds shipped with the model (may be empty)."""
-        return {k: float(v) for k, v in (getattr(self.model, "thresholds", None) or {}).items()}
+        return dict(self.card.thresholds)
 
     @property
     def fingerprint(self) -> ModelFingerprint:
         """Which embedding space this embedder produces (cached; hashing weights takes ~0.1 s)."""
         if self._fingerprint is None:
-            name = getattr(self.model, "model_name", self.spec.name)
-            version = getattr(self.model, "pretrained", "") or (
+            name = self.card.name
+            version = self.card.version or (
                 Path(self.ref).name if self.ref and os.path.exists(self.ref) else "random-init"
             )
             self._fingerprint = ModelFingerprint(
@@ -201,7 +203,7 @@ class Embedder:
                 weights_hash=weights_sha256(self.model),
                 embedding_dim=self.embedding_dim,
                 ref=self.ref,
-                compatible_with=tuple(getattr(self.model, "compatible_with", ()) or ()),
+                compatible_with=self.card.compatible_with,
             )
         return self._fingerprint
 

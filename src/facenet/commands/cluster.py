@@ -21,6 +21,7 @@ from facenet.commands._checks import (
     positive_int,
     squared_distance,
 )
+from facenet.models.card import card_of
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,4 +187,4 @@ def _recorded_thresholds(meta: dict, where: str) -> dict[str, float]:
         raise ValueError(
             f"{where} was made by weights sha256 {expected[:12]}..., but {ref} now holds others"
         )
-    return dict(getattr(model, "thresholds", None) or {})
+    return dict(card_of(model).thresholds)

@@ -25,6 +25,7 @@ from facenet.commands._checks import (
     rate,
 )
 from facenet.commands._errors import fail
+from facenet.models.card import card_of
 
 DEFAULT_CACHE = Path.home() / ".cache" / "facenet" / "embeddings"
 
@@ -213,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
 
         meta: dict[str, Any] = {
             "model": args.model,
-            "model_identity": getattr(model, "identity", None) or getattr(model, "model_name", ""),
+            "model_identity": model.identity if peer else card_of(model).name,
             "data": str(data),
             "pairs": str(args.pairs),
             "pairs_name": Path(args.pairs).name,

@@ -28,6 +28,7 @@ import torch
 
 from facenet.convert.graphdef import Node, read_graphdef
 from facenet.fingerprint import file_sha256, state_sha256
+from facenet.models.card import card_of
 from facenet.models.inception_resnet_v1 import BN_EPS, InceptionResnetV1
 from facenet.models.registry import create_model
 
@@ -218,7 +219,7 @@ def convert_sandberg(
 
     graph_path = Path(graph_path)
     model, report = convert_graph(read_graphdef(graph_path))
-    model.thresholds = dict(thresholds or {})
+    card_of(model).set_thresholds(thresholds)
     meta = {
         "source": {
             "file": graph_path.name,

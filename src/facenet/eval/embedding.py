@@ -42,6 +42,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from facenet.data.images import ImageError, load_image
+from facenet.models.card import card_of
 
 Align = Literal["center", "box", "similarity"]
 FlipMode = Literal["mean", "concat"]
@@ -146,8 +147,8 @@ def model_identity(model: Any) -> str:
     """A stable id for a torch model: name, kwargs, spec and a SHA-1 of every weight."""
     h = hashlib.sha1()
     info = {
-        "model": getattr(model, "model_name", type(model).__name__),
-        "kwargs": getattr(model, "model_kwargs", {}),
+        "model": card_of(model).name,
+        "kwargs": card_of(model).kwargs,
         "spec": model.spec.to_dict() if hasattr(model, "spec") else None,
     }
     h.update(json.dumps(info, sort_keys=True, default=str).encode())

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from facenet.models.card import card_of
+
 # why: the paper's figures (Tables 1-3, §4; SPEC §5): (params, multiply-adds); None = not given.
 # NN3 has no figure of its own in the paper (same architecture as NN2 at 160x160).
 PAPER_COSTS: dict[str, tuple[float | None, float | None]] = {
@@ -79,7 +81,7 @@ def model_cost(model: nn.Module) -> ModelCost:
     """Params, buffers and multiply-adds of ``model`` at its own input size."""
     spec = model.spec
     return ModelCost(
-        name=getattr(model, "model_name", spec.name),
+        name=card_of(model).name,
         input_size=tuple(spec.input_size),
         embedding_dim=spec.embedding_dim,
         params=count_params(model),

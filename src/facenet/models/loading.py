@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from facenet.models.card import card_of
 from facenet.models.registry import ModelSpec, create_model
 from facenet.utils import atomic_write, first_line
 
@@ -78,11 +79,12 @@ def is_file_ref(ref: str) -> bool:
 
 def model_info(model: nn.Module) -> dict[str, Any]:
     """The fields that rebuild ``model``: registry name, factory kwargs, spec, thresholds."""
+    card = card_of(model)
     return {
-        "model": getattr(model, "model_name", model.spec.name),
-        "model_kwargs": dict(getattr(model, "model_kwargs", {})),
+        "model": card.name,
+        "model_kwargs": dict(card.kwargs),
         "spec": model.spec.to_dict(),
-        "thresholds": dict(getattr(model, "thresholds", None) or {}),
+        "thresholds": dict(card.thresholds),
     }
 
 
@@ -208,7 +210,7 @@ def check_state_fits(path: str | os.PathLike, model: nn.Module, state: Any, name
             )
             if v
         ]
-        arch = name or getattr(model, "model_name", type(model).__name__)
+        arch = name or card_of(model).name
         raise ModelFileError(
             f"{path}: its weights do not fit the architecture {arch!r}: " + ", ".join(parts)
         )
@@ -234,7 +236,7 @@ def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> 
             raise ModelFileError(f"{path}: unreadable model spec ({e})") from None
     thresholds = info.get("thresholds") or {}
     try:
-        model.thresholds = {str(k): float(v) for k, v in dict(thresholds).items()}
+        card_of(model).set_thresholds(thresholds)
     except (TypeError, ValueError):
         raise ModelFileError(f"{path}: unreadable thresholds {thresholds!r}") from None
     return model.eval()

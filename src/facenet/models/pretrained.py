@@ -29,6 +29,8 @@ from typing import Any
 
 from torch import nn
 
+from facenet.models.card import card_of
+
 PRETRAINED_EXTRA = "facenet[pretrained]"
 
 
@@ -270,11 +272,11 @@ def load_pretrained(name: str, tag: str, **kwargs: Any) -> nn.Module:
         except RuntimeError as e:
             raise ValueError(f"{path}: weights do not fit {name}({kwargs}): {e}") from None
         model.spec = ModelSpec.from_dict(meta["spec"])
-        model.thresholds = dict(meta.get("thresholds") or {})
+        card_of(model).set_thresholds(meta.get("thresholds"))
         model.eval()
     else:
         model = load_weights_file(path)
     if entry is not None:
         _verify_weights(entry, model, path)
-    model.pretrained = entry.ref if entry is not None else str(path)
+    card_of(model).version = entry.ref if entry is not None else str(path)
     return model

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from torch import nn
 
+from facenet.models.card import ModelCard
+
 # why: modules that hold ``@register_model`` factories; imported lazily on first lookup.
 _FAMILY_MODULES = (
     "facenet.models.tiny",
@@ -105,8 +107,7 @@ def create_model(name: str, *, pretrained: str | None = None, **kwargs: Any) -> 
         return load_pretrained(name, pretrained, **kwargs)
     model = _REGISTRY[name](**kwargs)
     # why: a saved model rebuilds itself from these (see facenet.models.loading).
-    model.model_name = name
-    model.model_kwargs = dict(kwargs)
+    model.card = ModelCard(name=name, kwargs=dict(kwargs))
     return model
 
 
