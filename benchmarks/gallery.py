@@ -31,6 +31,7 @@ import numpy as np
 
 from facenet.apps.cluster import cluster_embeddings, knn_graph
 from facenet.apps.gallery import Gallery
+from facenet.apps.gallery_index import index_kind
 from facenet.fingerprint import ModelFingerprint
 
 
@@ -100,8 +101,6 @@ def bench_identify(vectors: np.ndarray, queries: np.ndarray, k: int = 5) -> dict
             m = g.search(q[None], k)[0]
             lat.append(time.perf_counter() - t0)
             found.append(int(m[0].name[2:]))
-        from facenet.apps.gallery import index_kind
-
         kind = index_kind(g._fresh_index())
         g.close()
     # numpy linear scan, face_recognition style

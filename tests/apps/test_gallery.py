@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 
 from facenet.apps.gallery import (
-    INDEX_NAME,
     UNKNOWN,
     FaceRecord,
     Gallery,
     GalleryError,
     IncompatibleModelError,
     UnknownIdentityError,
-    index_kind,
 )
+from facenet.apps.gallery_index import INDEX_NAME, index_kind, read_index_file, write_index_file
 from facenet.fingerprint import ModelFingerprint
 
 DIM = 16
@@ -198,16 +197,14 @@ def _rewrite_index(path, change):
     header (what a tamperer or a stray process would do)."""
     import faiss
 
-    from facenet.apps.gallery import _read_index_file, _write_index_file
-
-    header, index = _read_index_file(path)
+    header, index = read_index_file(path)
     ids = faiss.vector_to_array(index.id_map).astype(np.int64)
     base = faiss.downcast_index(index.index)
     vectors = base.reconstruct_n(0, base.ntotal)
     change(vectors)
     fresh = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
     fresh.add_with_ids(vectors, ids)
-    _write_index_file(path, fresh, header)
+    write_index_file(path, fresh, header)
 
 
 def test_overwritten_index_vectors_are_never_searched(tmp_path):

@@ -23,21 +23,18 @@ Identity names are printable text: control and format characters (newlines, bidi
 refused, so a name cannot spoof a line of ``gallery list``. A photo is stored once: enrolling a
 photo whose bytes (SHA-256) and face are already in the gallery reports it and stores nothing.
 
-Search. Embeddings are unit vectors, so squared L2 distance = ``2 - 2 * inner product``; the index
-ranks by inner product. Up to ``approximate_above`` embeddings it is an exact ``IndexFlatIP``;
-above, an HNSW graph (approximate, logarithmic query time). Identification takes the nearest
-embeddings, keeps each identity's closest one, and calls the probe **unknown** when even the
-nearest identity is farther than the open-set threshold.
+Search. The index (``facenet.apps.gallery_index``: how it is built, the file format) ranks unit
+embeddings by inner product, exact up to ``approximate_above`` embeddings and HNSW above.
+Identification takes the nearest embeddings, keeps each identity's closest one, and calls the
+probe **unknown** when even the nearest identity is farther than the open-set threshold.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
-import struct
 import time
 import unicodedata
 import uuid
@@ -48,20 +45,21 @@ from typing import Any
 
 import numpy as np
 
+from facenet.apps.embedder import resolve_threshold
+from facenet.apps.gallery_index import (
+    DEFAULT_APPROXIMATE_ABOVE,
+    INDEX_NAME,
+    build_index,
+    faiss_threads,
+    index_kind,
+    read_index_file,
+    write_index_file,
+)
 from facenet.fingerprint import ModelFingerprint, file_sha256
-from facenet.utils import atomic_write
 
 SCHEMA_VERSION = 1
 DB_NAME = "gallery.sqlite"
-INDEX_NAME = "index.faiss"
 UNKNOWN = "unknown"
-# why: below ~100k vectors an exact scan answers in about a millisecond on one core; above it an
-# HNSW graph keeps queries well under a millisecond at recall ~0.99 (see benchmarks/gallery.py).
-DEFAULT_APPROXIMATE_ABOVE = 100_000
-HNSW_M = 32  # graph degree: the usual accuracy/memory trade-off for 128-d vectors
-HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 128
-_INDEX_MAGIC = b"FNGIDX01"
 MAX_NAME_LENGTH = 200
 
 _SCHEMA = """
@@ -226,93 +224,6 @@ def _unit_rows(x: np.ndarray, dim: int | None = None) -> np.ndarray:
     if (norms < 1e-6).any():
         raise GalleryError("an embedding has zero length")
     return x / norms
-
-
-# --------------------------------------------------------------------------- FAISS index file
-
-
-@contextlib.contextmanager
-def faiss_threads(n: int | None) -> Iterator[None]:
-    """Run FAISS with ``n`` OpenMP threads inside the block (None: leave as is).
-
-    why: for one probe, OpenMP start-up and barrier waits cost far more than the scan itself
-    (measured 42 ms vs 0.5 ms per query on a busy 2-core machine, 10k x 128 flat index).
-    """
-    import faiss
-
-    if n is None:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
-def build_index(
-    vectors: np.ndarray, ids: np.ndarray, approximate_above: int = DEFAULT_APPROXIMATE_ABOVE
-) -> Any:
-    """A FAISS inner-product index over (N, D) unit ``vectors`` answering with int64 ``ids``.
-
-    Exact (``IndexFlatIP``) up to ``approximate_above`` vectors, HNSW above.
-    """
-    import faiss
-
-    d = vectors.shape[1]
-    if len(vectors) > approximate_above:
-        base = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        base.hnsw.efSearch = HNSW_EF_SEARCH
-    else:
-        base = faiss.IndexFlatIP(d)
-    index = faiss.IndexIDMap2(base)
-    if len(vectors):
-        index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
-    return index
-
-
-def index_kind(index: Any) -> str:
-    import faiss
-
-    base = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    return "hnsw" if isinstance(base, faiss.IndexHNSW) else "flat"
-
-
-def _write_index_file(path: Path, index: Any, header: dict[str, Any]) -> str:
-    """``magic | u32 header length | JSON header | faiss bytes``, written atomically; returns
-    the SHA-256 of the bytes written."""
-    import faiss
-
-    blob = faiss.serialize_index(index).tobytes()
-    head = json.dumps(header).encode()
-    h = hashlib.sha256()
-    with atomic_write(path) as f:
-        for part in (_INDEX_MAGIC, struct.pack("<I", len(head)), head, blob):
-            f.write(part)
-            h.update(part)
-    return h.hexdigest()
-
-
-def _read_index_file(path: Path, sha256: str | None = None) -> tuple[dict[str, Any], Any] | None:
-    """The header and index of ``path``, or None when it is missing, unreadable or its bytes do
-    not have the SHA-256 ``sha256`` (when given)."""
-    import faiss
-
-    try:
-        data = path.read_bytes()
-        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            return None
-        if not data.startswith(_INDEX_MAGIC):
-            return None
-        (n,) = struct.unpack_from("<I", data, len(_INDEX_MAGIC))
-        start = len(_INDEX_MAGIC) + 4
-        header = json.loads(data[start : start + n])
-        index = faiss.deserialize_index(np.frombuffer(data[start + n :], dtype=np.uint8))
-        return header, index
-    except (OSError, ValueError, RuntimeError, struct.error):
-        return None
 
 
 # --------------------------------------------------------------------------- the gallery
@@ -586,7 +497,7 @@ class Gallery:
             return None
         weights = model.weights_hash
         recorded = self._meta("index_sha256")
-        loaded = _read_index_file(self.directory / INDEX_NAME, recorded) if recorded else None
+        loaded = read_index_file(self.directory / INDEX_NAME, recorded) if recorded else None
         if loaded is not None:
             header, index = loaded
             count = len(self)
@@ -624,7 +535,7 @@ class Gallery:
         # other's checksum, and a database that moved on meanwhile keeps its own state.
         with contextlib.suppress(OSError, sqlite3.OperationalError), self._transaction():
             if self.generation == generation:
-                digest = _write_index_file(self.directory / INDEX_NAME, index, header)
+                digest = write_index_file(self.directory / INDEX_NAME, index, header)
                 self._set_meta("index_sha256", digest)
         self._index, self._index_header = index, header
         return index
@@ -757,6 +668,4 @@ def open_set_threshold(
     """The open-set rejection threshold: ``threshold``; else the model's FAR-calibrated one
     (``far`` or 1e-3: a stranger is accepted as someone with at most that probability per
     enrolled face compared); else its best-accuracy threshold."""
-    from facenet.apps.embedder import resolve_threshold
-
     return resolve_threshold(thresholds, threshold, far, default=("far_1e-3", "accuracy"))
