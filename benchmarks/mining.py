@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from facenet.utils import write_json
+
 SIZES = (160, 800, 1800, 3600, 7200)
 PER_IDENTITY = 40  # why: the paper's ~40 faces per identity (SPEC §3)
 DIM = 128  # why: the paper's embedding size
@@ -67,6 +69,7 @@ def _reset_peak() -> bool:
 
 
 def _inputs(batch: int, seed: int = 0):
+    # why: torch loads in the worker processes only: their memory baseline is taken after it
     import torch
     import torch.nn.functional as F
 
@@ -81,6 +84,8 @@ def _inputs(batch: int, seed: int = 0):
 
 
 def worker(args: argparse.Namespace) -> None:
+    # why: a worker imports torch and then only the implementation it measures (the peak memory
+    # above its baseline must be that implementation's alone)
     import torch
 
     if args.threads:
@@ -317,8 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows, args.rule))
     if args.json:
-        from facenet.utils import write_json
-
         meta = {"load_average_start": load, "cpus": os.cpu_count(), "command": " ".join(sys.argv)}
         write_json(args.json, {"meta": meta, "rows": rows})
     return 0

@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from facenet.config import load_config
+
 # why: the models `facenet train` recipes train on a CPU (the paper's networks run at 1-10
 # images/s here; pass e.g. nns2:norm=batchnorm to measure them).
 DEFAULT_MODELS = ("resnet_cpu", "tiny:input_size=64,width=32")
@@ -72,8 +74,6 @@ def parse_model(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _config(name: str, kwargs: dict[str, Any], args: argparse.Namespace, run_dir: str):
-    from facenet.config import load_config
-
     p, k = args.batch
     return load_config(
         args.config,
@@ -95,6 +95,7 @@ def _config(name: str, kwargs: dict[str, Any], args: argparse.Namespace, run_dir
             "optimiser.name=adamw",
             "optimiser.lr=0.001",
             "optimiser.grad_clip=5.0",
+            "optimiser.ema_decay=0",  # why: the peer keeps no weight average
             "validation.every=0",
             "validation.pairs=synthetic",
             "time_limit_minutes=0",
@@ -109,6 +110,8 @@ def _config(name: str, kwargs: dict[str, Any], args: argparse.Namespace, run_dir
 
 
 def run_ours(name: str, kwargs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    # why: each implementation runs in its own worker process, which imports only its own loop
+    # (the parent that starts the workers never loads torch)
     from facenet.train.loop import train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,6 +124,7 @@ def run_ours(name: str, kwargs: dict[str, Any], args: argparse.Namespace) -> dic
 
 
 def run_peer(name: str, kwargs: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    # why: as in run_ours, only this worker loads torch and the peer library (a test extra)
     import torch
     from pytorch_metric_learning.distances import LpDistance
     from pytorch_metric_learning.losses import TripletMarginLoss
@@ -129,9 +133,9 @@ def run_peer(name: str, kwargs: dict[str, Any], args: argparse.Namespace) -> dic
     from facenet.data.augment import augment_batch, step_rng
     from facenet.data.sampler import IdentityBalancedSampler
     from facenet.data.synthetic import make_synthetic
-    from facenet.data.transforms import normalize
     from facenet.models import create_model
-    from facenet.train.loop import stored_size
+    from facenet.preprocess import normalize
+    from facenet.train.data import stored_size
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -191,6 +195,7 @@ def _worker(args: argparse.Namespace) -> None:
     name, kwargs = parse_model(args.worker_model)
     fn = run_ours if args.worker_impl == "ours" else run_peer
     result = fn(name, kwargs, args)
+    # why: worker process only (see run_ours)
     from facenet.models import create_model
     from facenet.models.flops import count_multiply_adds
 

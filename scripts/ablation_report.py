@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
             [(minutes_at(int(r["step"])), float(r["accuracy"])) for r in val],
             [(float(r["elapsed_s"]) / 60, float(r["embedding_spread"])) for r in train],
         )
-    try:
+    try:  # why: optional, and its file-only backend must be chosen before pyplot loads
         import matplotlib
 
         matplotlib.use("Agg")

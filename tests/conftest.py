@@ -43,25 +43,30 @@ class TrainingInterrupted(BaseException):
 
 @pytest.fixture
 def interrupt_training(monkeypatch):
-    """``interrupt_training(step, fn, *args)`` runs ``fn(*args)`` (a training run) and makes it
-    die as it is about to start ``step``, after that step's checkpoint was written; the loop is
-    restored afterwards, so the caller can ``--resume``."""
+    """``interrupt_training(step, fn, *args)`` runs ``fn(*args)`` (a training run, e.g. the CLI)
+    and makes it die as it is about to start ``step``, after that step's checkpoint was written:
+    every ``train()`` call inside gets a hook (``facenet.train.loop.Hook``) that raises
+    ``TrainingInterrupted`` there. ``train`` is itself again afterwards, so the caller can
+    ``--resume``."""
+    # why: every test loads this file; the training package (and torch) only the tests that train
+    import functools
+
     import facenet.train.loop as loop
 
-    real = loop.lr_at
+    real = loop.train
 
     def run(step: int, fn, *args) -> None:
-        def lr_or_die(s, *a, **kw):
-            if s == step:
+        def die_at(state) -> None:
+            if state.step == step:
                 raise TrainingInterrupted
-            return real(s, *a, **kw)
 
-        monkeypatch.setattr(loop, "lr_at", lr_or_die)
+        # why: the CLI calls ``facenet.train.loop.train`` itself; this hands that call the hook
+        monkeypatch.setattr(loop, "train", functools.partial(real, hooks=[die_at]))
         try:
             with pytest.raises(TrainingInterrupted):
                 fn(*args)
         finally:
-            monkeypatch.setattr(loop, "lr_at", real)
+            monkeypatch.setattr(loop, "train", real)
 
     return run
 

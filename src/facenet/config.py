@@ -7,7 +7,6 @@ resolved beside the run and inside every checkpoint, so a checkpoint alone says 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import types
@@ -90,23 +89,12 @@ class MiningConfig:
     # "online": mine within each training batch (what the paper's results use); "offline":
     # every refresh_every steps embed a fresh identity-balanced subset with the current model,
     # mine it with `rule`, and train on batches of those triplets (SPEC §3's alternative,
-    # facenet.losses.offline; one process only). The sampler section is then unused.
+    # facenet.train.offline; one process only). The sampler section is then unused.
     strategy: Literal["online", "offline"] = "online"
     refresh_every: int = 100  # offline: steps between two minings
     subset_identities: int = 200  # offline: identities in each mined subset
     subset_images_per_identity: int = 20  # offline: faces per identity in the subset
     triplets_per_batch: int = 600  # offline: mined triplets in each training batch
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    # Not in the paper (which trains with the triplet loss alone): a large-margin cosine softmax
-    # over the training identities added to the triplet loss with this weight (0 = off). Every
-    # face then gets a gradient every step; on this repo's CPU data it did not help (README: the
-    # 10-minute probes and a 29-minute run with the weight average). See facenet.losses.classifier.
-    weight: float = 0.0
-    scale: float = 30.0  # logit scale s of cos(embedding, class proxy)
-    margin: float = 0.2  # additive cosine margin m on the true class (CosFace)
 
 
 @dataclass(frozen=True)
@@ -120,19 +108,9 @@ class OptimiserConfig:
     eps: float = 1e-8  # adamw / adagrad denominator epsilon
     initial_accumulator_value: float = 0.1  # adagrad only (TensorFlow's default)
     grad_clip: float = 0.0  # clip the global gradient norm to this (0 = off)
-    # sharpness-aware minimisation (facenet.train.sam): step with the gradient at the weights
-    # moved sam_rho along their normalised gradient; 0 = off; a second forward/backward per step
-    sam_rho: float = 0.0
-    sam_start_step: int = 0  # SAM from this step on (late SAM gives most of the gain)
     # exponential moving average of the weights (facenet.train.ema), validated, checkpointed and
     # exported instead of the raw weights; 0 = off, e.g. 0.998 (a ~500-step memory)
     ema_decay: float = 0.0
-    # mean-teacher consistency (Tarvainen & Valpola 2017): this weight times the mean squared
-    # distance between the trained network's embedding of each face and the weight average's
-    # embedding of a second, independent augmentation of it; needs ema_decay > 0; 0 = off. Costs
-    # a forward pass of the average (no gradient) per step; did not help on this repo's CPU data
-    # (README: weights 0.1 and 1.0 on the 2-hour recipe).
-    ema_consistency: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -187,7 +165,6 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     optimiser: OptimiserConfig = field(default_factory=OptimiserConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -197,6 +174,29 @@ class Config:
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the dataclasses."""
+
+
+# why: options that were measured, did not help (README) and left the code; a config that still
+# names one is told so, and where to find it, instead of reading "unknown key"
+LAST_COMMIT_WITH_REMOVED = "b0f95e6"
+REMOVED: dict[str, str] = {
+    "classifier": "the CosFace identity classifier beside the triplet loss",
+    "optimiser.sam_rho": "sharpness-aware minimisation, SAM",
+    "optimiser.sam_start_step": "sharpness-aware minimisation, SAM",
+    "optimiser.ema_consistency": "mean-teacher consistency with the weight average",
+}
+
+
+def _check_not_removed(key: str) -> None:
+    """``ConfigError`` when ``key`` (dotted) is, or lies under, a removed option."""
+    parts = key.split(".")
+    for i in range(1, len(parts) + 1):
+        option = ".".join(parts[:i])
+        if option in REMOVED:
+            raise ConfigError(
+                f"{key}: option removed ({REMOVED[option]}; it did not help, see README); "
+                f"commit {LAST_COMMIT_WITH_REMOVED} is the last that has it"
+            )
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -267,6 +267,8 @@ def _from_dict(cls: type, d: dict[str, Any], where: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names)
+    for k in unknown:
+        _check_not_removed(where + k)
     if unknown:
         raise ConfigError(
             f"unknown key(s) {', '.join(where + k for k in unknown)}; "
@@ -306,6 +308,7 @@ def apply_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> C
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
+        _check_not_removed(key.strip())
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
@@ -358,7 +361,7 @@ def load_config(
         if path is None:
             raise
         raise ConfigError(f"{path}: {e}") from e
-    return check_ranges(apply_overrides(config, overrides))
+    return check_config(apply_overrides(config, overrides))
 
 
 # key -> (lowest, highest, whether the ends are allowed); values outside stop the run before it
@@ -382,6 +385,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "optimiser.weight_decay": (0, math.inf, True, True),
     "optimiser.eps": (0, math.inf, False, True),
     "optimiser.grad_clip": (0, math.inf, True, True),
+    "optimiser.ema_decay": (0, 1, True, False),  # 0 = off; 1 would never move
     "schedule.warmup_steps": (0, math.inf, True, True),
     "schedule.min_lr_ratio": (0, 1, True, True),
     "schedule.gamma": (0, math.inf, False, True),
@@ -410,11 +414,34 @@ def check_ranges(config: Config) -> Config:
     return config
 
 
+def check_config(config: Config, world_size: int = 1) -> Config:
+    """``config`` unchanged, or ``ConfigError`` naming what cannot run: a key outside its
+    ``RANGES``, offline mining with a size below 1, offline mining in ``world_size`` > 1 processes.
+
+    ``load_config`` calls it with one process; ``facenet.train.loop.train`` again with the real
+    world size, before any work.
+    """
+    check_ranges(config)
+    mining = config.mining
+    if mining.strategy != "offline":
+        return config
+    sizes = {
+        "refresh_every": mining.refresh_every,
+        "subset_identities": mining.subset_identities,
+        "subset_images_per_identity": mining.subset_images_per_identity,
+        "triplets_per_batch": mining.triplets_per_batch,
+    }
+    bad = [f"mining.{k}={v}" for k, v in sizes.items() if v < 1]
+    if bad:
+        raise ConfigError(f"offline mining needs positive sizes: {', '.join(bad)}")
+    if world_size > 1:
+        raise ConfigError(
+            "mining.strategy=offline runs in one process; under torchrun use online mining "
+            "(the global batch is mined across ranks)"
+        )
+    return config
+
+
 def dump_config(config: Config) -> str:
     """The resolved config as YAML text."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
-
-
-def replace(config: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` re-exported for frozen configs."""
-    return dataclasses.replace(config, **changes)

@@ -6,6 +6,7 @@ from facenet.config import (
     Config,
     ConfigError,
     apply_overrides,
+    check_config,
     config_from_dict,
     config_to_dict,
     dump_config,
@@ -131,3 +132,41 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
 def test_configs_are_frozen():
     with pytest.raises(AttributeError):
         Config().seed = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "optimiser.sam_rho=0.05",
+        "optimiser.sam_start_step=100",
+        "optimiser.ema_consistency=0.1",
+        "classifier.weight=1.0",
+        "classifier={weight: 1.0}",
+    ],
+)
+def test_removed_options_name_the_last_commit_that_has_them(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key}: option removed .*commit b0f95e6") as e:
+        load_config(None, [override])
+    assert "\n" not in str(e.value)
+
+
+def test_a_config_file_with_a_removed_section_is_refused_by_name(tmp_path):
+    p = tmp_path / "old.yaml"
+    p.write_text("classifier:\n  weight: 0.5\n  scale: 30.0\n")
+    with pytest.raises(ConfigError, match=r"old\.yaml: classifier: option removed .*b0f95e6"):
+        load_config(p)
+    p.write_text("optimiser:\n  lr: 0.1\n  sam_rho: 0.05\n")
+    with pytest.raises(ConfigError, match=r"optimiser\.sam_rho: option removed"):
+        load_config(p)
+
+
+def test_offline_mining_sizes_and_processes_are_checked():
+    c = load_config(None, ["mining.strategy=offline"])
+    assert check_config(c) is c
+    with pytest.raises(ConfigError, match="mining.refresh_every=0"):
+        load_config(None, ["mining.strategy=offline", "mining.refresh_every=0"])
+    # online mining never reads the offline sizes
+    load_config(None, ["mining.refresh_every=0"])
+    with pytest.raises(ConfigError, match="runs in one process"):
+        check_config(c, world_size=2)

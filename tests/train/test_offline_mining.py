@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from facenet.losses import triplet_margin_loss
-from facenet.losses.offline import OfflineTripletMiner
+from facenet.train.offline import OfflineTripletMiner
 
 
 def dataset(seed: int = 0, identities: int = 12, per_identity: int = 8, noise: float = 0.8):

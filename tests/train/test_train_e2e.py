@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,12 @@ from facenet.cli import main
 from facenet.config import load_config
 from facenet.models.card import card_of
 from facenet.models.loading import load_weights_file
-from facenet.train.checkpoint import load_checkpoint
+from facenet.train import loop, terms
+from facenet.train.checkpoint import load_checkpoint, write_checkpoint
+from facenet.train.data import MINING_STREAM, augment_stream, build_train_data
+from facenet.train.distributed import DistInfo
+from facenet.train.offline import OfflineTripletMiner
+from facenet.train.validate import embed_images
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
 
@@ -136,9 +142,7 @@ def test_collapse_stops_with_a_clear_message(tmp_path, capsys):
 
 
 def test_divergence_stops_before_the_weights_are_touched(tmp_path, monkeypatch, capsys):
-    import facenet.losses as losses
-
-    real = losses.triplet_loss
+    real = terms.triplet_loss
     calls = {"n": 0}
 
     def poisoned(*a, **kw):
@@ -148,7 +152,7 @@ def test_divergence_stops_before_the_weights_are_touched(tmp_path, monkeypatch, 
             return type(out)(out.loss * float("nan"), out.stats, out.triplets)
         return out
 
-    monkeypatch.setattr(losses, "triplet_loss", poisoned)
+    monkeypatch.setattr(terms, "triplet_loss", poisoned)
     run = tmp_path / "run"
     assert main(_args(run)) == 4
     err = capsys.readouterr().err
@@ -174,89 +178,68 @@ def test_other_optimisers_train(tmp_path, name):
     assert load_checkpoint(run / "last.pt")["optimizer"]["state"]
 
 
-# ---------------------------------------------------------------- the optional classifier
-CLS = ("classifier.weight=0.5", "max_steps=12", "validation.every=6", "output.checkpoint_every=6")
+def test_the_training_loop_streams_never_share_a_seed():
+    ranks = range(1024)
+    streams = [MINING_STREAM, *map(augment_stream, ranks)]
+    assert len(set(streams)) == len(streams)
+    # a single process augments from stream 0, as every run before the streams were named did
+    assert augment_stream(0) == 0
 
 
-@pytest.fixture(scope="module")
-def classifier_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("cls") / "run"
-    assert main(_args(run, *CLS)) == 0
-    return run
+def test_hooks_see_every_step_and_can_stop_the_run(tmp_path):
+    """The loop's seam: a hook is called with the state before each step; an exception it raises
+    ends the run after the previous step's checkpoint, which then resumes to the same end."""
+    config = load_config(SMOKE, [f"output.dir={tmp_path / 'run'}", "max_steps=6"])
+    seen: list[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(state) -> None:
+        seen.append(state.step)
+        if state.step == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        loop.train(config, hooks=[record])
+    assert seen == [0, 1, 2, 3, 4]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 4  # checkpoint_every=4
+    result = loop.train(config, resume=True, hooks=[lambda state: seen.append(state.step)])
+    assert result.step == 6 and seen[5:] == [4, 5]
 
 
-def test_classifier_run_logs_it_and_keeps_it_out_of_the_model(classifier_run):
-    run = classifier_run
+def test_removed_options_are_one_line_naming_the_last_commit_with_them(tmp_path, capsys):
+    assert main(_args(tmp_path / "run", "optimiser.sam_rho=0.05")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "optimiser.sam_rho" in err and "b0f95e6" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_with_the_removed_classifier_is_refused(reference_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    ckpt = load_checkpoint(run / "last.pt")
+    ckpt["classifier"] = {"weight": torch.zeros(24, 128)}  # as a classifier.weight run saved it
+    ckpt["config"]["classifier"] = {"weight": 0.5, "scale": 30.0, "margin": 0.2}
+    write_checkpoint(run / "last.pt", ckpt)
+    assert main([*_args(run, "max_steps=30"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "classifier.weight=0.5" in err and "b0f95e6" in err
+
+
+def test_a_run_logged_with_removed_columns_resumes_without_them(reference_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
     with open(run / "train_log.csv") as f:
         rows = list(csv.DictReader(f))
-    cls_loss = [float(r["classifier_loss"]) for r in rows]
-    assert all(v > 0 for v in cls_loss) and cls_loss[-1] < cls_loss[0]
-    assert all(0 <= float(r["classifier_accuracy"]) <= 1 for r in rows)
-    ckpt = load_checkpoint(run / "last.pt")
-    proxies = ckpt["classifier"]["weight"]
-    assert proxies.shape == (24, 128)  # smoke.yaml's 24 synthetic identities x embedding width
-    assert len(ckpt["optimizer"]["param_groups"]) == 3
-    # exported weights and loaded models are the embedding network alone
-    exported = load_weights_file(run / "last.safetensors").state_dict()
-    assert _states_equal(exported, ckpt["model_state"])
-    assert not any("classifier" in k or k == "weight" for k in ckpt["model_state"])
-
-
-def test_classifier_run_resumes_bit_exactly(classifier_run, tmp_path, interrupt_training):
-    run = tmp_path / "run"
-    interrupt_training(6, main, _args(run, *CLS))  # after step 6's checkpoint: the process "dies"
-    assert load_checkpoint(run / "last.pt")["step"] == 6
-    assert main([*_args(run, *CLS), "--resume"]) == 0
-    final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(classifier_run / "last.pt")
-    assert final["step"] == ref["step"] == 12
-    assert _states_equal(final["model_state"], ref["model_state"])
-    assert _states_equal(final["classifier"], ref["classifier"])
-
-
-def test_resume_with_a_different_classifier_setting_is_refused(classifier_run, tmp_path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(classifier_run, run)
-    assert main([*_args(run, "max_steps=12"), "--resume"]) == 2
-    assert "classifier.weight=0.5" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------- sharpness-aware minimisation
-SAM = ("optimiser.sam_rho=0.05", "optimiser.sam_start_step=12", "max_steps=24")
-
-
-@pytest.fixture(scope="module")
-def sam_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("sam") / "run"
-    assert main(_args(run, *SAM)) == 0
-    return run
-
-
-def test_sam_changes_the_steps_from_its_start_step_on_only(sam_run, reference_run, tmp_path):
-    ref = load_checkpoint(reference_run / "last.pt")["model_state"]
-    assert not _states_equal(load_checkpoint(sam_run / "last.pt")["model_state"], ref)
-    # SAM never active (start step = max_steps): bit-identical to the plain run
-    late = tmp_path / "late"
-    assert main(_args(late, "optimiser.sam_rho=0.05", "optimiser.sam_start_step=24")) == 0
-    assert _states_equal(load_checkpoint(late / "last.pt")["model_state"], ref)
-    with open(sam_run / "train_log.csv") as f:
+    with open(run / "train_log.csv", "w", newline="") as f:  # as runs with the classifier wrote it
+        w = csv.DictWriter(f, fieldnames=[*rows[0], "classifier_loss", "consistency"])
+        w.writeheader()
+        w.writerows({**r, "classifier_loss": "1.5", "consistency": "nan"} for r in rows)
+    assert main([*_args(run, "max_steps=26"), "--resume"]) == 0
+    with open(run / "train_log.csv") as f:
         rows = list(csv.DictReader(f))
-    assert all(float(r["loss"]) >= 0 and float(r["grad_norm"]) > 0 for r in rows)
-
-
-def test_sam_run_resumes_bit_exactly(sam_run, tmp_path, interrupt_training):
-    run = tmp_path / "run"
-    # inside the SAM phase, after step 16's checkpoint
-    interrupt_training(16, main, _args(run, *SAM, "output.checkpoint_every=8"))
-    assert load_checkpoint(run / "last.pt")["step"] == 16
-    assert main([*_args(run, *SAM, "output.checkpoint_every=8"), "--resume"]) == 0
-    final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(sam_run / "last.pt")
-    assert final["step"] == ref["step"] == 24
-    assert _states_equal(final["model_state"], ref["model_state"])
-
-
-def test_negative_sam_rho_is_refused(tmp_path, capsys):
-    assert main(_args(tmp_path / "run", "optimiser.sam_rho=-0.1")) == 2
-    assert "optimiser.sam_rho" in capsys.readouterr().err
+    assert "classifier_loss" not in rows[0] and [int(r["step"]) for r in rows[-2:]] == [24, 26]
 
 
 # ---------------------------------------------------------------- EMA of the weights
@@ -327,69 +310,6 @@ def test_ema_decay_outside_its_range_is_refused(tmp_path, capsys, decay):
     assert "optimiser.ema_decay" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- mean-teacher consistency
-CONSISTENCY = (*EMA, "optimiser.ema_consistency=1.0")
-
-
-@pytest.fixture(scope="module")
-def consistency_run(tmp_path_factory):
-    return _finished_run(tmp_path_factory, "consistency", *CONSISTENCY)
-
-
-def test_consistency_is_logged_and_steers_the_training(consistency_run, ema_run):
-    with open(consistency_run / "train_log.csv") as f:
-        values = [float(r["consistency"]) for r in csv.DictReader(f)]
-    assert len(values) == 12
-    # squared distances of unit vectors from two views and two weight sets: in (0, 4)
-    assert all(0 < v < 4 for v in values), values
-    with open(ema_run / "train_log.csv") as f:
-        assert all(r["consistency"] in ("", "nan") for r in csv.DictReader(f))
-    ckpt, plain = load_checkpoint(consistency_run / "last.pt"), load_checkpoint(ema_run / "last.pt")
-    assert not _states_equal(ckpt["train_model_state"], plain["train_model_state"])
-
-
-def test_consistency_run_resumes_bit_exactly(consistency_run, tmp_path, interrupt_training):
-    _resume_matches(consistency_run, tmp_path / "run", interrupt_training, *CONSISTENCY)
-
-
-def test_the_training_loop_streams_never_share_a_seed():
-    from facenet.train.loop import MINING_STREAM, augment_stream, consistency_stream
-
-    ranks = range(1024)
-    streams = [MINING_STREAM, *map(augment_stream, ranks), *map(consistency_stream, ranks)]
-    assert len(set(streams)) == len(streams)
-    # a single process augments from stream 0, as every run before the streams were named did
-    assert augment_stream(0) == 0
-
-
-def test_the_consistency_view_has_its_own_stream(tmp_path, monkeypatch):
-    import facenet.train.loop as loop
-
-    drawn, real = [], loop.step_rng
-
-    def recording(seed, step, stream=0):
-        drawn.append((step, stream))
-        return real(seed, step, stream)
-
-    monkeypatch.setattr(loop, "step_rng", recording)
-    assert main(_args(tmp_path / "run", *CONSISTENCY, "max_steps=3", "validation.every=0")) == 0
-    # per step: the first view (stream 0, as without consistency), the mining seed, the second view
-    views = {0: "first", loop.MINING_STREAM: "mining", loop.consistency_stream(0): "second"}
-    assert sorted(drawn) == [(s, k) for s in range(3) for k in sorted(views)]
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (("optimiser.ema_consistency=1.0",), "set optimiser.ema_decay"),
-        ((*EMA, "optimiser.ema_consistency=-1"), "optimiser.ema_consistency must be >= 0"),
-    ],
-)
-def test_bad_consistency_settings_are_refused(tmp_path, capsys, extra, message):
-    assert main(_args(tmp_path / "run", *extra)) == 2
-    assert message in capsys.readouterr().err
-
-
 # ---------------------------------------------------------------- offline mining (SPEC §3)
 OFFLINE = (
     "mining.strategy=offline",
@@ -428,12 +348,6 @@ def test_offline_mining_mines_with_the_current_weights_and_resumes_bit_exactly(
     """Oracle: the second mining (step 8) redone outside the loop, with the step-8 weights
     read from the checkpoint, gives the triplet pool the loop trained on; two resumes, one on
     each side of that mining, end on the uninterrupted run's weights."""
-    import numpy as np
-
-    from facenet.losses.offline import OfflineTripletMiner
-    from facenet.train.loop import build_train_data
-    from facenet.train.validate import embed_images
-
     run = tmp_path / "run"
     interrupt_training(8, main, _args(run, *OFFLINE))
     at8 = load_checkpoint(run / "last.pt")
@@ -467,9 +381,6 @@ def test_resume_with_another_mining_strategy_is_refused(offline_run, tmp_path, c
 def test_offline_mining_refuses_bad_sizes_and_torchrun(tmp_path, capsys, monkeypatch):
     assert main(_args(tmp_path / "a", *OFFLINE, "mining.triplets_per_batch=0")) == 2
     assert "mining.triplets_per_batch=0" in capsys.readouterr().err
-    import facenet.train.loop as loop
-    from facenet.train.distributed import DistInfo
-
     # as a rank of a 2-process torchrun would see it (refused before any collective call)
     monkeypatch.setattr(loop.D, "setup", lambda device: DistInfo(0, 2, 0, torch.device("cpu")))
     assert main(_args(tmp_path / "b", *OFFLINE)) == 2

@@ -9,8 +9,12 @@ Exit codes: 0 done, 2 bad config, 4 diverged (NaN/inf), 5 collapsed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from facenet.commands._checks import output_dir
+from facenet.config import ConfigError, dump_config, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facenet.config import ConfigError, dump_config, load_config
-
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as e:
@@ -40,14 +42,14 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(config), end="")
         return 0
-    from facenet.commands._checks import output_dir
-
     try:  # why: a folder that cannot be made is one line now, not a traceback after set-up
         output_dir(str(Path(config.output.dir).expanduser()))
     except argparse.ArgumentTypeError as e:
         print(f"facenet train: output.dir: {e}", file=sys.stderr)
         return 2
-    from facenet.train.loop import TrainingStopped, train
+    # why: torch loads only once a run starts (`--help` and config errors answer at once)
+    from facenet.train.health import TrainingStopped
+    from facenet.train.loop import train
 
     try:
         result = train(config, resume=args.resume)
@@ -57,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"facenet train: {e}", file=sys.stderr)
         return 2
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         best = result.best
         msg = f"done: step {result.step}, {result.images_per_s:.0f} images/s, run {result.run_dir}"

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from facenet.losses.distances import pairwise_squared_distances
+from facenet.losses.hinge import DEFAULT_MARGIN, TripletLossOutput, loss_and_stats
 from facenet.losses.mining import Rule, mine_triplets
 
 
@@ -147,17 +148,17 @@ def distributed_triplet_loss(
     embeddings: Tensor,
     labels: Tensor | Sequence[int],
     rule: Rule | str = "semi_hard",
-    margin: float = 0.2,
+    margin: float = DEFAULT_MARGIN,
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
     group: dist.ProcessGroup | None = None,
-):
+) -> TripletLossOutput:
     """Triplet loss mined over the global batch of all ranks.
 
     Every rank gathers all embeddings (with gradient into its own shard) and labels, mines the
     global batch and returns the *global* loss and statistics (identical on every rank). Triplet
     indices refer to the global batch (rank order). Without an initialised process group it is
-    the single-process :func:`facenet.losses.triplet_loss`.
+    the single-process triplet loss of ``facenet.losses.triplet_loss``.
 
     Args:
         embeddings: (n_r, D) this rank's embeddings.
@@ -172,8 +173,6 @@ def distributed_triplet_loss(
     Returns:
         ``TripletLossOutput`` of the global batch.
     """
-    from facenet.losses.triplet import TripletLossOutput, loss_and_stats
-
     labels = torch.as_tensor(labels, device=embeddings.device).long()
     world, _ = _world(group)
     if generator is None and world > 1:

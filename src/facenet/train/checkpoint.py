@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from facenet.models.loading import ModelFileError, model_info, safe_torch_load
+from facenet.models.loading import (
+    ModelFileError,
+    load_weights_file,
+    model_info,
+    safe_torch_load,
+    save_weights,
+    training_metadata,
+)
 from facenet.utils import atomic_write
 
 FORMAT_VERSION = 1
@@ -34,8 +41,7 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
 
 
-def save_checkpoint(
-    path: str | os.PathLike,
+def checkpoint_dict(
     model: nn.Module,
     *,
     config: dict[str, Any],
@@ -47,17 +53,17 @@ def save_checkpoint(
     best: dict[str, Any] | None = None,
     thresholds: dict[str, float] | None = None,
     extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write a checkpoint atomically (temporary file, fsync, rename).
+) -> dict[str, Any]:
+    """The checkpoint of ``model`` and a run's state, as ``save_checkpoint`` writes it.
 
     Keys: ``format_version``, ``model`` (registry name), ``model_kwargs``, ``spec`` (dict),
     ``model_state``, ``thresholds``, ``config``, ``step``, ``optimizer``, ``scheduler``
     (``{"step": step}``: schedules are pure functions of the step), ``sampler``, ``rng``,
-    ``metrics`` (latest training + validation values), ``best``.
+    ``metrics`` (latest training + validation values), ``best``, and ``extra``'s keys.
     """
     bare = unwrap(model)
     info = model_info(bare)  # registry name, factory kwargs, spec, thresholds
-    ckpt = {
+    return {
         "format_version": FORMAT_VERSION,
         "model": info["model"],
         "model_kwargs": info["model_kwargs"],
@@ -73,12 +79,21 @@ def save_checkpoint(
         "metrics": metrics or {},
         "best": best or {},
     } | (extra or {})
+
+
+def write_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
+    """Write ``ckpt`` atomically (temporary file, fsync, rename)."""
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     path = Path(path)
     with atomic_write(path) as f:
         f.write(buf.getbuffer())
     return path
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **fields: Any) -> Path:
+    """Write ``checkpoint_dict(model, **fields)`` atomically (see ``checkpoint_dict``)."""
+    return write_checkpoint(path, checkpoint_dict(model, **fields))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -95,6 +110,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if key not in ckpt:
             raise ValueError(f"{path}: not a facenet training checkpoint (missing {key!r})")
     return ckpt
+
+
+def export_weights(run_dir: Path) -> None:
+    """``best.safetensors`` / ``last.safetensors`` beside the run's ``.pt`` checkpoints: the
+    weights, spec and thresholds the applications load, with the training record."""
+    for name in ("best", "last"):
+        path = run_dir / f"{name}.pt"
+        if path.exists():
+            save_weights(
+                load_weights_file(path),
+                run_dir / f"{name}.safetensors",
+                extra={"training": training_metadata(path)},
+            )
 
 
 def rng_states() -> dict[str, Any]:

@@ -79,32 +79,9 @@ def cleanup() -> None:
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """``obj`` from rank ``src`` on every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
-    """Overwrite every buffer of ``module`` (e.g. BatchNorm statistics) with rank ``src``'s."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for b in module.buffers():
-        by_dtype.setdefault(b.dtype, []).append(b)
-    # why: one collective per dtype, not one per buffer (a ResNet's BatchNorm has dozens), every step
-    for buffers in by_dtype.values():
-        flat = torch.cat([b.reshape(-1) for b in buffers])
-        dist.broadcast(flat, src=src)
-        for b, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
-            b.copy_(part.view_as(b))
 
 
 def all_true(flag: bool, device: torch.device) -> bool:

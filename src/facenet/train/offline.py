@@ -3,7 +3,9 @@
 The paper's alternative to mining inside each mini-batch: "generate triplets offline every n
 steps, using the most recent network checkpoint and computing the argmin and argmax on a subset
 of the data". :class:`OfflineTripletMiner` does that with any rule of
-:mod:`facenet.losses.mining`, then serves training batches made of the mined triplets:
+:mod:`facenet.losses.mining`, then serves training batches made of the mined triplets. It lives
+with the training code, not the losses, because it draws its subsets with the data sampler and
+keeps a position that checkpoints save:
 
     miner = OfflineTripletMiner(dataset_labels, rule="semi_hard", refresh_every=1000)
     for step in range(steps):
