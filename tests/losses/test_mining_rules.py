@@ -17,7 +17,7 @@ from _mining_oracle import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from facenet.losses import RULES, Triplets, mine_triplets, pairwise_squared_distances
+from facenet.losses import RULES, Triplets, mine_triplets, mining, pairwise_squared_distances
 
 MARGINS = (0.0, 0.2, 1.0)
 
@@ -289,8 +289,6 @@ def test_property_rules_hold_for_random_batches(labels, seed, margin, rule, doub
 @pytest.mark.parametrize("rule", RULES)
 def test_pure_torch_path_used_on_gpus_matches(rule: str, monkeypatch):
     """The GPU code path (torch sort / searchsorted / repeat_interleave), exercised on CPU."""
-    from facenet.losses import mining
-
     inputs = [CASES["random-f32"], CASES["ties-f32"], CASES["duplicates"], random_batch(9, 40, 6)]
     numpy_results = [
         as_list(mine_triplets(sq, lab, rule, 0.2, torch.Generator().manual_seed(1), chunk_size=7))

@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 import torch
 
 from facenet.config import AugmentConfig
-from facenet.data.augment import augment_batch, center_crops, step_rng
+from facenet.data.augment import augment_batch, center_crops, erase_rectangles, step_rng
 
 NONE = AugmentConfig(
     random_crop=False, flip=False, brightness=0, contrast=0, saturation=0, jpeg_probability=0
@@ -130,9 +131,5 @@ def test_random_erasing_replaces_one_rectangle_per_chosen_image():
 
 
 def test_random_erasing_rejects_a_bad_area():
-    import pytest
-
-    from facenet.data.augment import erase_rectangles
-
     with pytest.raises(ValueError, match="erase_area"):
         erase_rectangles(torch.zeros(1, 3, 8, 8), 1.0, (0.0, 0.5), step_rng(0, 0))

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from facenet.config import (
     Config,
@@ -27,8 +28,6 @@ def test_defaults_are_the_papers_recipe():
 def test_shipped_configs_load_and_round_trip(path):
     c = load_config(path)
     assert config_from_dict(config_to_dict(c)) == c
-    import yaml
-
     assert config_from_dict(yaml.safe_load(dump_config(c))) == c
 
 

@@ -11,6 +11,7 @@ differences eventually flip a discrete semi-hard choice (measured <= 3% at step 
 
 from __future__ import annotations
 
+import copy
 import csv
 import os
 import shutil
@@ -20,6 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
+
+from facenet.models.layers import BatchNormShift, SyncBatchNormShift
+from facenet.train.checkpoint import load_checkpoint
+from facenet.train.distributed import convert_sync_batchnorm
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
 COMMON = [
@@ -80,10 +87,6 @@ def test_an_ema_run_under_torchrun_resumes_bit_exactly(tmp_path, torchrun):
     """The tiny BatchNorm model with the weight average on 2 gloo ranks, stopped after step 4
     and resumed, ends on the uninterrupted run's weights (averaged and trained): each rank's
     BatchNorm statistics follow its own shard, and the resume must not mix them up."""
-    import torch
-
-    from facenet.train.checkpoint import load_checkpoint
-
     base = [*torchrun, "-m", "facenet", "train", "--config", SMOKE, "validation.every=0"]
     base += [f"data.cache_dir={tmp_path / 'cache'}", "output.checkpoint_every=4"]
     base += ["output.weights=false", "schedule.name=constant", "optimiser.ema_decay=0.5"]
@@ -149,11 +152,6 @@ def test_training_under_torchrun_ends_the_process_groups_threads(tmp_path, torch
 
 
 def _bn_model():
-    import torch
-    from torch import nn
-
-    from facenet.models.layers import BatchNormShift
-
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, bias=False),
@@ -169,14 +167,6 @@ def _bn_model():
 
 
 def test_sync_conversion_keeps_the_shift_trainable_and_the_state_dict():
-    import copy
-
-    import torch
-    from torch import nn
-
-    from facenet.models.layers import SyncBatchNormShift
-    from facenet.train.distributed import convert_sync_batchnorm
-
     model = _bn_model()
     before = copy.deepcopy(model.state_dict())
     n_params = sum(p.numel() for p in model.parameters())
@@ -197,12 +187,6 @@ def test_sync_conversion_keeps_the_shift_trainable_and_the_state_dict():
 def test_sync_shift_outside_a_process_group_is_the_shift_layer():
     """Oracle: without a process group SyncBatchNorm falls back to plain batch norm; the
     converted layer must then give BatchNormShift's outputs, gradients and statistics."""
-    import copy
-
-    import torch
-
-    from facenet.train.distributed import convert_sync_batchnorm
-
     reference = _bn_model()
     converted = convert_sync_batchnorm(copy.deepcopy(reference))
     x = torch.randn(6, 3, 9, 9, generator=torch.Generator().manual_seed(1))

@@ -52,10 +52,10 @@ def next_batch(state: TrainState) -> Batch:
     if state.miner is None:
         idx = state.stream.next()  # this rank's share of the global batch
     else:
-        trained, images = unwrap(state.model), state.data.images
+        trained, faces = unwrap(state.model), state.data.images
         # the current weights' view of training faces (centre crops, as validation sees them)
         offline = state.miner.step(
-            state.step, lambda i: state.embed(trained, images[np.asarray(i, dtype=np.int64)])
+            state.step, lambda i: state.embed(trained, faces[np.asarray(i, dtype=np.int64)])
         )
         idx = np.asarray(offline.indices, dtype=np.int64)
         triplets, mined = offline.triplets, state.miner.last_stats
