@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from tqdm.auto import tqdm
 
 ClusterMethod = Literal["agglomerative", "hdbscan", "chinese-whispers"]
 METHODS: tuple[str, ...] = ("agglomerative", "hdbscan", "chinese-whispers")
@@ -77,8 +78,6 @@ class KnnGraph:
 
 
 def _progress(total: int | None, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, disable=not enabled, unit=" faces", leave=False)
 
 
@@ -94,7 +93,7 @@ def knn_graph(
     Exact (``IndexFlatIP``) below ``exact_below`` rows, else an IVF index with
     ``4 sqrt(N)`` lists probed 24 at a time (approximate).
     """
-    import faiss
+    import faiss  # why: the optional `gallery` extra; only the k-NN graph needs it
 
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, d = x.shape
@@ -289,6 +288,7 @@ def hdbscan_graph(
     graph: KnnGraph, min_cluster_size: int = 2, min_samples: int | None = None
 ) -> np.ndarray:
     """scikit-learn HDBSCAN on the sparse matrix of k-NN squared distances; -1 = noise."""
+    # why: scikit-learn takes about a second to import and only this method needs it
     from scipy import sparse
     from sklearn.cluster import HDBSCAN
 

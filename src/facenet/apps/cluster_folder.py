@@ -3,13 +3,21 @@ the photos, ``clusters.csv`` and an ``index.html`` contact sheet."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import html as html_lib
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
+
+from facenet.data.images import ImageError, load_image
+from facenet.utils import OwnedFiles, UnsafeOutputError, atomic_write
 
 
 @dataclass(frozen=True)
@@ -63,11 +71,6 @@ def write_clusters(
             when None).
         overwrite: replace files in the way that an earlier run did not write.
     """
-    import csv
-    import shutil
-
-    from facenet.utils import OwnedFiles, UnsafeOutputError, atomic_write
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UnsafeOutputError(f"{out}: is a file, not a folder")
@@ -78,18 +81,7 @@ def write_clusters(
     }
     folder = [cluster_folder_name(int(lab), sizes[int(lab)]) for lab in labels]
     # the plan: every file this run writes, relative to ``out``
-    links: list[tuple[Path, str]] = []  # (source photo, relative link path)
-    if link != "none":
-        taken: set[str] = set()
-        for p, f in dict.fromkeys(zip(paths, folder, strict=True)):
-            src = Path(p).resolve()
-            rel = f"{f}/{src.name}"
-            if rel in taken:
-                rel = f"{f}/{hashlib_short(str(src))}_{src.name}"
-            if rel in taken:
-                continue  # the same photo twice in one cluster
-            taken.add(rel)
-            links.append((src, rel))
+    links = _photo_links(paths, folder) if link != "none" else []
     groups = _groups(labels, folder)
     thumbs = (
         {
@@ -113,13 +105,7 @@ def write_clusters(
             os.symlink(src, target)
         else:
             shutil.copy2(src, target)
-    # table
-    csv_path = out / "clusters.csv"
-    with atomic_write(csv_path, "w") as fh:
-        w = csv.writer(fh)
-        w.writerow(["photo", "face_index", "x1", "y1", "x2", "y2", "cluster", "folder"])
-        for p, i, b, lab, f in zip(paths, face_index, boxes, labels, folder, strict=True):
-            w.writerow([p, int(i), *(f"{v:.1f}" for v in b), int(lab), f])
+    csv_path = _write_table(out / "clusters.csv", paths, face_index, boxes, labels, folder)
     html_path = None
     if html:
         html_path = str(
@@ -130,6 +116,40 @@ def write_clusters(
     n_clusters = sum(1 for lab, c in sizes.items() if lab >= 0 and c > 1)
     n_single = sum(c for lab, c in sizes.items() if lab < 0 or c == 1)
     return ClusterOutput(str(out), str(csv_path), html_path, len(labels), n_clusters, n_single)
+
+
+def _photo_links(paths: Sequence[str], folder: Sequence[str]) -> list[tuple[Path, str]]:
+    """(source photo, link path relative to the output folder) of each photo in each of its
+    clusters' folders; a second photo of the same name in one folder gets a hash prefix."""
+    links: list[tuple[Path, str]] = []
+    taken: set[str] = set()
+    for p, f in dict.fromkeys(zip(paths, folder, strict=True)):
+        src = Path(p).resolve()
+        rel = f"{f}/{src.name}"
+        if rel in taken:
+            rel = f"{f}/{hashlib_short(str(src))}_{src.name}"
+        if rel in taken:
+            continue  # the same photo twice in one cluster
+        taken.add(rel)
+        links.append((src, rel))
+    return links
+
+
+def _write_table(
+    csv_path: Path,
+    paths: Sequence[str],
+    face_index: Sequence[int],
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    folder: Sequence[str],
+) -> Path:
+    """``clusters.csv``: one row per face (photo, face index, box, cluster, folder)."""
+    with atomic_write(csv_path, "w") as fh:
+        w = csv.writer(fh)
+        w.writerow(["photo", "face_index", "x1", "y1", "x2", "y2", "cluster", "folder"])
+        for p, i, b, lab, f in zip(paths, face_index, boxes, labels, folder, strict=True):
+            w.writerow([p, int(i), *(f"{v:.1f}" for v in b), int(lab), f])
+    return csv_path
 
 
 def _groups(labels: np.ndarray, folder: Sequence[str]) -> dict[str, list[int]]:
@@ -144,8 +164,6 @@ def _groups(labels: np.ndarray, folder: Sequence[str]) -> dict[str, list[int]]:
 
 
 def hashlib_short(text: str) -> str:
-    import hashlib
-
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
@@ -162,13 +180,6 @@ def _contact_sheet(
 ) -> Path:
     """``index.html`` with up to ``per_cluster`` face thumbnails per cluster (``thumbs``: face ->
     its file under ``faces/``)."""
-    import html as html_lib
-
-    from PIL import Image
-
-    from facenet.data.images import ImageError, load_image
-    from facenet.utils import atomic_write
-
     (out / "faces").mkdir(exist_ok=True)
     parts = [
         "<!doctype html><meta charset='utf-8'>",
