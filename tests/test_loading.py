@@ -53,8 +53,9 @@ def test_spec_framing_round_trips_and_older_files_read_as_the_standard_crop(tmp_
 def test_embedder_margin_follows_the_model_framing():
     import dataclasses
 
-    from facenet.apps.embedder import MARGIN_FRACTION, Embedder, model_margin_fraction
+    from facenet.apps.embedder import Embedder
     from facenet.models import create_model
+    from facenet.preprocess import MARGIN_FRACTION, model_margin_fraction
 
     model = create_model("tiny")
     assert Embedder(model, detector=None, crop="none").margin_fraction == MARGIN_FRACTION

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from facenet.data.images import load_image
-from facenet.data.transforms import to_tensor
 from facenet.models.card import card_of
 from facenet.models.loading import save_weights
 from facenet.models.registry import create_model
+from facenet.preprocess import preprocess
 
 TRAIN_PEOPLE = 30  # ORL s1..s30 train the model; s31..s40 stay unseen ("strangers")
 
@@ -39,7 +39,7 @@ def trained_tiny(orl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     gen = torch.Generator().manual_seed(0)
     model = create_model("tiny")
     images, labels, _ = orl_images(orl_dir, range(1, TRAIN_PEOPLE + 1))
-    x = to_tensor(images, model.spec)  # (300, 3, 32, 32)
+    x = preprocess(images, model.spec, framed=True)  # (300, 3, 32, 32)
     y = torch.as_tensor(labels - 1)
     classes = torch.nn.Parameter(torch.randn(TRAIN_PEOPLE, model.spec.embedding_dim) * 0.1)
     opt = torch.optim.Adam([*model.parameters(), classes], lr=3e-3)
@@ -56,7 +56,7 @@ def trained_tiny(orl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     # why: thresholds fitted on people the model never saw, as a real calibration would be
     held_out, held_labels, _ = orl_images(orl_dir, range(TRAIN_PEOPLE + 1, 41))
     with torch.no_grad():
-        e = model(to_tensor(held_out, model.spec)).numpy()
+        e = model(preprocess(held_out, model.spec, framed=True)).numpy()
     d = ((e[:, None] - e[None]) ** 2).sum(-1)
     same = held_labels[:, None] == held_labels[None]
     iu = np.triu_indices(len(e), 1)

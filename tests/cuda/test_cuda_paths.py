@@ -240,13 +240,13 @@ def test_batched_detection_on_the_gpu_matches_the_cpu(lfw_images):
 
 
 def test_half_precision_embeddings_on_the_gpu_match_fp32_on_the_cpu():
-    from facenet.data.transforms import to_tensor
     from facenet.models.loading import load_model
+    from facenet.preprocess import preprocess
 
     model = load_model("resnet_cpu:lfw-celeba").eval()
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(64)]
-    x = to_tensor(crops, model.spec)
+    x = preprocess(crops, model.spec, framed=True)
     with torch.no_grad():
         ref = model(x).float()
         gpu = model.cuda()

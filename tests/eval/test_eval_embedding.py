@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facenet.data.images import load_image
-from facenet.data.transforms import center_crop, resize, to_tensor
+from facenet.data.transforms import center_crop, resize
 from facenet.eval.embedding import (
     EmbeddingError,
     EmbeddingStats,
@@ -17,6 +17,7 @@ from facenet.eval.embedding import (
     embed_paths,
     model_identity,
 )
+from facenet.preprocess import preprocess
 
 
 def image_paths(root):
@@ -28,7 +29,7 @@ def manual_embedding(model, path, fraction=0.6, flip=False):
     if flip:
         crop = crop[:, ::-1].copy()
     with torch.no_grad():
-        return model(to_tensor([crop], model.spec)).numpy()[0]
+        return model(preprocess([crop], model.spec, framed=True)).numpy()[0]
 
 
 def test_center_crop_embeddings_match_manual_pipeline(mini_lfw, tiny_model):

@@ -212,9 +212,9 @@ def test_parity_with_tensorflow_on_real_faces(converted_cache, lfw_dir, monkeypa
         )
         crops.append(crop)
     model = create_model("inception_resnet_v1", pretrained="casia-webface")
-    from facenet.data.transforms import to_tensor
+    from facenet.preprocess import preprocess
 
-    x = to_tensor(crops, model.spec)  # (64, 3, 160, 160), (x - 127.5) / 128
+    x = preprocess(crops, model.spec, framed=True)  # (64, 3, 160, 160), (x - 127.5) / 128
     with torch.no_grad():
         ours = model(x).numpy()
     diff = np.abs(ours - ref["embeddings"]).max()

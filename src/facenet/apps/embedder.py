@@ -6,12 +6,14 @@ so a face is cropped and normalised the same way everywhere:
 1. load the photo (``facenet.data.images.load_image``: EXIF, greyscale, 16-bit, ... handled);
 2. detect faces (``facenet.detect``; MTCNN by default), or take the whole image as the face for
    pre-cropped inputs (``crop="none"``);
-3. crop each face at the model's input size (``ModelSpec.input_size``): a box crop with margin
-   (the paper's "scaled and translated" thumbnail) or a 5-point similarity alignment;
-4. embed the crops in batches (``ModelSpec`` normalisation), giving (N, D) unit vectors.
+3. crop each face at the model's input size and framing (``facenet.preprocess``): a box crop
+   with margin (the paper's "scaled and translated" thumbnail) or a 5-point similarity
+   alignment; a photo that already is a standard face crop is framed like ``facenet eval``'s;
+4. embed the crops in batches (``facenet.models.inference.embed_faces``), giving (N, D) unit
+   vectors.
 
 The embedder also carries what the applications need from the model: its calibrated distance
-thresholds (``model.thresholds``) and a fingerprint of its weights, recorded with every gallery
+thresholds (``model.card``) and a fingerprint of its weights, recorded with every gallery
 embedding so that two embedding spaces are never mixed.
 """
 
@@ -27,30 +29,23 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from facenet.data.images import ImageError, is_image_file, load_image
+from facenet.data.transforms import resize
+from facenet.detect.align import choose_subject, crop_box, crop_similarity, detect_resized
+from facenet.detect.base import Detection, create_detector
 from facenet.fingerprint import ModelFingerprint, weights_sha256
 from facenet.models.card import card_of
+from facenet.models.inference import embed_faces
+from facenet.models.loading import load_model
+from facenet.preprocess import frame, model_margin_fraction
+from facenet.utils import atomic_write, first_line
 
 CropMode = Literal["box", "similarity", "none"]
 CROP_MODES: tuple[str, ...] = ("box", "similarity", "none")
 # why: the published model and the paper's best model; used when the user names no model.
 DEFAULT_MODEL = "inception_resnet_v1:casia-webface"
-# why: Sandberg's LFW protocol crops 160 px with a 32 px margin (the box fills 128/160 = 80%);
-# we keep that proportion at any model input size.
-MARGIN_FRACTION = 32.0 / 160.0
-
-
-def model_margin_fraction(spec: Any) -> float:
-    """The crop margin (fraction of the crop side) that frames faces as ``spec`` expects.
-
-    A standard crop's box fills ``1 - MARGIN_FRACTION`` of its side; a model trained on its
-    centre ``crop_fraction`` sees the box fill ``(1 - MARGIN_FRACTION) / crop_fraction``.
-    """
-    fraction = float(getattr(spec, "crop_fraction", 1.0))
-    if fraction == 1.0:
-        return MARGIN_FRACTION
-    return max(0.0, 1.0 - (1.0 - MARGIN_FRACTION) / fraction)
 
 
 class NoFaceError(ValueError):
@@ -172,8 +167,6 @@ class Embedder:
     def from_ref(cls, ref: str = DEFAULT_MODEL, **kwargs: Any) -> Embedder:
         """Build from what a user typed: a weights/checkpoint path, ``NAME:PRETRAINED`` or
         ``NAME`` (randomly initialised; only useful for tests)."""
-        from facenet.models.loading import load_model
-
         device = kwargs.get("device", "cpu")
         model = load_model(ref, map_location=device)
         return cls(model, ref=ref, **kwargs)
@@ -212,8 +205,6 @@ class Embedder:
         """The face detector (built on first use)."""
         if self._detector is None and self._detector_arg is not None:
             if isinstance(self._detector_arg, str):
-                from facenet.detect.base import create_detector
-
                 name = self._detector_arg
                 kwargs = {"device": self.device} if name == "mtcnn" else {}
                 self._detector = create_detector(name, **kwargs)
@@ -229,9 +220,7 @@ class Embedder:
     # ------------------------------------------------------------------ pixels -> crops
 
     def _crop(self, image: np.ndarray, box: Sequence[float], landmarks: np.ndarray) -> np.ndarray:
-        from facenet.data.transforms import resize
-        from facenet.detect.align import crop_box, crop_similarity
-
+        """A face cut from a photo at the model's margin: framed as the model expects."""
         h, w = self.spec.input_size
         side = max(h, w)
         margin = self.margin_fraction * side
@@ -245,9 +234,9 @@ class Embedder:
         self, images: Sequence[np.ndarray], paths: Sequence[str | None]
     ) -> list[list[Face]]:
         """Detected, cropped (not yet embedded) faces of each image."""
-        from facenet.data.transforms import resize
-
         if self.crop_mode == "none":
+            # why: each photo is a standard face crop (e.g. 'facenet align' output): framed as
+            # facenet eval frames it
             return [
                 [
                     Face(
@@ -255,13 +244,11 @@ class Embedder:
                         0,
                         (0.0, 0.0, float(im.shape[1]), float(im.shape[0])),
                         1.0,
-                        resize(im, self.spec.input_size),
+                        frame(im, self.spec),
                     )
                 ]
                 for im, p in zip(images, paths, strict=True)
             ]
-        from facenet.detect.align import detect_resized
-
         detections = detect_resized(self.detector, images, self.max_side)
         out = []
         for im, p, dets in zip(images, paths, detections, strict=True):
@@ -280,15 +267,12 @@ class Embedder:
 
     @torch.inference_mode()
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """uint8 RGB crops (each (H, W, 3)) -> (N, D) float32 unit embeddings, batched."""
-        from facenet.data.transforms import to_tensor
-
-        out = np.zeros((len(crops), self.embedding_dim), np.float32)
-        for start in range(0, len(crops), self.batch_size):
-            batch = to_tensor(list(crops[start : start + self.batch_size]), self.spec)
-            emb = self.model(batch.to(self.device)).float().cpu().numpy()
-            out[start : start + len(emb)] = emb
-        return out
+        """Framed uint8 RGB crops (each (H, W, 3), as ``Face.crop``) -> (N, D) float32 unit
+        embeddings, batched."""
+        emb = embed_faces(
+            self.model, list(crops), framed=True, batch_size=self.batch_size, device=self.device
+        )
+        return emb.numpy()
 
     def _embed_faces(self, faces: Sequence[Face]) -> None:
         if not faces:
@@ -366,8 +350,6 @@ class Embedder:
             progress: show a progress bar.
             chunk: photos detected together.
         """
-        from tqdm.auto import tqdm
-
         paths = [str(p) for p in paths]
         bar = tqdm(total=len(paths), desc="embedding", unit=" photos", disable=not progress)
         try:
@@ -400,9 +382,6 @@ class Embedder:
 
 
 def _subject_index(faces: Sequence[Face], shape: tuple[int, ...]) -> int:
-    from facenet.detect.align import choose_subject
-    from facenet.detect.base import Detection
-
     dets = [Detection(f.box, np.zeros((5, 2)), f.score) for f in faces]
     return choose_subject(dets, shape)
 
@@ -482,14 +461,13 @@ class EmbeddingTable:
 
 def save_embeddings(path: str | os.PathLike, table: EmbeddingTable) -> Path:
     """Write ``table`` atomically as ``.npz`` (NumPy) or ``.parquet`` (needs pyarrow)."""
-    from facenet.utils import atomic_write
-
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in EMBEDDING_FILE_FORMATS:
         raise ValueError(f"{path}: output must end in {' or '.join(EMBEDDING_FILE_FORMATS)}")
     if suffix == ".parquet":
         try:
+            # why: pyarrow is optional (the [parquet] extra)
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
@@ -533,8 +511,6 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
         ValueError: not a readable embeddings file (corrupt, truncated, other columns, rows that
             do not line up, non-finite embeddings); the message names the file.
     """
-    from facenet.utils import first_line
-
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, not an embeddings file")
@@ -542,7 +518,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         if path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # why: optional, as above
 
             t = pq.read_table(path)
             meta = json.loads((t.schema.metadata or {}).get(b"facenet", b"{}"))

@@ -11,14 +11,16 @@ Pipeline per image (each step recorded in the cache key):
      (``--data`` points at the aligned folder), or, when an ``aligner`` callable is given, it
      runs on the fly;
    - a peer model that detects and aligns by itself (``facenet.eval.peers``) ignores ``align``.
-3. resize to the model's ``ModelSpec.input_size``;
+3. the model's framing and input size (``facenet.preprocess``: a standard face crop is framed
+   as the model was trained, ``ModelSpec.crop_fraction``; a centre crop is only resized);
 4. an optional degradation for the robustness sweeps (``"jpeg:Q"`` or ``"size:S"``, applied to
    the crop at the model's input size, see ``degrade``);
 5. an optional horizontal flip: the model also embeds the mirrored crop and the two embeddings
    are combined by ``flip_mode``: ``"mean"`` (average; re-normalised to unit length for models
    with unit-length outputs, so distances keep their 0..4 range) or ``"concat"`` ((2D,) vector,
    scaled by 1/sqrt(2) for unit-length models so it stays unit length, Sandberg's variant);
-6. the model's ``ModelSpec`` normalisation (``facenet.data.transforms.to_tensor``).
+6. the model's ``ModelSpec`` normalisation and the network, batched: the one embedding engine
+   (``facenet.models.inference.embed_faces``) every embedder uses.
 
 Cache: one ``.npz`` per (model identity, preprocessing) under ``cache_dir``, holding a key per
 image (absolute path + size + mtime) and its embedding. Sweeps and repeated runs only compute
@@ -39,13 +41,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import cv2
 import numpy as np
+from PIL import Image
 
 from facenet.data.images import ImageError, load_image
+from facenet.data.transforms import center_crop, resize
 from facenet.models.card import card_of
+from facenet.models.inference import FlipMode, combine_flips, embed_faces
+from facenet.preprocess import frame
+from facenet.utils import atomic_write
 
 Align = Literal["center", "box", "similarity"]
-FlipMode = Literal["mean", "concat"]
 DEFAULT_CENTER_FRACTION = 0.6  # why: 150 of 250 px keeps the deep-funneled face + a thin margin
 SAVE_EVERY = 512  # images between cache checkpoints
 
@@ -125,8 +132,6 @@ def degrade(crop: np.ndarray, spec: str | None) -> np.ndarray:
     if kind == "jpeg":
         if not 1 <= number <= 100:
             raise ValueError(f"JPEG quality must be in 1..100, got {number}")
-        from PIL import Image
-
         buf = io.BytesIO()
         Image.fromarray(crop).save(buf, format="JPEG", quality=number)
         buf.seek(0)
@@ -134,8 +139,6 @@ def degrade(crop: np.ndarray, spec: str | None) -> np.ndarray:
     if kind == "size":
         if number < 1:
             raise ValueError(f"face size must be >= 1 px, got {number}")
-        import cv2
-
         h, w = crop.shape[:2]
         interp = cv2.INTER_AREA if number < max(h, w) else cv2.INTER_LINEAR
         small = cv2.resize(crop, (number, number), interpolation=interp)
@@ -185,27 +188,25 @@ class TorchEmbedder:
         self.identity = model_identity(model)
 
     def crop(self, image: np.ndarray) -> np.ndarray:
-        from facenet.data.transforms import center_crop, resize
-
         if self.align == "center":
-            image = center_crop(image, self.center_fraction)
-        else:
-            if self.aligner is not None:
-                image = self.aligner(image)
-            # a standard face crop, framed as the model was trained (ModelSpec.crop_fraction)
-            fraction = float(getattr(self.spec, "crop_fraction", 1.0))
-            if fraction < 1.0:
-                image = center_crop(image, fraction)
-        return resize(image, self.input_size)
+            return resize(center_crop(image, self.center_fraction), self.input_size)
+        if self.aligner is not None:
+            image = self.aligner(image)
+        return frame(image, self.spec)  # a standard face crop, framed as the model was trained
 
     def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        import torch
+        crops = list(crops)  # why: one forward pass per call, as embed_paths batches them
+        return embed_faces(
+            self.model, crops, framed=True, batch_size=len(crops), device=self.device
+        ).numpy()
 
-        from facenet.data.transforms import to_tensor
-
-        with torch.no_grad():
-            batch = to_tensor(list(crops), self.spec).to(self.device)
-            return self.model(batch).float().cpu().numpy()
+    def embed_with_flips(self, crops: Sequence[np.ndarray], flip_mode: FlipMode) -> np.ndarray:
+        """Each crop and its mirror in one pass, combined by ``flip_mode``."""
+        crops = list(crops)
+        both = embed_faces(
+            self.model, crops, framed=True, batch_size=len(crops), device=self.device, flip=True
+        )
+        return combine_flips(both, flip_mode).numpy()
 
 
 def as_embedder(
@@ -255,8 +256,6 @@ def _load_cache(path: Path) -> dict[str, np.ndarray]:
 
 
 def _save_cache(path: Path, cache: dict[str, np.ndarray], prep: Preprocessing, identity: str):
-    from facenet.utils import atomic_write
-
     keys = np.array(list(cache), dtype=str)
     emb = np.stack(list(cache.values())).astype(np.float32)
     with atomic_write(path) as f:
@@ -353,10 +352,14 @@ def embed_paths(
             crops.append(crop)
             ok.append(p)
         if crops:
-            emb = embedder.embed_crops(crops)
-            if flip:
+            if flip and isinstance(embedder, TorchEmbedder):
+                emb = embedder.embed_with_flips(crops, flip_mode)
+            elif flip:
+                emb = embedder.embed_crops(crops)
                 mirrored = embedder.embed_crops([c[:, ::-1].copy() for c in crops])
                 emb = _combine_flips(emb, mirrored, flip_mode, embedder.unit_norm)
+            else:
+                emb = embedder.embed_crops(crops)
             for p, e in zip(ok, emb, strict=True):
                 cache[keys[p]] = np.asarray(e, dtype=np.float32)
             stats.n_computed += len(ok)
@@ -386,7 +389,8 @@ def embed_paths(
 
 
 def _combine_flips(a: np.ndarray, b: np.ndarray, mode: str, unit_norm: bool) -> np.ndarray:
-    """(B, D), (B, D) -> (B, D) mean or (B, 2D) concatenation (unit length if inputs are)."""
+    """A peer's (B, D), (B, D) -> (B, D) mean or (B, 2D) concatenation (unit length if inputs
+    are); our models combine in the engine (``facenet.models.inference.combine_flips``)."""
     if mode == "concat":
         out = np.concatenate([a, b], axis=1)
         return out / np.sqrt(2.0) if unit_norm else out

@@ -49,6 +49,20 @@ def embed_pairs(
     return left, right
 
 
+def verify_embeddings(
+    left: np.ndarray,
+    right: np.ndarray,
+    issame: np.ndarray,
+    folds: np.ndarray,
+    distance: Distance = "l2",
+    far_target: float = DEFAULT_FAR,
+) -> tuple[np.ndarray, VerificationReport]:
+    """(N, D) left and right embeddings of N pairs -> their distances and the k-fold report
+    (``folds`` gives each pair's fold). Training validation scores through here too."""
+    d = pair_distances(left, right, distance, folds=folds)
+    return d, evaluate_verification(d, issame, folds, far_target)
+
+
 def evaluate_pairs(
     model: Any,
     pairs: Pairs,
@@ -61,6 +75,5 @@ def evaluate_pairs(
     """Embed, measure distances and run the k-fold protocol with ``pairs.folds``."""
     stats = EmbeddingStats()
     left, right = embed_pairs(model, pairs, root, stats=stats, progress=progress, **embed_kwargs)
-    d = pair_distances(left, right, distance, folds=pairs.folds)
-    report = evaluate_verification(d, pairs.issame, pairs.folds, far_target)
+    d, report = verify_embeddings(left, right, pairs.issame, pairs.folds, distance, far_target)
     return PairsEvaluation(report, d, pairs.issame, pairs.folds, distance, stats)

@@ -7,7 +7,8 @@
 """
 
 from facenet.models.head import EmbeddingHead, EmbeddingNet
-from facenet.models.registry import ModelSpec, create_model, get_spec, list_models, register_model
+from facenet.models.registry import create_model, get_spec, list_models, register_model
+from facenet.preprocess import ModelSpec
 
 __all__ = [
     "EmbeddingHead",

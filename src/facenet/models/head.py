@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facenet.models.registry import ModelSpec
+from facenet.preprocess import ModelSpec
 
 
 class EmbeddingHead(nn.Module):

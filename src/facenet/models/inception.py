@@ -46,7 +46,8 @@ from facenet.models.layers import (
     local_response_norm,
     max_pool,
 )
-from facenet.models.registry import ModelSpec, register_model
+from facenet.models.registry import register_model
+from facenet.preprocess import ModelSpec
 
 I = InceptionSpec  # noqa: E741  -- short alias so the tables below read like the paper's
 

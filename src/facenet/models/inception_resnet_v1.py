@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facenet.models.head import EmbeddingNet
-from facenet.models.registry import ModelSpec, register_model
+from facenet.models.registry import register_model
+from facenet.preprocess import ModelSpec
 
 # why: Sandberg's batch_norm_params use epsilon 0.001; matching it keeps converted weights exact.
 BN_EPS = 1e-3

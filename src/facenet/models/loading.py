@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from facenet.models.card import card_of
-from facenet.models.registry import ModelSpec, create_model
+from facenet.models.registry import create_model
+from facenet.preprocess import ModelSpec
 from facenet.utils import atomic_write, first_line
 
 METADATA_KEY = "facenet"
@@ -216,6 +217,19 @@ def check_state_fits(path: str | os.PathLike, model: nn.Module, state: Any, name
         )
 
 
+# why: what the weights file says about where its weights come from; kept on the model card
+PROVENANCE_KEYS = (
+    "source",
+    "licence",
+    "converter",
+    "conversion",
+    "weights_sha256",
+    "training",
+    "data_terms",
+    "thresholds_info",
+)
+
+
 def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
     """The model ``info`` describes with ``state`` loaded; errors name ``path``."""
     name = info.get("model")
@@ -239,6 +253,7 @@ def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> 
         card_of(model).set_thresholds(thresholds)
     except (TypeError, ValueError):
         raise ModelFileError(f"{path}: unreadable thresholds {thresholds!r}") from None
+    card_of(model).provenance = {k: info[k] for k in PROVENANCE_KEYS if k in info}
     return model.eval()
 
 

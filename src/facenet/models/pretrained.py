@@ -249,7 +249,8 @@ def load_pretrained(name: str, tag: str, **kwargs: Any) -> nn.Module:
         ValueError: the weights do not fit ``name`` / ``kwargs``.
     """
     from facenet.models.loading import load_weights_file, read_metadata
-    from facenet.models.registry import ModelSpec, create_model
+    from facenet.models.registry import create_model
+    from facenet.preprocess import ModelSpec
 
     is_file = os.path.exists(tag) or tag.endswith((".safetensors", ".pt", ".pth"))
     if is_file:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
 from facenet.models.card import ModelCard
+from facenet.preprocess import ModelSpec
 
 # why: modules that hold ``@register_model`` factories; imported lazily on first lookup.
 _FAMILY_MODULES = (
@@ -25,43 +25,6 @@ _FAMILY_MODULES = (
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _loaded = False
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a model expects as input and what it returns; preprocessing reads it from the model."""
-
-    name: str  # registry name of the architecture
-    input_size: tuple[int, int]  # (height, width) of the face crop in pixels
-    embedding_dim: int = 128  # length of the L2-normalised output vector
-    channels: Literal["rgb", "grey"] = "rgb"  # channel order of the input tensor
-    # "fixed": (x - mean) / std per channel; "per_image": subtract the image's mean, divide by
-    # its std (Sandberg's "prewhiten"); pixel values x are in [0, 255].
-    normalization: Literal["fixed", "per_image"] = "fixed"
-    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)  # per-channel, 0..255 scale
-    std: tuple[float, float, float] = (128.0, 128.0, 128.0)  # per-channel, 0..255 scale
-    # Framing: the model sees the centre ``crop_fraction`` of a standard face crop (detector box
-    # + a margin of 32/160 of the crop side, Sandberg's protocol, as `facenet align` writes).
-    # 1.0 for published models; a model trained on random crops of cached faces records the
-    # centre fraction its validation used, and eval / the apps crop the same way.
-    crop_fraction: float = 1.0
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # family-specific notes
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["input_size"] = list(self.input_size)
-        d["mean"] = list(self.mean)
-        d["std"] = list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
-        d = dict(d)
-        d["input_size"] = tuple(d["input_size"])
-        d["mean"] = tuple(d.get("mean", (127.5,) * 3))
-        d["std"] = tuple(d.get("std", (128.0,) * 3))
-        d["crop_fraction"] = float(d.get("crop_fraction", 1.0))  # older files: the standard crop
-        return cls(**d)
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

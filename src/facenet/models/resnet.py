@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from facenet.models.head import EmbeddingHead, EmbeddingNet
-from facenet.models.registry import ModelSpec, register_model
+from facenet.models.registry import register_model
+from facenet.preprocess import ModelSpec
 
 HEADS = ("gap", "gdc")
 

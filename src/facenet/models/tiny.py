@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from facenet.models.head import EmbeddingHead, EmbeddingNet
-from facenet.models.registry import ModelSpec, register_model
+from facenet.models.registry import register_model
+from facenet.preprocess import ModelSpec
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

@@ -8,6 +8,7 @@ ship inside the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from collections.abc import Callable
@@ -18,9 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from facenet.data.augment import center_crops
 from facenet.data.cache import build_cache
-from facenet.data.transforms import normalize
+from facenet.data.lfw import ImageResolver, read_pairs
+from facenet.data.synthetic import make_synthetic_pairs
+from facenet.eval.protocol import verify_embeddings
+from facenet.models.inference import combine_flips, embed_faces
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,6 @@ def load_lfw_pairs(
     Pairs whose images are missing (e.g. no face found by the aligner) or unreadable are dropped
     and counted in ``skipped`` with a warning.
     """
-    from facenet.data.lfw import ImageResolver, read_pairs
-
     pairs = read_pairs(pairs_path, n_folds=folds)
     resolver = ImageResolver(root)
     index: dict[str, int] = {}
@@ -120,14 +121,11 @@ def load_lfw_pairs(
 
 def synthetic_pairs(size: int, seed: int, num_pairs: int = 400) -> PairSet:
     """Pairs over synthetic identities that training never sees (seed offset)."""
-    from facenet.data.synthetic import make_synthetic_pairs
-
     images, left, right, issame = make_synthetic_pairs(60, 6, size, seed + 1_000_003, num_pairs)
     folds = np.arange(len(left)) % 10
     return PairSet(images, left, right, issame, folds)
 
 
-@torch.no_grad()
 def embed_images(
     model: nn.Module,
     images: np.ndarray,
@@ -136,42 +134,38 @@ def embed_images(
     batch_size: int = 256,
     flip: bool = False,
     channels_last: bool = False,
-    autocast: Callable[[], object] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> Tensor:
-    """uint8 (M, S, S, 3) cached images -> float32 (M, D) unit embeddings (centre crops).
+    """uint8 (M, S, S, 3) cached faces -> float32 (M, D) unit embeddings of their central
+    ``input_size`` windows (the framing the model records, ``ModelSpec.crop_fraction``).
 
     ``flip`` adds the embedding of the mirrored crop before re-normalising.
     """
-    was_training = model.training
-    model.eval()
-    spec = model.spec
-    out = []
-    try:
-        for start in range(0, len(images), batch_size):
-            x = center_crops(np.asarray(images[start : start + batch_size]), input_size)
-            x = normalize(x, spec).to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            ctx = autocast() if autocast is not None else torch.autocast("cpu", enabled=False)
-            with ctx:
-                e = model(x).float()
-                if flip:
-                    e = e + model(x.flip(3)).float()
-            out.append(torch.nn.functional.normalize(e, dim=1).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
+    h, w = input_size
+    top, left = (images.shape[1] - h) // 2, (images.shape[2] - w) // 2
+    windows = images[:, top : top + h, left : left + w]  # a view: memmaps stay on disk
+    e = embed_faces(
+        model,
+        windows,
+        framed=True,
+        batch_size=batch_size,
+        device=device,
+        flip=flip,
+        channels_last=channels_last,
+        autocast=autocast,
+    )
+    return combine_flips(e, "mean") if flip else torch.nn.functional.normalize(e, dim=1)
 
 
 def evaluate_pairs(
     embeddings: Tensor, pairs: PairSet, far_target: float = 1e-3
 ) -> ValidationResult:
-    """Verification scores of ``embeddings`` (M, D) on ``pairs`` (squared L2 distances)."""
-    from facenet.eval.verification import evaluate_verification
-
-    e = embeddings.double()
-    distances = ((e[pairs.left] - e[pairs.right]) ** 2).sum(1).numpy()  # (P,)
-    report = evaluate_verification(distances, pairs.issame.astype(bool), pairs.folds, far_target)
+    """Verification scores of ``embeddings`` (M, D) on ``pairs`` (squared L2 distances), by
+    the evaluation suite's protocol (``facenet.eval.protocol.verify_embeddings``)."""
+    e = embeddings.numpy()
+    _, report = verify_embeddings(
+        e[pairs.left], e[pairs.right], pairs.issame.astype(bool), pairs.folds, "l2", far_target
+    )
     return ValidationResult(
         accuracy=report.accuracy,
         accuracy_std=report.accuracy_std,
