@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 
 def _set_threads(n: int) -> None:
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _set_threads(args.threads)
 
+    # why: numpy, torch and cv2 (also through facenet) start their thread pools on import, so
+    # they are imported only once the thread counts are set
     import cv2
     import numpy as np
     import torch
@@ -56,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     if root is None:
         print("face data not found: pass --data or set FACENET_DATA", file=sys.stderr)
         return 2
-    from pathlib import Path
-
     root = Path(root)
     sets = {
         "lfw": sorted((root / "lfw/lfw-deepfunneled").glob("*/*.jpg")),

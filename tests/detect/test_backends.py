@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facenet.detect.base import Detection, FaceDetector, create_detector, list_detectors
+from facenet.data.images import load_image
+from facenet.detect.base import (
+    Detection,
+    FaceDetector,
+    box_iou,
+    create_detector,
+    list_detectors,
+)
 
 
 def _make(name: str) -> FaceDetector:
@@ -25,8 +32,6 @@ def test_blank_image_has_no_face(name):
 @pytest.mark.data
 @pytest.mark.parametrize("name", list_detectors())
 def test_backends_find_the_same_face_with_landmarks_in_mtcnn_order(name, lfw_dir):
-    from facenet.data.images import load_image
-
     image = load_image(lfw_dir / "lfw-deepfunneled/Aaron_Eckhart/Aaron_Eckhart_0001.jpg")
     dets = _make(name).detect(image)
     assert len(dets) == 1
@@ -42,8 +47,6 @@ def test_backends_find_the_same_face_with_landmarks_in_mtcnn_order(name, lfw_dir
 
 def test_box_iou_against_pixel_counting():
     """Oracle: boxes on a 1/4-pixel grid rasterised and their cells counted."""
-    from facenet.detect.base import box_iou
-
     rng = np.random.default_rng(0)
     for _ in range(200):
         a = np.sort(rng.integers(0, 40, (2, 2)), axis=0).T.ravel()[[0, 2, 1, 3]]

