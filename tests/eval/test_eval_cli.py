@@ -139,3 +139,31 @@ def test_align_defaults_to_the_mode_the_folder_was_aligned_with(
     plain = tmp_path / "plain.json"
     assert main([*base, "--data", str(root), "--json", str(plain)]) == 0
     assert json.loads(plain.read_text())["meta"]["align"] == "center"
+
+
+def test_a_library_call_reads_the_folder_config_as_facenet_eval_does(
+    mini_lfw, tiny_model, tmp_path
+):
+    """``evaluate_pairs`` without ``align`` crops an aligned folder as it was aligned (the same
+    distances as asking for it) and a plain folder by centre crops."""
+    import shutil
+
+    from facenet.data.lfw import read_pairs
+    from facenet.eval.protocol import evaluate_pairs
+
+    root, pairs_path = mini_lfw
+    pairs = read_pairs(pairs_path)
+    aligned = tmp_path / "aligned"
+    shutil.copytree(root, aligned)
+    (aligned / "align_config.json").write_text('{"mode": "box", "size": 160}')
+    default = evaluate_pairs(tiny_model, pairs, aligned).distances
+    np.testing.assert_array_equal(
+        default, evaluate_pairs(tiny_model, pairs, aligned, align="box").distances
+    )
+    assert not np.allclose(
+        default, evaluate_pairs(tiny_model, pairs, aligned, align="center").distances
+    )
+    np.testing.assert_array_equal(
+        evaluate_pairs(tiny_model, pairs, root).distances,
+        evaluate_pairs(tiny_model, pairs, root, align="center").distances,
+    )

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from facenet.data.lfw import ImageResolver, Pairs
+from facenet.eval.alignment import resolve_alignment
 from facenet.eval.distances import Distance, pair_distances
-from facenet.eval.embedding import EmbeddingStats, embed_paths
+from facenet.eval.embedding import EmbeddingStats, FaceEmbedder, embed_paths
 from facenet.eval.verification import DEFAULT_FAR, VerificationReport, evaluate_verification
 
 
@@ -72,7 +73,16 @@ def evaluate_pairs(
     progress: Callable[[int, int], None] | None = None,
     **embed_kwargs: Any,
 ) -> PairsEvaluation:
-    """Embed, measure distances and run the k-fold protocol with ``pairs.folds``."""
+    """Embed, measure distances and run the k-fold protocol with ``pairs.folds``.
+
+    Without ``align`` (or an ``aligner``) in ``embed_kwargs``, faces are cropped as
+    ``facenet eval`` crops them: a folder written by ``facenet align`` as it was aligned, any
+    other folder by centre crops (``facenet.eval.alignment.resolve_alignment``).
+    """
+    # why: peers (FaceEmbedder) detect and align by themselves
+    chosen = "align" in embed_kwargs or "aligner" in embed_kwargs
+    if not chosen and not isinstance(model, FaceEmbedder):
+        embed_kwargs["align"] = resolve_alignment(root).align
     stats = EmbeddingStats()
     left, right = embed_pairs(model, pairs, root, stats=stats, progress=progress, **embed_kwargs)
     d, report = verify_embeddings(left, right, pairs.issame, pairs.folds, distance, far_target)

@@ -1,0 +1,267 @@
+"""``facenet eval`` as a library call: a model + an image folder + a pairs file -> the LFW
+protocol's report, with the optional robustness sweeps and identification, and the record of
+how it was produced.
+
+    >>> from facenet.eval.suite import EvalSettings, run_eval
+    >>> run = run_eval(EvalSettings("inception_resnet_v1:casia-webface", "aligned/lfw_box160",
+    ...                             "pairs.txt"))
+    >>> run.evaluation.report.summary()
+
+How faces are cropped is decided by ``facenet.eval.alignment.resolve_alignment``, the same way
+for the command and for library calls (``facenet.eval.protocol.evaluate_pairs``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facenet.data.images import is_image_file
+from facenet.data.lfw import Pairs, read_pairs
+from facenet.eval.alignment import Alignment, make_aligner, resolve_alignment
+from facenet.eval.embedding import DEFAULT_CENTER_FRACTION, embed_paths
+from facenet.eval.identification import (
+    IdentificationReport,
+    evaluate_identification,
+    gallery_probe_split,
+)
+from facenet.eval.peers import PUBLISHED_LFW, is_peer, load_peer
+from facenet.eval.protocol import PairsEvaluation, evaluate_pairs
+from facenet.eval.robustness import LABELS, SweepResult, run_sweep
+from facenet.models.card import card_of
+from facenet.models.loading import load_model
+
+DEFAULT_CACHE = Path.home() / ".cache" / "facenet" / "embeddings"
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class EvalSettings:
+    """What ``facenet eval`` takes (its options, one field each)."""
+
+    model: str
+    data: str | os.PathLike
+    pairs: str | os.PathLike
+    align: str | None = None  # None: the folder's own mode (see ``resolve_alignment``)
+    center_fraction: float | None = None  # for align="center"; None: DEFAULT_CENTER_FRACTION
+    detector: str | None = None
+    flip: bool = False
+    flip_mode: str = "mean"
+    distance: str = "l2"
+    far: float = 1e-3
+    sweeps: tuple[str, ...] = ()  # "jpeg", "size"
+    identification: bool = False
+    batch_size: int = 64
+    cache_dir: str | os.PathLike | None = DEFAULT_CACHE
+
+    def command_line(self, align: str | None = None) -> str:
+        """The options that change results, as a reproducible command line."""
+        align = align or self.align or "center"
+        parts = ["facenet eval", f"--model {self.model}", f"--data {self.data}"]
+        parts.append(f"--pairs {self.pairs}")
+        if align != "center":
+            parts.append(f"--align {align}")
+        if self.center_fraction:
+            parts.append(f"--center-fraction {self.center_fraction}")
+        if self.detector:
+            parts.append(f"--detector {self.detector}")
+        if self.flip:
+            parts.append(f"--flip --flip-mode {self.flip_mode}")
+        if self.distance != "l2":
+            parts.append(f"--distance {self.distance}")
+        if self.far != 1e-3:
+            parts.append(f"--far {self.far:g}")
+        parts += [f"--sweep {k}" for k in dict.fromkeys(self.sweeps)]
+        if self.identification:
+            parts.append("--identification")
+        return " ".join(parts)
+
+
+@dataclass
+class EvalRun:
+    """One evaluation: the verification result, the optional parts, and how it was made."""
+
+    evaluation: PairsEvaluation
+    alignment: Alignment  # how faces were cropped, and why
+    meta: dict[str, Any]  # model, data, protocol, alignment, timings, the command line
+    sweeps: dict[str, SweepResult] = field(default_factory=dict)
+    identification: IdentificationReport | None = None
+    notes: list[str] = field(default_factory=list)  # caveats of the result, for people
+
+    def extra(self) -> dict[str, Any]:
+        """The optional parts as JSON-ready dicts (``sweeps``, ``identification``)."""
+        out: dict[str, Any] = {}
+        if self.sweeps:
+            out["sweeps"] = {k: s.to_dict() for k, s in self.sweeps.items()}
+        if self.identification is not None:
+            out["identification"] = self.identification.to_dict()
+        return out
+
+    def sections(self) -> dict[str, str]:
+        """Markdown sections for the report, titled."""
+        out: dict[str, str] = {}
+        published = self.meta.get("published_lfw")
+        if published is not None:
+            out["Published figure for this peer"] = (
+                "| peer | reported LFW accuracy |\n|---|---|\n"
+                f"| {self.meta['model']} | {published} |"
+            )
+        for kind, sweep in self.sweeps.items():
+            out[f"Robustness: {LABELS[kind]}"] = sweep.markdown()
+        if self.identification is not None:
+            out["Identification (LFW gallery/probe split)"] = self.identification.markdown()
+        return out
+
+
+def load_evaluated_model(ref: str) -> Any:
+    """A peer (``dlib-resnet``) or one of our models, by what the user typed."""
+    return load_peer(ref) if is_peer(ref) else load_model(ref)
+
+
+def run_eval(
+    settings: EvalSettings,
+    model: Any = None,
+    progress: Callable[[str], Progress | None] | None = None,
+    on_alignment: Callable[[Alignment], None] | None = None,
+) -> EvalRun:
+    """Run the evaluation ``settings`` describe.
+
+    Args:
+        settings: the options.
+        model: the model object when the caller already loaded it (else ``settings.model`` is).
+        progress: ``progress(label)`` gives a ``(done, total)`` callback for each embedding pass.
+        on_alignment: told how faces will be cropped (and why) before any embedding starts.
+
+    Raises:
+        FileNotFoundError, ProtocolFileError, ImageError, EmbeddingError, ValueError: bad input,
+        each naming the file and the problem.
+    """
+    progress = progress or (lambda label: None)
+    pairs = read_pairs(settings.pairs)
+    data = Path(settings.data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: image folder not found")
+    model = load_evaluated_model(settings.model) if model is None else model
+    peer = is_peer(settings.model)
+    alignment = resolve_alignment(data, settings.align, settings.detector, peer)
+    if on_alignment is not None:
+        on_alignment(alignment)
+    fraction = settings.center_fraction or DEFAULT_CENTER_FRACTION
+    embed_kw: dict[str, Any] = {
+        "batch_size": settings.batch_size,
+        "flip": settings.flip,
+        "flip_mode": settings.flip_mode,
+        "align": "center" if peer else alignment.align,
+        "center_fraction": fraction,
+        "cache_dir": settings.cache_dir,
+    }
+    if alignment.detector:
+        embed_kw["aligner"], embed_kw["aligner_name"] = make_aligner(
+            alignment.detector, alignment.align, model
+        )
+    ev = evaluate_pairs(
+        model,
+        pairs,
+        data,
+        settings.distance,
+        settings.far,
+        progress=progress("embedding"),
+        **embed_kw,
+    )
+    run = EvalRun(ev, alignment, _meta(settings, model, pairs, alignment, ev, peer, fraction))
+    run.notes += list(ev.report.notes)
+    if peer and getattr(model, "n_fallback", 0):
+        run.notes.append(f"HOG found no face in {model.n_fallback} computed images (centre box)")
+    for kind in dict.fromkeys(settings.sweeps):
+        run.sweeps[kind] = run_sweep(
+            model,
+            pairs,
+            data,
+            kind,
+            distance=settings.distance,
+            far_target=settings.far,
+            baseline=ev.report,
+            progress=progress(f"sweep {kind}"),
+            **embed_kw,
+        )
+    if settings.identification:
+        metric = "cosine" if settings.distance.startswith("cosine") else "l2"
+        run.identification = identification_on_folder(
+            model, data, settings.far, metric, progress("identification"), **embed_kw
+        )
+    return run
+
+
+def _meta(
+    settings: EvalSettings,
+    model: Any,
+    pairs: Pairs,
+    alignment: Alignment,
+    ev: PairsEvaluation,
+    peer: bool,
+    fraction: float,
+) -> dict[str, Any]:
+    if peer:
+        setting = "own HOG detection + 5-point alignment"
+    else:
+        setting = f"align={alignment.align}"
+        if alignment.align == "center":
+            setting += f" (fraction {fraction})"
+        if alignment.detector:
+            setting += f", detector {alignment.detector}"
+    setting += f", {settings.distance}"
+    if settings.flip:
+        setting += f", flip ({settings.flip_mode})"
+    meta: dict[str, Any] = {
+        "model": settings.model,
+        "model_identity": model.identity if peer else card_of(model).name,
+        "data": str(settings.data),
+        "pairs": str(settings.pairs),
+        "pairs_name": Path(settings.pairs).name,
+        "folds": pairs.fold_source,
+        "person_disjoint_folds": pairs.person_disjoint,
+        "align": alignment.align,
+        "distance": settings.distance,
+        "flip": settings.flip,
+        "aligned_folder_config": alignment.folder_config,
+        "setting": setting,
+        "images": ev.stats.n_images,
+        "images_from_cache": ev.stats.n_cached,
+        "images_computed": ev.stats.n_computed,
+        "embedding_seconds_this_run": round(ev.stats.seconds, 1),
+        "command": settings.command_line(alignment.align if not peer else "center"),
+    }
+    if peer and settings.model in PUBLISHED_LFW:
+        meta["published_lfw"] = PUBLISHED_LFW[settings.model]
+    return meta
+
+
+def identification_on_folder(
+    model: Any,
+    data: str | os.PathLike,
+    far: float = 1e-3,
+    metric: str = "l2",
+    progress: Progress | None = None,
+    **embed_kw: Any,
+) -> IdentificationReport:
+    """Closed/open-set identification over every image under ``data`` (folder per identity),
+    split into gallery and probes as the LFW identification protocol does."""
+    data = Path(data)
+    paths = sorted(p for p in data.glob("*/*") if p.is_file() and is_image_file(p))
+    if not paths:
+        raise FileNotFoundError(f"{data}: no images in identity folders")
+    labels = [p.parent.name for p in paths]
+    split = gallery_probe_split(labels, [str(p.relative_to(data)) for p in paths])
+    emb = embed_paths(model, paths, progress=progress, **embed_kw)
+    return evaluate_identification(
+        emb[split.gallery],
+        [labels[i] for i in split.gallery],
+        emb[split.probes],
+        [labels[i] for i in split.probes],
+        emb[split.unknown],
+        far_targets=(far, 1e-2, 1e-1),
+        metric=metric,
+    )
