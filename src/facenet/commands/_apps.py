@@ -9,8 +9,10 @@ import sys
 from typing import Any
 
 from facenet.apps.embedder import CROP_MODES, DEFAULT_MODEL, Embedder
+from facenet.apps.photos import EmbeddedPhotos, embed_table
 from facenet.commands._checks import positive_int, rate, squared_distance
 from facenet.commands._errors import describe_error, fail
+from facenet.models.loading import recorded_model_ref
 
 DEFAULT_GALLERY = "facenet-gallery"
 
@@ -82,8 +84,6 @@ def model_for_gallery(args: argparse.Namespace, gallery: Any) -> str | None:
     """The model to use with ``gallery``: ``--model``, else the one the gallery records. Either is
     loaded by the safe loader (no code runs) and must have the gallery's weights hash
     (``Gallery.check_model``), so a swapped model file is refused, never used."""
-    from facenet.models.loading import recorded_model_ref
-
     if args.model or gallery.model is None:
         return args.model
     return recorded_model_ref(gallery.model.ref, f"gallery {gallery.directory}")
@@ -91,32 +91,24 @@ def model_for_gallery(args: argparse.Namespace, gallery: Any) -> str | None:
 
 def embed_photos(
     embedder: Embedder, paths: list, subject_only: bool = False, progress: bool = False
-) -> tuple[list[Any], int, int] | int:
-    """Every face of ``paths`` (embedded), reporting problems the way every command does: when
-    some photos gave faces, each unreadable or faceless photo is one ``skipped`` line on stderr
-    and the batch goes on; when none did, one error line (the first problem and the counts) and
-    the exit code are returned instead.
+) -> EmbeddedPhotos | int:
+    """Every face of ``paths`` (``facenet.apps.photos.embed_table``), reporting problems the way
+    every command does: when some photos gave faces, each unreadable or faceless photo is one
+    ``skipped`` line on stderr and the batch goes on; when none did, one error line (the first
+    problem and the counts) and the exit code are returned instead.
 
     Returns:
-        (faces, photos unreadable, photos without a face) or an exit code.
+        the embedded photos (at least one face), or an exit code.
     """
-    faces: list[Any] = []
-    problems: list[str] = []
-    unreadable = 0
-    for result in embedder.embed_files(paths, subject_only=subject_only, progress=progress):
-        if result.error:
-            unreadable += 1
-            problems.append(result.error)
-        elif not result.faces:
-            problems.append(f"{result.path}: no face found")
-        faces.extend(result.faces)
-    if not faces:
+    embedded = embed_table(embedder, paths, subject_only=subject_only, progress=progress)
+    problems = [p.message for p in embedded.problems]
+    if not len(embedded.table):
         if len(problems) == 1:
             return error(problems[0])
         return error(
-            f"no face in any of {len(paths)} photos ({unreadable} unreadable, "
-            f"{len(problems) - unreadable} without a face; first: {problems[0]})"
+            f"no face in any of {len(paths)} photos ({embedded.unreadable} unreadable, "
+            f"{embedded.faceless} without a face; first: {problems[0]})"
         )
     for problem in problems:
         print(f"facenet: skipped {problem}", file=sys.stderr)
-    return faces, unreadable, len(problems) - unreadable
+    return embedded

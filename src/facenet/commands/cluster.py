@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from facenet.apps.cluster import (
     DEFAULT_K,
     DEFAULT_METHOD,
     DEFAULT_MIN_CLUSTER_SIZE,
     DEFAULT_OPERATING_POINT,
     METHODS,
+    cluster_embeddings,
+)
+from facenet.apps.cluster_folder import write_clusters
+from facenet.apps.embedder import (
+    EmbeddingTable,
+    expand_paths,
+    load_embeddings,
+    resolve_threshold,
 )
 from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import (
@@ -21,7 +27,9 @@ from facenet.commands._checks import (
     positive_int,
     squared_distance,
 )
+from facenet.fingerprint import weights_sha256
 from facenet.models.card import card_of
+from facenet.models.loading import load_model, recorded_model_ref
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,54 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facenet.apps.cluster import cluster_embeddings
-    from facenet.apps.cluster_folder import write_clusters
-    from facenet.apps.embedder import expand_paths, load_embeddings, resolve_threshold
-
-    thresholds: dict[str, float] = {}
-    if args.embeddings:
-        if args.photos:
-            return error("give either PHOTOS or --embeddings, not both")
-        try:
-            table = load_embeddings(args.embeddings)
-        except (OSError, ValueError) as e:
-            return error(e)
-        paths, boxes, face_index, emb = (
-            table.paths.tolist(),
-            table.boxes,
-            table.face_index,
-            table.embeddings,
-        )
-        if args.threshold is None and args.method != "hdbscan":
-            try:
-                thresholds = _recorded_thresholds(table.meta, str(args.embeddings))
-            except ValueError as e:
-                return error(f"{e}; or pass --threshold T")
-    else:
-        if not args.photos:
-            return error("give PHOTOS (files or folders) or --embeddings FILE")
-        try:
-            photo_paths = expand_paths(args.photos)
-        except OSError as e:
-            return error(e)
-        if not photo_paths:
-            return error(f"no image files found in {' '.join(args.photos)}")
-        embedder = load_embedder(args)
-        if isinstance(embedder, int):
-            return embedder
-        thresholds = embedder.thresholds
-        embedded = embed_photos(embedder, photo_paths, progress=args.progress)
-        if isinstance(embedded, int):
-            return embedded
-        faces = embedded[0]
-        paths = [str(f.path) for f in faces]
-        boxes_l = [f.box for f in faces]
-        face_l = [f.face_index for f in faces]
-        emb_l = [f.embedding for f in faces]
-        boxes = np.array(boxes_l, np.float32).reshape(-1, 4)
-        face_index = np.array(face_l, np.int64)
-        emb = np.array(emb_l, np.float32).reshape(len(emb_l), -1)
-    if len(paths) == 0:
+    faces = _faces_to_cluster(args)
+    if isinstance(faces, int):
+        return faces
+    table, thresholds = faces
+    if len(table) == 0:
         return error("no faces found to cluster")
     threshold, source = args.threshold, ""
     if args.method != "hdbscan":
@@ -138,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             return error(e)
     labels = cluster_embeddings(
-        emb,
+        table.embeddings,
         method=args.method,
         threshold=threshold,
         k=args.k,
@@ -148,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = write_clusters(
             args.out,
-            paths,
-            boxes,
-            face_index,
+            table.paths.tolist(),
+            table.boxes,
+            table.face_index,
             labels,
             link=args.link,
             html=not args.no_html,
@@ -169,6 +134,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _faces_to_cluster(args: argparse.Namespace) -> tuple[EmbeddingTable, dict[str, float]] | int:
+    """The faces of ``--embeddings`` or of PHOTOS (embedded now), with the calibrated thresholds
+    that go with them; or the exit code after a one-line error."""
+    if args.embeddings:
+        if args.photos:
+            return error("give either PHOTOS or --embeddings, not both")
+        try:
+            table = load_embeddings(args.embeddings)
+        except (OSError, ValueError) as e:
+            return error(e)
+        if args.threshold is not None or args.method == "hdbscan":
+            return table, {}
+        try:
+            return table, _recorded_thresholds(table.meta, str(args.embeddings))
+        except ValueError as e:
+            return error(f"{e}; or pass --threshold T")
+    if not args.photos:
+        return error("give PHOTOS (files or folders) or --embeddings FILE")
+    try:
+        photo_paths = expand_paths(args.photos)
+    except OSError as e:
+        return error(e)
+    if not photo_paths:
+        return error(f"no image files found in {' '.join(args.photos)}")
+    embedder = load_embedder(args)
+    if isinstance(embedder, int):
+        return embedder
+    embedded = embed_photos(embedder, photo_paths, progress=args.progress)
+    if isinstance(embedded, int):
+        return embedded
+    return embedded.table, embedder.thresholds
+
+
 def _recorded_thresholds(meta: dict, where: str) -> dict[str, float]:
     """The calibrated thresholds an embeddings file carries; for files written before they were
     recorded, those of the model it names, loaded by the safe loader (no code runs) and used only
@@ -176,9 +174,6 @@ def _recorded_thresholds(meta: dict, where: str) -> dict[str, float]:
     recorded = meta.get("thresholds")
     if isinstance(recorded, dict) and recorded:
         return {str(k): float(v) for k, v in recorded.items()}
-    from facenet.fingerprint import weights_sha256
-    from facenet.models.loading import load_model, recorded_model_ref
-
     model_meta = meta.get("model") if isinstance(meta.get("model"), dict) else {}
     ref = recorded_model_ref(str(model_meta.get("ref", "")), where)
     model = load_model(ref)

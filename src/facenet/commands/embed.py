@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
+from facenet.apps.embedder import EMBEDDING_FILE_FORMATS, expand_paths, save_embeddings
 from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import output_file
 
@@ -24,13 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facenet.apps.embedder import (
-        EMBEDDING_FILE_FORMATS,
-        EmbeddingTable,
-        expand_paths,
-        save_embeddings,
-    )
-
     if not str(args.out).lower().endswith(EMBEDDING_FILE_FORMATS):
         return error(f"--out {args.out}: must end in {' or '.join(EMBEDDING_FILE_FORMATS)}")
     try:
@@ -45,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
     embedded = embed_photos(embedder, paths, args.subject_only, args.progress)
     if isinstance(embedded, int):
         return embedded
-    faces, failed, faceless = embedded
     meta = {
         "model": embedder.fingerprint.to_dict(),
         "crop": embedder.crop_mode,
@@ -54,14 +48,13 @@ def run(args: argparse.Namespace) -> int:
         # loading the model the file names
         "thresholds": embedder.thresholds,
     }
+    table = dataclasses.replace(embedded.table, meta=meta)
     try:
-        out = save_embeddings(
-            args.out, EmbeddingTable.from_faces(faces, embedder.embedding_dim, meta)
-        )
+        out = save_embeddings(args.out, table)
     except (OSError, ValueError) as e:
         return error(e)
     print(
-        f"{len(faces)} faces from {len(paths) - failed - faceless} of {len(paths)} photos "
-        f"-> {out} ({failed} unreadable, {faceless} without a face)"
+        f"{len(table)} faces from {embedded.with_faces} of {len(paths)} photos "
+        f"-> {out} ({embedded.unreadable} unreadable, {embedded.faceless} without a face)"
     )
-    return 1 if failed else 0
+    return 1 if embedded.unreadable else 0
