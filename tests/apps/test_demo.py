@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facenet.apps.demo import LFW_FILES, download_lfw, find_lfw, how_to_get_lfw
+from facenet.apps.demo_lfw import LFW_FILES, download_lfw, find_lfw, how_to_get_lfw
 from facenet.cli import main
 
 

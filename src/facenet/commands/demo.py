@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
+from facenet.apps.demo import DemoConfig, run_demo
+from facenet.apps.demo_lfw import DataNotFound, download_lfw, how_to_get_lfw
 from facenet.commands._checks import int_at_least, non_negative_int
 from facenet.commands._errors import fail, one_line
+from facenet.utils import UnsafeOutputError, default_data_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,12 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
-    from facenet.apps.demo import DataNotFound, DemoConfig, download_lfw, how_to_get_lfw, run_demo
-    from facenet.utils import UnsafeOutputError, default_data_dir
-
     data = args.data or (str(default_data_dir()) if default_data_dir() else None)
     if args.download:
         target = Path(args.data or os.path.expanduser("~/facenet-data"))
