@@ -185,11 +185,6 @@ class ImageResolver:
         return self.root / name / entry
 
 
-def resolve_image(root: str | os.PathLike, name: str, index: int) -> Path:
-    """Path of image ``index`` (1-based) of ``name`` under ``root``, extension found on disk."""
-    return ImageResolver(root)(image_stem(name, index))
-
-
 def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
     """(1-based line number, fields) for every non-blank line."""
     try:
