@@ -30,8 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from facenet.apps.cluster import cluster_embeddings, knn_graph
+from facenet.apps.embedder import load_embeddings
 from facenet.apps.gallery import Gallery
 from facenet.apps.gallery_index import index_kind
+from facenet.eval.clustering import clustering_metrics
 from facenet.fingerprint import ModelFingerprint
 
 
@@ -40,9 +42,8 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def load_real_embeddings(path: str) -> np.ndarray:
-    """(N, D) float32 from a `facenet embed` file or an `apps.quality` cache (key `embeddings`)."""
-    from facenet.apps.embedder import load_embeddings
-
+    """(N, D) float32 from a `facenet embed` file or a `scripts/quality.py` cache (key
+    `embeddings`)."""
     with np.load(path, allow_pickle=False) as z:
         if "embeddings" in z.files:
             return unit(z["embeddings"].astype(np.float64))
@@ -140,8 +141,6 @@ def synthetic_faces(n: int, dim: int, per: int, seed: int) -> tuple[np.ndarray, 
 
 
 def bench_cluster(n: int, dim: int, threshold: float, sklearn_max: int) -> dict:
-    from facenet.eval.clustering import clustering_metrics
-
     x, y = synthetic_faces(n, dim, 10, seed=n)
     t0 = time.perf_counter()
     graph = knn_graph(x, k=20)
@@ -182,7 +181,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
         "--embeddings",
-        help="real face embeddings to start from (`facenet embed` .npz or an apps.quality cache)",
+        help="real face embeddings to start from (`facenet embed` .npz or a scripts/quality.py cache)",
     )
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--cluster-sizes", type=int, nargs="+", default=[10_000, 100_000])

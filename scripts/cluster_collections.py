@@ -36,8 +36,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from facenet.apps.cluster import (
+    DEFAULT_K,
+    DEFAULT_METHOD,
+    DEFAULT_MIN_CLUSTER_SIZE,
+    DEFAULT_OPERATING_POINT,
+    METHODS,
+    apply_min_cluster_size,
+    average_linkage,
+    chinese_whispers,
+    hdbscan_graph,
+    knn_graph,
+)
+from facenet.apps.embedder import load_embeddings
+from facenet.eval.clustering import clustering_metrics
 from facenet.models.card import card_of
+from facenet.models.loading import load_model
 
 GRID = (0.60, 1.30, 0.05)  # default threshold grid: start, stop (inclusive), step
 MIN_SIZES = (2, 3, 4, 5, 6, 7, 8)  # 6 is the default of `facenet cluster`
@@ -60,8 +76,6 @@ class FaceSet:
 
 def model_thresholds(ref: str) -> dict[str, float]:
     """The named calibrated thresholds of model ``ref`` ({} when it cannot be loaded)."""
-    from facenet.models.loading import load_model
-
     try:
         return {k: float(v) for k, v in card_of(load_model(ref)).thresholds.items()}
     except Exception as e:  # noqa: BLE001 - named thresholds are optional; the grid still runs
@@ -71,8 +85,6 @@ def model_thresholds(ref: str) -> dict[str, float]:
 
 def load_set(path: Path, name: str, model: str | None = None) -> FaceSet:
     """An embedding file as a ``FaceSet``: labels from each photo's parent folder."""
-    from facenet.apps.embedder import load_embeddings
-
     table = load_embeddings(path)
     ref = model or table.meta.get("model", {}).get("ref") or "inception_resnet_v1:casia-webface"
     labels = np.array([Path(p).parent.name for p in table.paths.tolist()])
@@ -201,15 +213,6 @@ def sweep_set(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per (method, threshold, min cluster size) on face set ``s``."""
-    from facenet.apps.cluster import (
-        apply_min_cluster_size,
-        average_linkage,
-        chinese_whispers,
-        hdbscan_graph,
-        knn_graph,
-    )
-    from facenet.eval.clustering import clustering_metrics
-
     t0 = time.perf_counter()
     graph = knn_graph(s.embeddings, k=k)
     graph_s = time.perf_counter() - t0
@@ -220,8 +223,6 @@ def sweep_set(
         else:
             jobs.extend((method, label, value) for label, value in thresholds)
     rows: list[dict[str, Any]] = []
-    from tqdm.auto import tqdm
-
     for method, label, value in tqdm(jobs, desc=s.name, disable=not progress, leave=False):
         if method == "hdbscan":
             # HDBSCAN's min_cluster_size is its own parameter: one run per size
@@ -294,6 +295,7 @@ def markdown_table(rows: list[dict[str, Any]], mark: dict[tuple, str] | None = N
 def plot(rows: list[dict[str, Any]], path: Path, min_size: int) -> None:
     """BCubed precision vs recall, one panel per set, one curve per method across thresholds at
     minimum cluster size ``min_size`` (HDBSCAN: one point per minimum cluster size)."""
+    # why: matplotlib loads only with --plot, and the Agg backend must be chosen before pyplot
     import matplotlib
 
     matplotlib.use("Agg")
@@ -342,8 +344,6 @@ def plot(rows: list[dict[str, Any]], path: Path, min_size: int) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from facenet.apps.cluster import DEFAULT_K, DEFAULT_MIN_CLUSTER_SIZE, METHODS
-
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -412,12 +412,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from facenet.apps.cluster import (
-        DEFAULT_METHOD,
-        DEFAULT_MIN_CLUSTER_SIZE,
-        DEFAULT_OPERATING_POINT,
-    )
-
     names = args.names or [p.stem for p in args.embeddings]
     grid = None if args.no_grid else tuple(args.grid)
     rows: list[dict[str, Any]] = []

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from facenet.data.images import load_image
+from facenet.eval.verification import calibrate_thresholds
 from facenet.models.card import card_of
 from facenet.models.loading import save_weights
 from facenet.models.registry import create_model
@@ -61,8 +62,6 @@ def trained_tiny(orl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     same = held_labels[:, None] == held_labels[None]
     iu = np.triu_indices(len(e), 1)
     dist, issame = d[iu], same[iu]
-    from facenet.eval.verification import calibrate_thresholds
-
     card_of(model).set_thresholds(calibrate_thresholds(dist, issame))
     path = tmp_path_factory.mktemp("models") / "tiny-orl.safetensors"
     save_weights(model, path)

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 
@@ -93,8 +94,6 @@ def test_unknown_method_and_missing_threshold_are_errors():
 
 
 def test_write_clusters_makes_folders_csv_and_contact_sheet(tmp_path):
-    from PIL import Image
-
     photos = []
     for i in range(5):
         p = tmp_path / "in" / f"sub{i % 2}" / "same_name.png"  # name clash across folders

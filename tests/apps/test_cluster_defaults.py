@@ -5,6 +5,8 @@ the sweep script, and (with the real data) the defaults on LFW."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,7 +23,9 @@ from facenet.apps.cluster import (
     apply_min_cluster_size,
     cluster_embeddings,
 )
+from facenet.apps.embedder import Embedder, EmbeddingTable, save_embeddings
 from facenet.eval.clustering import clustering_metrics, group_counts
+from facenet.eval.verification import calibrate_thresholds
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cluster_collections.py"
 
@@ -52,8 +56,6 @@ def collection(n_once: int = 800, dim: int = 12, noise: float = 0.4, seed: int =
 
 def calibrated_thresholds(dim: int, noise: float) -> dict[str, float]:
     """Thresholds calibrated like a model's, on pairs of *other* synthetic people."""
-    from facenet.eval.verification import calibrate_thresholds
-
     x, y = collection(n_once=0, dim=dim, noise=noise, seed=2)
     rng = np.random.default_rng(1)
     i, j = rng.integers(0, len(y), (2, 20000))
@@ -116,8 +118,6 @@ def test_defaults_are_consistent():
     assert DEFAULT_METHOD in METHODS
     assert DEFAULT_MIN_CLUSTER_SIZE >= 2
     assert DEFAULT_OPERATING_POINT.startswith("far_")  # a FAR-calibrated (strict) threshold
-    import inspect
-
     sig = inspect.signature(cluster_embeddings)
     assert sig.parameters["method"].default == DEFAULT_METHOD
     assert sig.parameters["min_cluster_size"].default == DEFAULT_MIN_CLUSTER_SIZE
@@ -180,8 +180,6 @@ def load_script():
 
 
 def write_collection(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
-    from facenet.apps.embedder import EmbeddingTable, save_embeddings
-
     n = len(y)
     paths = np.array([f"/photos/person{p:04d}/person{p:04d}_{i:04d}.jpg" for i, p in enumerate(y)])
     table = EmbeddingTable(
@@ -196,8 +194,6 @@ def write_collection(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
 
 
 def test_sweep_script_writes_table_json_and_plot(tmp_path, capsys):
-    import json
-
     x, y = collection(n_once=120, dim=16, noise=0.5)
     f = write_collection(tmp_path / "syn.npz", x, y)
     mod = load_script()
@@ -270,8 +266,6 @@ def test_sweep_script_rejects_a_bad_file(tmp_path, capsys):
 def test_defaults_on_lfw_photos_do_not_merge_strangers(lfw_dir, tmp_path, monkeypatch):
     """The first 150 people of LFW (alphabetical: most seen once, a few often), embedded as
     `facenet embed --subject-only` does, clustered with the defaults."""
-    from facenet.apps.embedder import Embedder
-
     # why: tests never touch ~/.cache; the weights are converted into a fresh folder
     monkeypatch.setenv("FACENET_CACHE", str(tmp_path / "cache"))
 

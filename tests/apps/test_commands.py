@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from facenet.apps.embedder import load_embeddings
 from facenet.apps.gallery import Gallery
 from facenet.cli import main
+from facenet.eval.clustering import clustering_metrics
 
 
 @pytest.fixture
@@ -88,8 +91,6 @@ def test_verify_same_and_different(orl_dir, args, capsys):
 
 
 def test_verify_with_detection_finds_no_face_in_a_blank_image(tmp_path, trained_tiny, capsys):
-    from PIL import Image
-
     blank = tmp_path / "blank.png"
     Image.new("RGB", (120, 120), (128, 128, 128)).save(blank)
     assert main(["verify", str(blank), str(blank), "--model", str(trained_tiny)]) == 1
@@ -248,8 +249,6 @@ def test_identify_without_a_gallery_is_a_clear_error(orl_dir, tmp_path, args, ca
 
 @pytest.mark.parametrize("method", ["agglomerative", "hdbscan", "chinese-whispers"])
 def test_cluster_orl_people(orl_dir, tmp_path, args, method, capsys):
-    from facenet.eval.clustering import clustering_metrics
-
     photos = tmp_path / "photos"
     for person in range(1, 9):  # seen in training: the tiny model separates them well
         shutil.copytree(orl_dir / f"s{person}", photos / f"s{person}")
@@ -257,8 +256,6 @@ def test_cluster_orl_people(orl_dir, tmp_path, args, method, capsys):
     extra = ["--min-cluster-size", "3"] if method == "hdbscan" else []
     assert main(["cluster", str(photos), "--out", str(out), "--method", method, *extra, *args]) == 0
     assert "80 faces" in capsys.readouterr().out
-    import csv
-
     with open(out / "clusters.csv") as fh:
         rows = list(csv.DictReader(fh))
     truth = [Path(r["photo"]).parent.name for r in rows]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 
+import faiss
 import numpy as np
 import pytest
 
@@ -195,8 +197,6 @@ def test_an_index_left_by_a_deleted_database_is_never_searched(tmp_path):
 def _rewrite_index(path, change):
     """Read index.faiss, let ``change(vectors)`` edit its vectors, write it back with the same
     header (what a tamperer or a stray process would do)."""
-    import faiss
-
     header, index = read_index_file(path)
     ids = faiss.vector_to_array(index.id_map).astype(np.int64)
     base = faiss.downcast_index(index.index)
@@ -238,8 +238,6 @@ def test_a_flipped_bit_in_the_index_file_is_never_searched(tmp_path, where):
 
 
 def test_index_checksum_is_recorded_and_a_rebuild_restores_it(tmp_path):
-    import hashlib
-
     rng = np.random.default_rng(10)
     g, vecs = populate(tmp_path / "g", rng, people=3)
     g.search(unit(rng, 1), 1)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from facenet.apps.embedder import expand_paths
+from facenet.apps.gallery import Gallery, GalleryError, check_identity_name, enroll_files
+from facenet.apps.gallery import printable as shown
 from facenet.commands._apps import (
     add_model_arguments,
     error,
@@ -12,6 +15,7 @@ from facenet.commands._apps import (
     load_embedder,
     model_for_gallery,
 )
+from facenet.utils import dumps_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,11 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facenet.apps.embedder import expand_paths
-    from facenet.apps.gallery import Gallery, GalleryError, check_identity_name, enroll_files
-    from facenet.apps.gallery import printable as shown
-    from facenet.utils import dumps_json
-
     directory = gallery_dir(args.gallery)
     if args.action == "enroll":
         try:  # why: before any folder is created or any photo embedded

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from facenet.apps.embedder import NoFaceError
+from facenet.apps.gallery import Gallery, GalleryError, open_set_threshold, printable
 from facenet.commands._apps import (
     add_model_arguments,
     add_threshold_arguments,
@@ -16,6 +18,8 @@ from facenet.commands._apps import (
     model_for_gallery,
 )
 from facenet.commands._checks import existing_file, non_negative_int, positive_int
+from facenet.data.images import ImageError, load_image
+from facenet.utils import dumps_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,11 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facenet.apps.embedder import NoFaceError
-    from facenet.apps.gallery import Gallery, GalleryError, open_set_threshold, printable
-    from facenet.data.images import ImageError, load_image
-    from facenet.utils import dumps_json
-
     directory = gallery_dir(args.gallery)
     try:
         gallery = Gallery(directory, create=False)

@@ -4,7 +4,10 @@ chosen with ``--face-a``/``--face-b``; a photo with several faces is reported)."
 from __future__ import annotations
 
 import argparse
+import sys
 
+from facenet.apps.embedder import NoFaceError, resolve_threshold
+from facenet.apps.verify import verify_files
 from facenet.commands._apps import (
     add_model_arguments,
     add_threshold_arguments,
@@ -12,6 +15,8 @@ from facenet.commands._apps import (
     load_embedder,
 )
 from facenet.commands._checks import existing_file, non_negative_int
+from facenet.data.images import ImageError
+from facenet.utils import dumps_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,13 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from facenet.apps.embedder import NoFaceError, resolve_threshold
-    from facenet.apps.verify import verify_files
-    from facenet.data.images import ImageError
-    from facenet.utils import dumps_json
-
     embedder = load_embedder(args)
     if isinstance(embedder, int):
         return embedder
