@@ -260,8 +260,9 @@ def test_cached_weights_are_reused_not_reconverted(converted_cache, cache, monke
     def fail(*_):
         raise AssertionError("reconverted although the cache was current")
 
+    monkeypatch.setitem(pt.CONVERTERS, "test", fail)
     monkeypatch.setitem(
-        pt.PUBLISHED, (ENTRY.model, ENTRY.tag), dataclasses.replace(ENTRY, produce=fail)
+        pt.PUBLISHED, (ENTRY.model, ENTRY.tag), dataclasses.replace(ENTRY, converter="test")
     )
     assert create_model("inception_resnet_v1", pretrained="casia-webface").spec.embedding_dim == 512
 
@@ -274,8 +275,9 @@ def test_damaged_cache_file_is_rebuilt(converted_cache, cache, monkeypatch):
         calls.append(source)
         shutil.copy(converted_cache / entry.filename, out)
 
+    monkeypatch.setitem(pt.CONVERTERS, "test", produce)
     monkeypatch.setitem(
-        pt.PUBLISHED, (ENTRY.model, ENTRY.tag), dataclasses.replace(ENTRY, produce=produce)
+        pt.PUBLISHED, (ENTRY.model, ENTRY.tag), dataclasses.replace(ENTRY, converter="test")
     )
     with pytest.warns(UserWarning, match="rebuilding"):
         create_model("inception_resnet_v1", pretrained="casia-webface")

@@ -30,6 +30,7 @@ from facenet.convert.graphdef import Node, read_graphdef
 from facenet.fingerprint import file_sha256, state_sha256
 from facenet.models.card import card_of
 from facenet.models.inception_resnet_v1 import BN_EPS, InceptionResnetV1
+from facenet.models.pretrained import PublishedWeights, register_converter
 from facenet.models.registry import create_model
 
 PREFIX = "InceptionResnetV1/"
@@ -247,3 +248,16 @@ def convert_sandberg(
 def tensor_names(nodes: list[Node]) -> list[str]:
     """Names of every constant in the graph (the converter's coverage universe)."""
     return [n.name for n in nodes if n.op == "Const"]
+
+
+@register_converter("sandberg")
+def produce_published(entry: PublishedWeights, source: Path, out: Path) -> None:
+    """The published weights ``entry`` from Sandberg's frozen graph ``source`` (the pretrained
+    loader calls this through ``facenet.models.pretrained.converter``)."""
+    convert_sandberg(
+        source,
+        out,
+        source={"package": entry.package, "model": entry.extra.get("upstream_model", "")},
+        thresholds=entry.thresholds,
+        extra={"pretrained": entry.ref, "thresholds_info": entry.thresholds_info},
+    )

@@ -19,6 +19,7 @@ safetensors with their config, metrics and data terms in the metadata) and need 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import warnings
@@ -29,7 +30,11 @@ from typing import Any
 
 from torch import nn
 
+from facenet.fingerprint import file_sha256, state_sha256
 from facenet.models.card import card_of
+from facenet.models.loading import load_weights_file, read_metadata
+from facenet.models.registry import create_model
+from facenet.preprocess import ModelSpec
 
 PRETRAINED_EXTRA = "facenet[pretrained]"
 
@@ -51,8 +56,8 @@ class PublishedWeights:
     source_file: str = ""  # file inside that package
     source_sha256: str = ""  # SHA-256 of that file
     weights_sha256: str = ""  # facenet.fingerprint.state_sha256 of the loaded tensors
-    # (entry, source, out file); None for bundled weights
-    produce: Callable[[PublishedWeights, Path, Path], None] | None = None
+    converter: str = ""  # name in CONVERTERS that turns the source file into weights
+
     bundled: str = ""  # file name in facenet/models/weights/ for weights shipped in the package
     thresholds: dict[str, float] = field(default_factory=dict)  # see thresholds_info
     thresholds_info: dict[str, Any] = field(default_factory=dict)  # distance, data, counts
@@ -67,16 +72,32 @@ class PublishedWeights:
         return f"{self.model}-{self.tag}.safetensors"
 
 
-def _produce_sandberg(entry: PublishedWeights, source: Path, out: Path) -> None:
-    from facenet.convert.sandberg import convert_sandberg
+Converter = Callable[[PublishedWeights, Path, Path], None]  # (entry, source file, out file)
+CONVERTERS: dict[str, Converter] = {}
+# why: converters live above the models layer (facenet.convert); each registers itself, and
+# is imported by name on first use, as model families are, so nothing here imports upwards.
+_CONVERTER_MODULES = {"sandberg": "facenet.convert.sandberg"}
 
-    convert_sandberg(
-        source,
-        out,
-        source={"package": entry.package, "model": entry.extra.get("upstream_model", "")},
-        thresholds=entry.thresholds,
-        extra={"pretrained": entry.ref, "thresholds_info": entry.thresholds_info},
-    )
+
+def register_converter(name: str) -> Callable[[Converter], Converter]:
+    """Register ``fn(entry, source, out)`` as the converter ``name`` published weights name."""
+
+    def register(fn: Converter) -> Converter:
+        CONVERTERS[name] = fn
+        return fn
+
+    return register
+
+
+def converter(name: str) -> Converter:
+    """The converter registered as ``name`` (importing its module on first use)."""
+    if name not in CONVERTERS and name in _CONVERTER_MODULES:
+        importlib.import_module(_CONVERTER_MODULES[name])
+    if name not in CONVERTERS:
+        raise PretrainedUnavailable(
+            f"no converter {name!r}; known: {', '.join(_CONVERTER_MODULES)}"
+        )
+    return CONVERTERS[name]
 
 
 # why: measured by scripts/sandberg_thresholds.py (same math) on MTCNN box crops (facenet align
@@ -115,7 +136,7 @@ PUBLISHED: dict[tuple[str, str], PublishedWeights] = {
             source_file="graph_final.pb",
             source_sha256="704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
             weights_sha256="bb29de6b66e2cad73608646ad38fb1f03ee8b3dffa8f39c413ac1b0090237aae",
-            produce=_produce_sandberg,
+            converter="sandberg",
             thresholds=_SANDBERG_THRESHOLDS,
             thresholds_info=_SANDBERG_THRESHOLDS_INFO,
             extra={"upstream_model": "20180408-102900"},
@@ -175,8 +196,6 @@ def source_path(entry: PublishedWeights) -> Path:
 
 
 def _cache_is_current(entry: PublishedWeights, path: Path) -> tuple[bool, str]:
-    from facenet.models.loading import read_metadata
-
     try:
         meta = read_metadata(path)
     except Exception as e:  # damaged or foreign file: rebuild it
@@ -191,8 +210,6 @@ def _cache_is_current(entry: PublishedWeights, path: Path) -> tuple[bool, str]:
 
 
 def _verify_weights(entry: PublishedWeights, model: nn.Module, path: Path) -> None:
-    from facenet.fingerprint import state_sha256
-
     if not entry.weights_sha256:
         return
     got = state_sha256(model.state_dict())
@@ -223,17 +240,15 @@ def weights_file(entry: PublishedWeights) -> Path:
             return path
         warnings.warn(f"{path}: {why}; rebuilding", stacklevel=3)
     source = source_path(entry)
-    from facenet.fingerprint import file_sha256
-
     digest = file_sha256(source)
     if digest != entry.source_sha256:
         raise PretrainedUnavailable(
             f"{source}: SHA-256 {digest} != expected {entry.source_sha256} for {entry.ref}; "
             f"this {entry.package} version ships a different file"
         )
-    if entry.produce is None:
+    if not entry.converter:
         raise PretrainedUnavailable(f"{entry.ref!r} names no way to produce its weights")
-    entry.produce(entry, source, path)
+    converter(entry.converter)(entry, source, path)
     return path
 
 
@@ -248,9 +263,6 @@ def load_pretrained(name: str, tag: str, **kwargs: Any) -> nn.Module:
         PretrainedUnavailable: the weights cannot be produced here (says what to install).
         ValueError: the weights do not fit ``name`` / ``kwargs``.
     """
-    from facenet.models.loading import load_weights_file, read_metadata
-    from facenet.models.registry import create_model
-    from facenet.preprocess import ModelSpec
 
     is_file = os.path.exists(tag) or tag.endswith((".safetensors", ".pt", ".pth"))
     if is_file:
