@@ -155,10 +155,9 @@ def test_batchnorm_paper_model_trains_on_the_gpu(dtype):
     [
         ("precision=bf16",),
         ("precision=fp16",),
-        ("precision=fp16", "optimiser.sam_rho=0.05", "optimiser.sam_start_step=8"),
         ("precision=bf16", "optimiser.ema_decay=0.9"),
     ],
-    ids=["bf16", "fp16", "fp16+sam", "bf16+ema"],
+    ids=["bf16", "fp16", "bf16+ema"],
 )
 def test_mixed_precision_training_runs_and_learns(tmp_path, extra):
     run = tmp_path / "run"
