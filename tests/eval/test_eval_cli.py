@@ -148,9 +148,6 @@ def test_a_library_call_reads_the_folder_config_as_facenet_eval_does(
     distances as asking for it) and a plain folder by centre crops."""
     import shutil
 
-    from facenet.data.lfw import read_pairs
-    from facenet.eval.protocol import evaluate_pairs
-
     root, pairs_path = mini_lfw
     pairs = read_pairs(pairs_path)
     aligned = tmp_path / "aligned"

@@ -31,7 +31,7 @@ from facenet.train.health import CollapseWatch
 from facenet.train.logs import RunLogs, Throughput, plot_curves
 from facenet.train.state import TrainState, build_state
 from facenet.train.step import StepStats, next_batch, train_step
-from facenet.train.validate import ValidationResult, evaluate_pairs
+from facenet.train.validate import ValidationResult, score_validation
 
 #: Called with the state at the start of every step, before its batch is drawn and after the
 #: previous step's checkpoint was written (progress reports, custom stopping rules, tests). An
@@ -152,7 +152,7 @@ def _score(state: TrainState, model: torch.nn.Module) -> ValidationResult:
     """``model``'s verification scores on the validation pairs."""
     v = state.config.validation
     embeddings = state.embed(model, state.pairs.images, v.flip)
-    return evaluate_pairs(embeddings, state.pairs, v.far_target)
+    return score_validation(embeddings, state.pairs, v.far_target)
 
 
 def _train_row(

@@ -157,7 +157,7 @@ def embed_images(
     return combine_flips(e, "mean") if flip else torch.nn.functional.normalize(e, dim=1)
 
 
-def evaluate_pairs(
+def score_validation(
     embeddings: Tensor, pairs: PairSet, far_target: float = 1e-3
 ) -> ValidationResult:
     """Verification scores of ``embeddings`` (M, D) on ``pairs`` (squared L2 distances), by
