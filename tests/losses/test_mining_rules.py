@@ -17,7 +17,7 @@ from _mining_oracle import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from facenet.losses import RULES, Triplets, mine_triplets, mining, pairwise_squared_distances
+from facenet.losses import RULES, Triplets, mine_triplets, pairwise_squared_distances, sorted_search
 
 MARGINS = (0.0, 0.2, 1.0)
 
@@ -294,7 +294,7 @@ def test_pure_torch_path_used_on_gpus_matches(rule: str, monkeypatch):
         as_list(mine_triplets(sq, lab, rule, 0.2, torch.Generator().manual_seed(1), chunk_size=7))
         for sq, lab in inputs
     ]
-    monkeypatch.setattr(mining, "_NUMPY_ON_CPU", False)
+    monkeypatch.setattr(sorted_search, "_NUMPY_ON_CPU", False)
     for (sq, labels), expected in zip(inputs, numpy_results, strict=True):
         out = mine_triplets(sq, labels, rule, 0.2, torch.Generator().manual_seed(1), chunk_size=7)
         check_rule(rule, sq, labels, 0.2, out)
