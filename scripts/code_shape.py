@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -66,6 +67,43 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
+@dataclass
+class _File:
+    """One module being read, and where its findings go."""
+
+    module: str
+    path: Path
+    is_package: bool
+    known: set[str]
+    graph: dict[str, set[str]]
+    graph_all: dict[str, set[str]]
+    in_function: list[str]
+    functions: list[tuple[int, str]]
+
+
+def _walk(node: ast.AST, f: _File, in_def: bool = False, qual: str = "") -> None:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.If) and _is_type_checking(child):
+            continue
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            name = f"{qual}.{child.name}" if qual else child.name
+            length = (child.end_lineno or child.lineno) - child.lineno + 1
+            f.functions.append((length, f"{f.path}:{child.lineno} {name}"))
+            _walk(child, f, True, name)
+        elif isinstance(child, ast.ClassDef):
+            _walk(child, f, in_def, f"{qual}.{child.name}" if qual else child.name)
+        elif isinstance(child, (ast.Import, ast.ImportFrom)):
+            targets = _targets(child, f.module, f.is_package, f.known)
+            mine = [t for t in targets if t != f.module and not _parent(t, f.module)]
+            f.graph_all[f.module].update(mine)
+            if in_def and targets:
+                f.in_function.append(f"{f.path}:{child.lineno}")
+            elif not in_def:
+                f.graph[f.module].update(t for t in targets if t != f.module)
+        else:
+            _walk(child, f, in_def, qual)
+
+
 def analyse(src: Path, limit: int) -> dict:
     files = sorted(src.rglob("*.py"))
     modules = {module_name(f, src): f for f in files}
@@ -81,30 +119,9 @@ def analyse(src: Path, limit: int) -> dict:
         tree = ast.parse(text)
         is_package = path.name == "__init__.py"
 
-        def walk(node: ast.AST, in_def: bool, qual: str) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, ast.If) and _is_type_checking(child):
-                    continue
-                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    name = f"{qual}.{child.name}" if qual else child.name
-                    length = (child.end_lineno or child.lineno) - child.lineno + 1
-                    functions.append((length, f"{path}:{child.lineno} {name}"))
-                    walk(child, True, name)
-                    continue
-                if isinstance(child, ast.ClassDef):
-                    walk(child, in_def, f"{qual}.{child.name}" if qual else child.name)
-                    continue
-                if isinstance(child, (ast.Import, ast.ImportFrom)):
-                    targets = _targets(child, module, is_package, known)
-                    graph_all[module].update(t for t in targets if t != module and not _parent(t, module))
-                    if in_def and targets:
-                        in_function.append(f"{path}:{child.lineno}")
-                    elif not in_def:
-                        graph[module].update(t for t in targets if t != module)
-                    continue
-                walk(child, in_def, qual)
-
-        walk(tree, False, "")
+        _walk(
+            tree, _File(module, path, is_package, known, graph, graph_all, in_function, functions)
+        )
 
     # a package's __init__ importing its own submodules is not a cycle worth reporting
     cycles = [c for c in _strongly_connected(graph) if len(c) > 1]
@@ -113,13 +130,22 @@ def analyse(src: Path, limit: int) -> dict:
     return {
         "files": len(files),
         "lines": sum(lines.values()),
-        "files_over_limit": {p: n for p, n in sorted(lines.items(), key=lambda kv: -kv[1]) if n > limit},
+        "files_over_limit": {
+            p: n for p, n in sorted(lines.items(), key=lambda kv: -kv[1]) if n > limit
+        },
         "longest_functions": [f"{n:4d}  {where}" for n, where in functions[:10]],
         "in_function_imports": len(in_function),
         "in_function_import_sites": in_function,
         "import_cycles": [sorted(c) for c in cycles],
         "import_cycles_any": [sorted(c) for c in cycles_all],
+        "graph_any": {m: sorted(t) for m, t in graph_all.items()},
     }
+
+
+def import_graph(src: Path) -> dict[str, set[str]]:
+    """Every ``facenet`` module and the project modules it imports anywhere in its code (an
+    import under ``if TYPE_CHECKING:`` never runs and does not count)."""
+    return {m: set(t) for m, t in analyse(src, limit=10**9)["graph_any"].items()}
 
 
 def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -160,12 +186,15 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src" / "facenet")
+    parser.add_argument(
+        "--src", type=Path, default=Path(__file__).resolve().parents[1] / "src" / "facenet"
+    )
     parser.add_argument("--limit", type=int, default=400, help="report files longer than this")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     report = analyse(args.src, args.limit)
     if args.json:
+        report.pop("graph_any")
         print(json.dumps(report, indent=2))
         return
     print(f"{report['files']} files, {report['lines']} lines")
