@@ -84,10 +84,12 @@ def test_validation_embeds_cached_faces_through_the_same_engine(framed_model):
     cached = rng.integers(0, 256, (6, 37, 37, 3), dtype=np.uint8)  # stored size 37, input 32
     got = embed_images(framed_model, cached, (32, 32), torch.device("cpu"), batch_size=4)
     windows = np.ascontiguousarray(cached[:, 2:34, 2:34])
-    want = embed_faces(framed_model, windows, framed=True)
+    want = embed_faces(framed_model, windows, framed=True, batch_size=4)
     torch.testing.assert_close(got, torch.nn.functional.normalize(want, dim=1), rtol=0, atol=0)
-    flipped = embed_images(framed_model, cached, (32, 32), torch.device("cpu"), flip=True)
-    mirror = embed_faces(framed_model, np.ascontiguousarray(windows[:, :, ::-1]), framed=True)
+    flipped = embed_images(framed_model, cached, (32, 32), torch.device("cpu"), 4, flip=True)
+    mirror = embed_faces(
+        framed_model, np.ascontiguousarray(windows[:, :, ::-1]), framed=True, batch_size=4
+    )
     both = torch.nn.functional.normalize(want + mirror, dim=1)
     torch.testing.assert_close(flipped, both, rtol=0, atol=1e-6)
 
