@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from facenet.apps.cluster import cluster_embeddings, knn_graph
-from facenet.apps.embedder import load_embeddings
+from facenet.apps.embedding_table import load_embeddings
 from facenet.apps.gallery import Gallery
 from facenet.apps.gallery_index import index_kind
 from facenet.eval.clustering import clustering_metrics

@@ -50,7 +50,7 @@ from facenet.apps.cluster import (
     hdbscan_graph,
     knn_graph,
 )
-from facenet.apps.embedder import load_embeddings
+from facenet.apps.embedding_table import load_embeddings
 from facenet.eval.clustering import clustering_metrics
 from facenet.models.card import card_of
 from facenet.models.loading import load_model

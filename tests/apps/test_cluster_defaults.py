@@ -23,7 +23,8 @@ from facenet.apps.cluster import (
     apply_min_cluster_size,
     cluster_embeddings,
 )
-from facenet.apps.embedder import Embedder, EmbeddingTable, save_embeddings
+from facenet.apps.embedder import Embedder
+from facenet.apps.embedding_table import EmbeddingTable, save_embeddings
 from facenet.eval.clustering import clustering_metrics, group_counts
 from facenet.eval.verification import calibrate_thresholds
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facenet.apps.embedder import load_embeddings
+from facenet.apps.embedding_table import load_embeddings
 from facenet.apps.gallery import Gallery
 from facenet.cli import main
 from facenet.eval.clustering import clustering_metrics

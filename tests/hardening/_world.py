@@ -95,7 +95,7 @@ def build_world(w: Path) -> Path:
     save_weights(model, w / "wrongarch.safetensors", extra=nn4)
     save_checkpoint(w / "wrongarch.pt", model, config={}, step=1, extra={"model": "nn4"})
     # embeddings
-    from facenet.apps.embedder import EmbeddingTable, save_embeddings
+    from facenet.apps.embedding_table import EmbeddingTable, save_embeddings
 
     rng = np.random.default_rng(0)
     e = rng.normal(size=(6, 128)).astype(np.float32)

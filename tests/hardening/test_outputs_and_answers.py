@@ -265,6 +265,6 @@ def test_thresholds_travel_with_embeddings_files(cli, world, tmp_path):
         "none",
     )
     assert code == 0, err
-    from facenet.apps.embedder import load_embeddings
+    from facenet.apps.embedding_table import load_embeddings
 
     assert load_embeddings(tmp_path / "e.npz").meta["thresholds"] == THRESHOLDS

@@ -26,8 +26,9 @@ from facenet.apps.cluster import DEFAULT_OPERATING_POINT, cluster_embeddings
 from facenet.apps.cluster_folder import write_clusters
 from facenet.apps.demo_lfw import DataNotFound, find_lfw, how_to_get_lfw, lfw_pairs, lfw_people
 from facenet.apps.demo_page import write_page
-from facenet.apps.embedder import DEFAULT_MODEL, Embedder, Face, _subject_index
+from facenet.apps.embedder import Embedder, Face, subject_index
 from facenet.apps.gallery import FaceRecord, Gallery, Identification
+from facenet.apps.thresholds import DEFAULT_MODEL
 from facenet.apps.verify import Verification, verify_faces
 from facenet.eval.clustering import clustering_metrics
 from facenet.eval.verification import calibrate_thresholds
@@ -362,7 +363,7 @@ def _cluster_mixed(
         if not r.faces:
             continue
         img_shape = Image.open(r.path).size[::-1]
-        main = _subject_index(r.faces, img_shape)
+        main = subject_index(r.faces, img_shape)
         for j, f in enumerate(r.faces):
             c_paths.append(r.path)
             c_boxes.append(f.box)

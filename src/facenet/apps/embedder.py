@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from facenet.apps.thresholds import DEFAULT_MODEL
 from facenet.data.images import ImageError, is_image_file, load_image
 from facenet.data.transforms import resize
 from facenet.detect.align import choose_subject, crop_box, crop_similarity, detect_resized
@@ -40,12 +41,9 @@ from facenet.models.card import card_of
 from facenet.models.inference import embed_faces
 from facenet.models.loading import load_model
 from facenet.preprocess import frame, model_margin_fraction
-from facenet.utils import atomic_write, first_line
 
 CropMode = Literal["box", "similarity", "none"]
 CROP_MODES: tuple[str, ...] = ("box", "similarity", "none")
-# why: the published model and the paper's best model; used when the user names no model.
-DEFAULT_MODEL = "inception_resnet_v1:casia-webface"
 
 
 class NoFaceError(ValueError):
@@ -313,7 +311,7 @@ class Embedder:
         if not faces:
             raise NoFaceError(path)
         if face is None:
-            chosen = faces[_subject_index(faces, image.shape)]
+            chosen = faces[subject_index(faces, image.shape)]
         else:
             found = {f.face_index: f for f in faces}
             if face not in found:
@@ -368,7 +366,7 @@ class Embedder:
                 if subject_only:
                     shapes = dict(zip(ok, (im.shape for im in images), strict=True))
                     found = {
-                        p: [f[_subject_index(f, shapes[p])]] if f else [] for p, f in found.items()
+                        p: [f[subject_index(f, shapes[p])]] if f else [] for p, f in found.items()
                     }
                 self._embed_faces([f for faces in found.values() for f in faces])
                 for p in group:
@@ -381,181 +379,7 @@ class Embedder:
             bar.close()
 
 
-def _subject_index(faces: Sequence[Face], shape: tuple[int, ...]) -> int:
+def subject_index(faces: Sequence[Face], shape: tuple[int, ...]) -> int:
+    """Which of a photo's faces is its main one: largest and most central (Sandberg's rule)."""
     dets = [Detection(f.box, np.zeros((5, 2)), f.score) for f in faces]
     return choose_subject(dets, shape)
-
-
-def resolve_threshold(
-    thresholds: dict[str, float],
-    threshold: float | None = None,
-    far: float | None = None,
-    default: Sequence[str] = ("accuracy", "far_1e-3"),
-) -> tuple[float, str]:
-    """The squared-L2 decision threshold and where it came from.
-
-    ``threshold`` wins; else the model's ``far_<F>`` entry for ``far``; else the first of
-    ``default`` the model has.
-
-    Raises:
-        ValueError: nothing applies (the message lists what the model has and what to pass).
-    """
-    if threshold is not None:
-        if not 0.0 <= threshold <= 4.0:
-            raise ValueError(
-                f"--threshold {threshold} is outside [0, 4] (squared L2 of unit vectors)"
-            )
-        return float(threshold), "--threshold"
-    have = ", ".join(f"{k}={v:.4f}" for k, v in thresholds.items()) or "none"
-    if far is not None:
-        for key, value in thresholds.items():
-            if key.startswith("far_"):
-                try:
-                    if np.isclose(float(key[4:]), far, rtol=1e-6, atol=0.0):
-                        return float(value), f"model {key}"
-                except ValueError:
-                    continue
-        raise ValueError(
-            f"the model has no threshold calibrated for FAR={far:g} (it has: {have}); "
-            "pass --threshold T"
-        )
-    for key in default:
-        if key in thresholds:
-            return float(thresholds[key]), f"model {key}"
-    raise ValueError(
-        f"the model carries no calibrated threshold (it has: {have}); pass --threshold T "
-        "(squared L2 distance) or use a calibrated model such as " + DEFAULT_MODEL
-    )
-
-
-# --------------------------------------------------------------------------- embedding files
-
-EMBEDDING_FILE_FORMATS = (".npz", ".parquet")
-
-
-@dataclass
-class EmbeddingTable:
-    """Faces written by ``facenet embed``: one row per face."""
-
-    paths: np.ndarray  # (N,) str: the photo
-    face_index: np.ndarray  # (N,) int64: face number within the photo
-    boxes: np.ndarray  # (N, 4) float32: (x1, y1, x2, y2) in photo pixels
-    scores: np.ndarray  # (N,) float32: detector confidence
-    embeddings: np.ndarray  # (N, D) float32 unit vectors
-    meta: dict[str, Any] = field(default_factory=dict)  # model fingerprint, crop mode, ...
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @classmethod
-    def from_faces(cls, faces: Sequence[Face], dim: int, meta: dict[str, Any]) -> EmbeddingTable:
-        return cls(
-            paths=np.array([str(f.path) for f in faces], dtype=str),
-            face_index=np.array([f.face_index for f in faces], np.int64),
-            boxes=np.array([f.box for f in faces], np.float32).reshape(-1, 4),
-            scores=np.array([f.score for f in faces], np.float32),
-            embeddings=np.array([f.embedding for f in faces], np.float32).reshape(-1, dim),
-            meta=meta,
-        )
-
-
-def save_embeddings(path: str | os.PathLike, table: EmbeddingTable) -> Path:
-    """Write ``table`` atomically as ``.npz`` (NumPy) or ``.parquet`` (needs pyarrow)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in EMBEDDING_FILE_FORMATS:
-        raise ValueError(f"{path}: output must end in {' or '.join(EMBEDDING_FILE_FORMATS)}")
-    if suffix == ".parquet":
-        try:
-            # why: pyarrow is optional (the [parquet] extra)
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ValueError(
-                f"{path}: writing Parquet needs pyarrow (pip install pyarrow); or use .npz"
-            ) from None
-        dim = table.embeddings.shape[1]
-        arrow = pa.table(
-            {
-                "path": pa.array(table.paths.tolist(), pa.string()),
-                "face_index": pa.array(table.face_index),
-                "box": pa.FixedSizeListArray.from_arrays(pa.array(table.boxes.ravel()), 4),
-                "score": pa.array(table.scores),
-                "embedding": pa.FixedSizeListArray.from_arrays(
-                    pa.array(table.embeddings.ravel()), dim
-                ),
-            },
-            metadata={"facenet": json.dumps(table.meta)},
-        )
-        with atomic_write(path) as f:
-            pq.write_table(arrow, f)
-        return path
-    with atomic_write(path) as f:
-        np.savez(
-            f,
-            path=table.paths,
-            face_index=table.face_index,
-            box=table.boxes,
-            score=table.scores,
-            embedding=table.embeddings,
-            meta=np.array(json.dumps(table.meta)),
-        )
-    return path
-
-
-def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
-    """Read a file written by ``save_embeddings``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a readable embeddings file (corrupt, truncated, other columns, rows that
-            do not line up, non-finite embeddings); the message names the file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path}: is a folder, not an embeddings file")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        if path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq  # why: optional, as above
-
-            t = pq.read_table(path)
-            meta = json.loads((t.schema.metadata or {}).get(b"facenet", b"{}"))
-            emb = np.array(t.column("embedding").to_pylist(), np.float32)
-            table = EmbeddingTable(
-                np.array(t.column("path").to_pylist(), dtype=str),
-                np.array(t.column("face_index").to_pylist(), np.int64),
-                np.array(t.column("box").to_pylist(), np.float32).reshape(-1, 4),
-                np.array(t.column("score").to_pylist(), np.float32),
-                emb.reshape(len(emb), -1),
-                meta,
-            )
-        else:
-            with np.load(path, allow_pickle=False) as z:
-                table = EmbeddingTable(
-                    z["path"],
-                    z["face_index"],
-                    z["box"],
-                    z["score"],
-                    z["embedding"],
-                    json.loads(str(z["meta"])),
-                )
-    except ImportError:
-        raise ValueError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-    except Exception as e:  # noqa: BLE001 - NumPy, zipfile and pyarrow raise their own types
-        raise ValueError(f"{path}: not a facenet embeddings file ({first_line(e)})") from None
-    n = len(table.paths)
-    emb = np.asarray(table.embeddings)
-    if (
-        emb.ndim != 2
-        or len(emb) != n
-        or len(table.face_index) != n
-        or np.asarray(table.boxes).shape != (n, 4)
-        or len(table.scores) != n
-        or not isinstance(table.meta, dict)
-    ):
-        raise ValueError(f"{path}: columns do not line up (a damaged embeddings file)")
-    if not np.isfinite(emb).all():
-        raise ValueError(f"{path}: holds embeddings that are NaN or infinite")
-    return table

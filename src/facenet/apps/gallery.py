@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 
-from facenet.apps.embedder import resolve_threshold
 from facenet.apps.gallery_index import (
     DEFAULT_APPROXIMATE_ABOVE,
     INDEX_NAME,
@@ -55,6 +54,7 @@ from facenet.apps.gallery_index import (
     read_index_file,
     write_index_file,
 )
+from facenet.apps.thresholds import resolve_threshold
 from facenet.fingerprint import ModelFingerprint, file_sha256
 
 SCHEMA_VERSION = 1

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from facenet.apps.embedder import Embedder, EmbeddingTable
+from facenet.apps.embedder import Embedder
+from facenet.apps.embedding_table import EmbeddingTable
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from facenet.apps.embedder import Embedder, Face, Pick, resolve_threshold
+from facenet.apps.embedder import Embedder, Face, Pick
+from facenet.apps.thresholds import resolve_threshold
 
 
 @dataclass(frozen=True)

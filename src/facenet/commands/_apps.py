@@ -8,8 +8,9 @@ import os
 import sys
 from typing import Any
 
-from facenet.apps.embedder import CROP_MODES, DEFAULT_MODEL, Embedder
+from facenet.apps.embedder import CROP_MODES, Embedder
 from facenet.apps.photos import EmbeddedPhotos, embed_table
+from facenet.apps.thresholds import DEFAULT_MODEL
 from facenet.commands._checks import positive_int, rate, squared_distance
 from facenet.commands._errors import describe_error, fail
 from facenet.models.loading import recorded_model_ref

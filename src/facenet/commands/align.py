@@ -14,11 +14,13 @@ from facenet.commands._checks import (
     positive_int,
 )
 from facenet.commands._errors import fail
+from facenet.detect.align import AlignConfig
+from facenet.detect.base import DEFAULT_DETECTOR, DETECTORS
+from facenet.detect.pipeline import align_folder
+from facenet.models.registry import create_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from facenet.detect.base import DEFAULT_DETECTOR, DETECTORS
-
     parser.add_argument(
         "src", type=existing_dir, help="folder of photos (one sub-folder per identity)"
     )
@@ -103,13 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facenet.detect.align import AlignConfig
-    from facenet.detect.pipeline import align_folder
-
     size = args.size
     if args.model is not None:
-        from facenet.models.registry import create_model
-
         spec = create_model(args.model).spec
         h, w = spec.input_size
         if h != w:

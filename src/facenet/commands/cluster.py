@@ -13,12 +13,9 @@ from facenet.apps.cluster import (
     cluster_embeddings,
 )
 from facenet.apps.cluster_folder import write_clusters
-from facenet.apps.embedder import (
-    EmbeddingTable,
-    expand_paths,
-    load_embeddings,
-    resolve_threshold,
-)
+from facenet.apps.embedder import expand_paths
+from facenet.apps.embedding_table import EmbeddingTable, load_embeddings
+from facenet.apps.thresholds import resolve_threshold
 from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import (
     existing_file,

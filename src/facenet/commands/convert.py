@@ -13,6 +13,9 @@ import argparse
 import sys
 
 from facenet.commands._checks import existing_file, output_file
+from facenet.convert.graphdef import GraphDefError
+from facenet.convert.sandberg import ConversionError, convert_sandberg
+from facenet.models.pretrained import PUBLISHED, PretrainedUnavailable, source_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,10 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facenet.convert.graphdef import GraphDefError
-    from facenet.convert.sandberg import ConversionError, convert_sandberg
-    from facenet.models.pretrained import PUBLISHED, PretrainedUnavailable, source_path
-
     entry = PUBLISHED[("inception_resnet_v1", "casia-webface")]
     try:
         if args.graph:

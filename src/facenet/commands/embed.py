@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from facenet.apps.embedder import EMBEDDING_FILE_FORMATS, expand_paths, save_embeddings
+from facenet.apps.embedder import expand_paths
+from facenet.apps.embedding_table import EMBEDDING_FILE_FORMATS, save_embeddings
 from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import output_file
 

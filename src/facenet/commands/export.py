@@ -14,6 +14,8 @@ from pathlib import Path
 
 from facenet.commands._checks import non_negative_float, output_file
 from facenet.commands._errors import fail
+from facenet.models.export import ExportParityError, export_model
+from facenet.models.loading import load_model, training_metadata
 
 # why: the suffixes users give each format; anything else needs --format.
 _SUFFIX_FORMATS = {
@@ -65,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
             "onnx|torchscript|safetensors",
             2,
         )
-    from facenet.models.export import ExportParityError, export_model
-    from facenet.models.loading import load_model
 
     try:
         model = load_model(args.model)
@@ -76,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
         return fail("facenet export", "--half and --data-terms need the safetensors format", 2)
     extra = None
     if fmt == "safetensors":
-        from facenet.models.loading import training_metadata
-
         is_file = Path(args.model).is_file()
         extra = {"training": training_metadata(args.model) if is_file else {}}
         if args.data_terms:

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from facenet.commands._checks import output_file
+from facenet.models import create_model, list_models
+from facenet.models.flops import PAPER_COSTS, model_cost
+from facenet.utils import dumps_json, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,8 +54,6 @@ def _delta(counted: int, paper: float | None) -> str:
 
 def model_rows(names: list[str], norm: str | None = None) -> list[dict[str, Any]]:
     """Build each model and count it; one dict per model (the ``--json`` objects)."""
-    from facenet.models import create_model
-    from facenet.models.flops import PAPER_COSTS, model_cost
 
     rows = []
     for name in names:
@@ -86,8 +87,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facenet.models import list_models
-
     available = list_models()
     unknown = [n for n in args.names if n not in available]
     if unknown:
@@ -101,12 +100,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json is None:
         print(markdown_table(rows))
     elif args.json == "-":
-        from facenet.utils import dumps_json
-
         print(dumps_json(rows))
     else:
-        from facenet.utils import write_json
-
         write_json(Path(args.json), rows)
         print(f"wrote {len(rows)} models to {args.json}")
     return 0

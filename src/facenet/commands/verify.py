@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from facenet.apps.embedder import NoFaceError, resolve_threshold
+from facenet.apps.embedder import NoFaceError
+from facenet.apps.thresholds import resolve_threshold
 from facenet.apps.verify import verify_files
 from facenet.commands._apps import (
     add_model_arguments,

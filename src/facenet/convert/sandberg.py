@@ -30,6 +30,7 @@ from facenet.convert.graphdef import Node, read_graphdef
 from facenet.fingerprint import file_sha256, state_sha256
 from facenet.models.card import card_of
 from facenet.models.inception_resnet_v1 import BN_EPS, InceptionResnetV1
+from facenet.models.loading import save_weights
 from facenet.models.pretrained import PublishedWeights, register_converter
 from facenet.models.registry import create_model
 
@@ -216,7 +217,6 @@ def convert_sandberg(
     Returns:
         (written path, conversion report, the metadata written).
     """
-    from facenet.models.loading import save_weights
 
     graph_path = Path(graph_path)
     model, report = convert_graph(read_graphdef(graph_path))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from facenet.models.loading import METADATA_KEY, model_info
+from facenet.models.loading import METADATA_KEY, load_weights_file, model_info, save_weights
 
 ExportFormat = Literal["onnx", "torchscript", "safetensors"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
@@ -159,7 +159,6 @@ def torchscript_runner(path: str | os.PathLike) -> Callable[[Tensor], np.ndarray
 
 def safetensors_runner(path: str | os.PathLike) -> Callable[[Tensor], np.ndarray]:
     """Callable embedding a batch with the model rebuilt from a facenet ``.safetensors`` file."""
-    from facenet.models.loading import load_weights_file
 
     model = load_weights_file(path)
 
@@ -206,8 +205,6 @@ def export_model(
         out = export_onnx(model, path)
         runner = onnx_runner(out) if check else None
     elif format == "safetensors":
-        from facenet.models.loading import save_weights
-
         out = save_weights(model, path, extra=extra, dtype=torch.float16 if half else None)
         runner = safetensors_runner(out) if check else None
     else:

@@ -65,6 +65,8 @@ def create_model(name: str, *, pretrained: str | None = None, **kwargs: Any) -> 
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     if pretrained is not None:
+        # why: published weights are loaded from a file that names its architecture, which is
+        # built here: a mutual recursion kept in the models layer (docs/architecture.md)
         from facenet.models.pretrained import load_pretrained
 
         return load_pretrained(name, pretrained, **kwargs)
