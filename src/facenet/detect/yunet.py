@@ -23,7 +23,7 @@ class YuNet:
             import yuface
         except ImportError as e:
             raise ImportError(
-                "detector 'yunet' needs the yuface package: pip install 'facenet[detect]'"
+                "detector 'yunet' needs the yuface package: pip install 'facenet-triplet[detect]'"
             ) from e
         self._yuface = yuface
         self.threshold = threshold

