@@ -1,0 +1,329 @@
+"""``create_app(settings)``: the HTTP API, routes thin over ``facenet.serve.service``.
+
+Requests pass, outermost first: metrics (every request counted, problems included) ->
+unexpected errors (a generic 500 problem; the trace to the log) -> authentication (401 before
+the body is read) -> the body limit (413) -> the route, whose ``require(scope)`` dependency
+checks the key's scope (403) and rate (429).
+
+Public without a key: ``/healthz``, ``/readyz`` and the API's description (``/openapi.json``,
+``/docs``: what the open-source API looks like is no secret, and the docs page cannot send a key
+when it fetches the document). Everything else needs a key: ``read`` to embed, verify, identify,
+list and read metrics; ``write`` to enrol and remove.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, Path, Query, Request, UploadFile
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+
+from facenet.apps.embedder import Embedder
+from facenet.apps.gallery import Gallery, printable
+from facenet.apps.thresholds import DEFAULT_MODEL
+from facenet.models.loading import recorded_model_ref
+from facenet.serve import schemas as S
+from facenet.serve import service
+from facenet.serve.guards import Authenticate, LimitBody, RateLimiter, require
+from facenet.serve.keys import KeyStore, keys_path
+from facenet.serve.metrics import CONTENT_TYPE, RecordRequests
+from facenet.serve.problems import Problem, ProblemError, UnexpectedErrors, install_handlers
+from facenet.serve.problems import problem_responses as problems
+from facenet.serve.service import Service, Upload
+from facenet.serve.settings import ServeSettings
+
+PUBLIC = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect")
+MAX_NAME = 200  # characters of an upload's file name kept for answers
+
+# the problems each kind of route may answer with
+_READ = problems(401, 403, 413, 422, 429, 500, 503, 504)
+_WRITE = problems(401, 403, 404, 409, 413, 422, 429, 500, 503, 504)
+
+
+def model_ref(settings: ServeSettings) -> str:
+    """The model to serve: ``settings.model``, else the one the gallery was built with (loaded
+    by the safe loader and checked against the gallery's weights hash), else the default."""
+    if settings.model:
+        return settings.model
+    try:
+        with Gallery(settings.gallery, create=False) as g:
+            recorded = g.model
+    except Exception:  # noqa: BLE001 - no gallery yet (or unreadable: create_app says so)
+        recorded = None
+    if recorded is None:
+        return DEFAULT_MODEL
+    return recorded_model_ref(recorded.ref, f"gallery {settings.gallery}")
+
+
+def build_embedder(settings: ServeSettings) -> Embedder:
+    return Embedder.from_ref(
+        model_ref(settings),
+        detector=None if settings.crop == "none" else settings.detector,
+        crop=settings.crop,  # type: ignore[arg-type]
+        batch_size=settings.max_batch_size,
+        device=settings.device,
+    )
+
+
+def create_app(settings: ServeSettings | None = None, embedder: Embedder | None = None) -> FastAPI:
+    """The API app for ``settings``.
+
+    Args:
+        settings: the server's configuration (``ServeSettings()``: the defaults).
+        embedder: the embedder to serve (default: built from ``settings``).
+
+    Raises:
+        ValueError: a setting that cannot work; GalleryError: the gallery cannot be opened or
+            was built with another model; KeyStoreError: the key store cannot be read.
+    """
+    settings = settings or ServeSettings()
+    settings.check()
+    embedder = embedder or build_embedder(settings)
+    with Gallery(settings.gallery) as g:  # creates it; refuses another model's gallery now
+        g.check_model(embedder.fingerprint)
+    keys = None if settings.no_auth else KeyStore(keys_path(settings.keys))
+    svc = Service(settings, embedder)
+    embedder.detector  # noqa: B018 - why: the detector is built now, not by two requests at once
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.close()
+            if keys is not None:
+                keys.close()
+
+    app = FastAPI(
+        title="facenet",
+        summary="FaceNet face embeddings: embed, verify, identify, and a gallery of people",
+        version="1",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.service = svc
+    app.state.keys = keys
+    app.state.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)
+    install_handlers(app)
+    # why: the last added runs first
+    app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Authenticate, keys=keys, public=PUBLIC)
+    app.add_middleware(UnexpectedErrors)
+    app.add_middleware(RecordRequests, metrics=svc.metrics)
+    _add_routes(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the ``Problem`` schema the problem responses refer to."""
+    if app.openapi_schema is None:
+        doc = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        found = doc.setdefault("components", {}).setdefault("schemas", {})
+        found.update(schema.pop("$defs", {}))
+        found["Problem"] = schema
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _svc(request: Request) -> Service:
+    return request.app.state.service
+
+
+Svc = Annotated[Service, Depends(_svc)]
+Threshold = Annotated[
+    float | None,
+    Form(ge=0.0, le=4.0, description="squared-L2 threshold; default: the model's calibrated one"),
+]
+
+
+async def _uploads(files: list[UploadFile], settings: ServeSettings, field: str) -> list[Upload]:
+    if len(files) > settings.max_images:
+        raise ProblemError(
+            "too_many_images", f"{len(files)} images; at most {settings.max_images} per request"
+        )
+    out = []
+    for i, f in enumerate(files):
+        name = printable(f.filename or "")[:MAX_NAME] or f"{field}[{i}]"
+        out.append(Upload(name, await f.read()))
+    return out
+
+
+def _compared(found: service.ImageFaces) -> S.ComparedFace:
+    face = found.faces[0]
+    return S.ComparedFace(
+        image=found.name, face_index=face.face_index, box=list(face.box),
+        faces_found=found.faces_found,
+    )  # fmt: skip
+
+
+def _add_routes(app: FastAPI) -> None:
+    read = [Depends(require("read"))]
+    write = [Depends(require("write"))]
+
+    @app.get("/healthz", response_model=S.Health, tags=["health"])
+    async def healthz() -> S.Health:
+        """The process answers (liveness)."""
+        return S.Health(status="ok")
+
+    @app.get("/readyz", response_model=S.Readiness, tags=["health"], responses=problems(503))
+    async def readyz(svc: Svc) -> S.Readiness:
+        """The model is loaded and the gallery answers (readiness)."""
+        if not svc.ready:
+            raise ProblemError("not_ready", "the server is starting or stopping")
+        identities = await service.gallery_size(svc)
+        return S.Readiness(
+            status="ready", model=service.describe_model(svc), gallery_identities=identities
+        )
+
+    @app.get(
+        "/metrics",
+        dependencies=read,
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE: {}}}, **problems(401, 403, 429)},
+        tags=["health"],
+    )
+    async def metrics(svc: Svc) -> Response:
+        """Prometheus metrics: requests, latencies, batch sizes, queue depth."""
+        return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/v1/embed", response_model=S.EmbedResponse, dependencies=read, responses=_READ,
+              tags=["faces"])  # fmt: skip
+    async def embed(
+        svc: Svc, images: Annotated[list[UploadFile], File(description="photos")]
+    ) -> S.EmbedResponse:
+        """Every face of every photo: its box, detector score and embedding."""
+        found = await service.embed_images(svc, await _uploads(images, svc.settings, "images"))
+        return S.EmbedResponse(
+            model=service.describe_model(svc),
+            images=[
+                S.EmbeddedImage(
+                    image=im.name,
+                    faces=[
+                        S.EmbeddedFace(
+                            face_index=f.face_index,
+                            box=list(f.box),
+                            score=f.score,
+                            embedding=f.embedding.tolist(),
+                        )
+                        for f in im.faces
+                    ],
+                )
+                for im in found
+            ],
+        )
+
+    @app.post("/v1/verify", response_model=S.VerifyResponse, dependencies=read, responses=_READ,
+              tags=["faces"])  # fmt: skip
+    async def verify(
+        svc: Svc,
+        image_a: Annotated[UploadFile, File(description="first photo")],
+        image_b: Annotated[UploadFile, File(description="second photo")],
+        threshold: Threshold = None,
+    ) -> S.VerifyResponse:
+        """Are the main faces (largest, most central) of two photos the same person?"""
+        [a] = await _uploads([image_a], svc.settings, "image_a")
+        [b] = await _uploads([image_b], svc.settings, "image_b")
+        v, fa, fb = await service.verify_images(svc, a, b, threshold)
+        return S.VerifyResponse(
+            same=v.same,
+            distance=v.distance,
+            threshold=v.operating_point.threshold,
+            operating_point=v.operating_point.name,
+            threshold_source=v.operating_point.source,
+            a=_compared(fa),
+            b=_compared(fb),
+        )
+
+    @app.post("/v1/identify", response_model=S.IdentifyResponse, dependencies=read,
+              responses=_READ, tags=["faces"])  # fmt: skip
+    async def identify(
+        svc: Svc,
+        image: Annotated[UploadFile, File(description="photo")],
+        threshold: Threshold = None,
+        k: Annotated[int, Form(ge=1, le=50, description="nearest identities per face")] = 5,
+    ) -> S.IdentifyResponse:
+        """Who is each face of a photo: the nearest enrolled identities, or unknown."""
+        [upload] = await _uploads([image], svc.settings, "image")
+        result = await service.identify_image(svc, upload, threshold, k)
+        return S.IdentifyResponse(
+            image=result.image.name,
+            threshold=result.operating_point.threshold,
+            operating_point=result.operating_point.name,
+            threshold_source=result.operating_point.source,
+            faces=[
+                S.IdentifiedFace(
+                    face_index=f.face_index,
+                    box=list(f.box),
+                    score=f.score,
+                    name=a.name,
+                    known=a.known,
+                    distance=service.finite(a.distance),
+                    matches=[S.MatchOut(name=m.name, distance=m.distance) for m in a.matches],
+                )
+                for f, a in zip(result.image.faces, result.answers, strict=True)
+            ],
+        )
+
+    @app.post("/v1/gallery/identities", response_model=S.EnrolResponse, dependencies=write,
+              responses=_WRITE, tags=["gallery"])  # fmt: skip
+    async def enrol(
+        svc: Svc,
+        images: Annotated[list[UploadFile], File(description="photos, one person each")],
+        names: Annotated[list[str], Form(description="names[i] is who is in images[i]")],
+    ) -> S.EnrolResponse:
+        """Enrol many people at once: the main face of ``images[i]`` as ``names[i]``. Nothing is
+        stored when any image is unreadable, too large or has no face; each identity is stored
+        whole or not at all."""
+        uploads = await _uploads(images, svc.settings, "images")
+        done = await service.enrol(svc, names, uploads)
+        return S.EnrolResponse(
+            identities=[
+                S.EnrolledIdentity(
+                    name=e.name,
+                    added=e.added,
+                    duplicates=[S.DuplicateOut(image=p, identity=i) for p, i in e.duplicates],
+                )
+                for e in done
+            ]
+        )
+
+    @app.get("/v1/gallery/identities", response_model=S.IdentityPage, dependencies=read,
+             responses=_READ, tags=["gallery"])  # fmt: skip
+    async def list_identities(
+        svc: Svc,
+        offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> S.IdentityPage:
+        """Enrolled identities by name, a page at a time."""
+        total, page = await service.list_identities(svc, offset, limit)
+        return S.IdentityPage(
+            total=total,
+            offset=offset,
+            limit=limit,
+            identities=[
+                S.IdentityOut(
+                    name=i.name, images=i.images, embeddings=i.embeddings, created_at=i.created_at
+                )
+                for i in page
+            ],
+        )
+
+    @app.delete("/v1/gallery/identities/{name}", response_model=S.RemovedIdentity,
+                dependencies=write, responses=_WRITE, tags=["gallery"])  # fmt: skip
+    async def remove_identity(
+        svc: Svc, name: Annotated[str, Path(min_length=1, max_length=400)]
+    ) -> S.RemovedIdentity:
+        """Remove an identity with every image and embedding of it."""
+        removed = await service.remove_identity(svc, name)
+        return S.RemovedIdentity(name=name, removed_embeddings=removed)

@@ -1,0 +1,336 @@
+"""What each endpoint does, as small functions over the embedder and the gallery.
+
+Threads: decoding and detection run in a pool of ``settings.workers`` threads; the model runs in
+the micro-batcher's thread; the gallery lives in one thread of its own (a SQLite connection
+belongs to the thread that opened it, and SQLite takes one writer at a time anyway), so every
+gallery call, reads and writes, is serialised there and concurrent enrolments never interleave.
+The event loop only waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from facenet.apps.embedder import Embedder, Face, Pick, subject_index
+from facenet.apps.gallery import (
+    FaceRecord,
+    Gallery,
+    GalleryError,
+    Identification,
+    IdentityInfo,
+    IncompatibleModelError,
+    UnknownIdentityError,
+    check_identity_name,
+)
+from facenet.apps.results import VerifyResult
+from facenet.apps.thresholds import OperatingPoint, operating_point
+from facenet.apps.verify import verify_faces
+from facenet.serve.batcher import BatcherClosed, BatchFailed, MicroBatcher, QueueFull
+from facenet.serve.images import decode_image
+from facenet.serve.metrics import Metrics
+from facenet.serve.problems import ProblemError
+from facenet.serve.settings import ServeSettings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded image: its (client-given, display-only) name and bytes."""
+
+    name: str
+    data: bytes
+
+
+@dataclass
+class ImageFaces:
+    """The faces of one upload that a request uses, embedded."""
+
+    name: str
+    faces: list[Face]
+    faces_found: int  # faces the detector found
+    sha256: str
+    shape: tuple[int, ...] = field(default=(0, 0, 3))
+
+
+class GalleryThread:
+    """The gallery, opened and used in one thread of its own."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="facenet-gallery")
+        self._gallery: Gallery | None = None
+
+    async def call(self, fn: Callable[[Gallery], T]) -> T:
+        def work() -> T:
+            if self._gallery is None:
+                self._gallery = Gallery(self.directory)
+            return fn(self._gallery)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
+    async def close(self) -> None:
+        def work() -> None:
+            if self._gallery is not None:
+                self._gallery.close()
+                self._gallery = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        self._executor.shutdown(wait=False)
+
+
+class Service:
+    """The state of a running server: settings, embedder, batcher, gallery, metrics."""
+
+    def __init__(self, settings: ServeSettings, embedder: Embedder) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.fingerprint = embedder.fingerprint  # why: hashes the weights once, at start-up
+        self.metrics = Metrics()
+        self.batcher = MicroBatcher(
+            embedder.embed_crops,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            max_queue=settings.max_queue,
+            on_batch=self.metrics.batch_size.observe,
+        )
+        self.metrics.watch_queue(lambda: self.batcher.queue_depth)
+        self.gallery = GalleryThread(settings.gallery)
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        self._pool = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="facenet-detect")
+        await self.batcher.start()
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        await self.gallery.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    @property
+    def ready(self) -> bool:
+        return self._pool is not None and self.batcher.running
+
+    async def within_timeout(self, work: Awaitable[T]) -> T:
+        """``work``, or 504 ``timeout`` after ``request_timeout_s``."""
+        try:
+            return await asyncio.wait_for(work, self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ProblemError(
+                "timeout", f"the request took over {self.settings.request_timeout_s:g} s"
+            ) from None
+
+    # ------------------------------------------------------------------ faces
+
+    def _find(self, upload: Upload, main_only: bool) -> ImageFaces:
+        """Decode, detect and crop one upload (in a pool thread); nothing embedded yet."""
+        image = decode_image(upload.data, upload.name, self.settings.max_image_pixels)
+        # why: the embedder's detect-and-crop step without its forward pass, so that the batcher
+        # embeds the faces of many requests in one
+        faces = self.embedder._faces_in([image], [upload.name])[0]
+        found = len(faces)
+        if main_only and faces:
+            faces = [faces[subject_index(faces, image.shape)]]
+        elif found > self.settings.max_faces:
+            raise ProblemError(
+                "too_many_faces",
+                f"{upload.name}: {found} faces found; at most {self.settings.max_faces} per image",
+            )
+        digest = hashlib.sha256(upload.data).hexdigest()
+        return ImageFaces(upload.name, faces, found, digest, image.shape)
+
+    async def faces(self, upload: Upload, main_only: bool = False) -> ImageFaces:
+        """The faces of one upload (all, or only its main one), embedded."""
+        if self._pool is None:
+            raise ProblemError("not_ready", "the server is not running")
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(self._pool, self._find, upload, main_only)
+        if found.faces:
+            embeddings = await self.embed([f.crop for f in found.faces])
+            for face, e in zip(found.faces, embeddings, strict=True):
+                face.embedding = e
+        return found
+
+    async def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Crops -> (N, D) embeddings through the micro-batcher; its failures as problems."""
+        try:
+            return await self.batcher.embed(crops)
+        except QueueFull:
+            raise ProblemError(
+                "overloaded", "too many faces are waiting for the model", {"Retry-After": "1"}
+            ) from None
+        except BatcherClosed:
+            raise ProblemError("not_ready", "the server is shutting down") from None
+        except BatchFailed:
+            raise ProblemError("internal", "embedding failed; the error has been logged") from None
+
+
+# --------------------------------------------------------------------------- the endpoints' work
+
+
+def _main_face(found: ImageFaces) -> Pick:
+    if not found.faces:
+        raise ProblemError("no_face", f"{found.name}: no face found")
+    return Pick(found.faces[0], found.faces_found, "main face", (found.faces[0],))
+
+
+async def embed_images(svc: Service, uploads: Sequence[Upload]) -> list[ImageFaces]:
+    """Every face of every upload, embedded (an upload without a face has none)."""
+    return await svc.within_timeout(_all([svc.faces(u) for u in uploads]))
+
+
+async def verify_images(
+    svc: Service, a: Upload, b: Upload, threshold: float | None = None
+) -> tuple[VerifyResult, ImageFaces, ImageFaces]:
+    """Are the main faces of two uploads the same person?"""
+    op = _operating_point(svc.embedder.thresholds, threshold, "model")
+    found_a, found_b = await svc.within_timeout(
+        _all([svc.faces(a, main_only=True), svc.faces(b, main_only=True)])
+    )
+    crop = svc.embedder.crop_mode
+    verdict = verify_faces(_main_face(found_a), _main_face(found_b), op, crop)
+    return verdict, found_a, found_b
+
+
+@dataclass(frozen=True)
+class Identified:
+    image: ImageFaces
+    answers: list[Identification]  # one per face, in face order
+    operating_point: OperatingPoint
+
+
+async def identify_image(
+    svc: Service, upload: Upload, threshold: float | None = None, k: int = 5
+) -> Identified:
+    """Who is each face of an upload: its nearest identities, or unknown."""
+    found = await svc.within_timeout(svc.faces(upload))
+    if not found.faces:
+        raise ProblemError("no_face", f"{upload.name}: no face found")
+    vectors = np.stack([f.embedding for f in found.faces])
+
+    def work(g: Gallery) -> Identified:
+        # why: the model's calibration, else the one the gallery recorded (as facenet identify)
+        where = "model" if svc.embedder.thresholds else "gallery"
+        op = _operating_point(svc.embedder.thresholds or g.thresholds, threshold, where)
+        answers = g.identify(vectors, op.threshold, k, model=svc.fingerprint)
+        return Identified(found, answers, op)
+
+    return await _gallery_call(svc, work)
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    name: str
+    added: int
+    duplicates: list[tuple[str, str]]  # (upload, identity it is enrolled as)
+
+
+async def enrol(svc: Service, names: Sequence[str], uploads: Sequence[Upload]) -> list[Enrolled]:
+    """Enrol the main face of each upload as the name beside it (``names[i]`` for
+    ``uploads[i]``). Every image is read and its face found before anything is written: one bad
+    image (unreadable, too large, faceless) refuses the request and the gallery is unchanged.
+    Each identity is then one gallery transaction."""
+    if len(names) != len(uploads):
+        raise ProblemError(
+            "validation_error",
+            f"{len(names)} names for {len(uploads)} images; give one name per image",
+        )
+    checked = []
+    for i, name in enumerate(names):
+        try:
+            checked.append(check_identity_name(name))
+        except GalleryError as e:
+            raise ProblemError("validation_error", f"names[{i}]: {e}") from None
+    found = await svc.within_timeout(_all([svc.faces(u, main_only=True) for u in uploads]))
+    people: dict[str, list[FaceRecord]] = {}
+    for name, image in zip(checked, found, strict=True):
+        face = _main_face(image).face
+        record = FaceRecord(face.embedding, image.name, face.face_index, face.box, image.sha256)
+        people.setdefault(name, []).append(record)
+
+    def work(g: Gallery) -> list[Enrolled]:
+        g.check_model(svc.fingerprint)
+        out = []
+        for name, records in people.items():
+            result = g.enroll(name, records, svc.fingerprint, svc.embedder.thresholds)
+            dups = [(d.path, d.identity) for d in result.duplicates]
+            out.append(Enrolled(name, result.added, dups))
+        return out
+
+    # why: not under the request timeout: a write that started finishes and is answered
+    return await _gallery_call(svc, work)
+
+
+async def remove_identity(svc: Service, name: str) -> int:
+    """Remove an identity; returns its embeddings removed (404 ``not_found`` if absent)."""
+    return await _gallery_call(svc, lambda g: g.remove(name))
+
+
+async def list_identities(svc: Service, offset: int, limit: int) -> tuple[int, list[IdentityInfo]]:
+    """(total, the page ``offset:offset+limit``) of the identities, by name."""
+    everyone = await _gallery_call(svc, lambda g: g.identities())
+    return len(everyone), everyone[offset : offset + limit]
+
+
+async def gallery_size(svc: Service) -> int:
+    return await _gallery_call(svc, lambda g: len(g.identities()))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _operating_point(
+    thresholds: dict[str, float], threshold: float | None, where: str
+) -> OperatingPoint:
+    """The threshold a decision uses: the request's, else the default operating point."""
+    try:
+        op = operating_point(thresholds, threshold, where=where)
+    except ValueError as e:
+        text = str(e).replace("--threshold T", "the form field threshold")
+        raise ProblemError("no_threshold", text) from None
+    return OperatingPoint(op.threshold, op.name, "request") if threshold is not None else op
+
+
+async def _gallery_call(svc: Service, fn: Callable[[Gallery], T]) -> T:
+    try:
+        return await svc.gallery.call(fn)
+    except UnknownIdentityError as e:
+        raise ProblemError("not_found", str(e).split(" in gallery ")[0]) from None
+    except IncompatibleModelError as e:
+        raise ProblemError("conflict", str(e)) from None
+
+
+async def _all(work: Sequence[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather``, cancelling the rest when one fails (their work is wasted)."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+
+
+def finite(value: float) -> float | None:
+    """``value``, or None where JSON has no number for it (the distance to an empty gallery)."""
+    return value if math.isfinite(value) else None
+
+
+def describe_model(svc: Service) -> dict[str, Any]:
+    fp = svc.fingerprint
+    return {
+        "name": fp.name,
+        "version": fp.version,
+        "weights_hash": fp.weights_hash,
+        "embedding_dim": fp.embedding_dim,
+    }
