@@ -42,7 +42,6 @@ from facenet.apps.cluster import (
     DEFAULT_K,
     DEFAULT_METHOD,
     DEFAULT_MIN_CLUSTER_SIZE,
-    DEFAULT_OPERATING_POINT,
     METHODS,
     apply_min_cluster_size,
     average_linkage,
@@ -51,6 +50,7 @@ from facenet.apps.cluster import (
     knn_graph,
 )
 from facenet.apps.embedding_table import load_embeddings
+from facenet.apps.thresholds import DEFAULT_OPERATING_POINT
 from facenet.eval.clustering import clustering_metrics
 from facenet.models.card import card_of
 from facenet.models.loading import load_model

@@ -17,7 +17,6 @@ import pytest
 from facenet.apps.cluster import (
     DEFAULT_METHOD,
     DEFAULT_MIN_CLUSTER_SIZE,
-    DEFAULT_OPERATING_POINT,
     METHODS,
     _relabel,
     apply_min_cluster_size,
@@ -25,6 +24,7 @@ from facenet.apps.cluster import (
 )
 from facenet.apps.embedder import Embedder
 from facenet.apps.embedding_table import EmbeddingTable, save_embeddings
+from facenet.apps.thresholds import DEFAULT_OPERATING_POINT
 from facenet.eval.clustering import clustering_metrics, group_counts
 from facenet.eval.verification import calibrate_thresholds
 

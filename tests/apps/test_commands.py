@@ -50,50 +50,36 @@ def test_embed_reports_a_corrupt_file_and_continues(orl_dir, tmp_path, args, cap
 
 
 def test_verify_same_and_different(orl_dir, args, capsys):
-    assert (
-        main(["verify", str(orl_dir / "s1/1.pgm"), str(orl_dir / "s1/2.pgm"), "--json", *args]) == 0
-    )
+    """Exit code 0 for the same person, 1 for different people, 2 for no answer; the JSON is
+    the one result schema; the default operating point is the model's far_1e-3."""
+    s1, s1b, s7 = (str(orl_dir / p) for p in ("s1/1.pgm", "s1/2.pgm", "s7/1.pgm"))
+    assert main(["verify", s1, s1b, "--json", *args]) == 0
     same = json.loads(capsys.readouterr().out)
-    assert (
-        main(["verify", str(orl_dir / "s1/1.pgm"), str(orl_dir / "s7/1.pgm"), "--json", *args]) == 0
-    )
+    assert main(["verify", s1, s7, "--json", *args]) == 1
     diff = json.loads(capsys.readouterr().out)
     assert same["same"] and not diff["same"] and same["distance"] < diff["distance"]
-    assert same["threshold_source"] == "model accuracy"
-    assert (
-        main(
-            [
-                "verify",
-                str(orl_dir / "s1/1.pgm"),
-                str(orl_dir / "s1/2.pgm"),
-                "--threshold",
-                "0",
-                *args,
-            ]
-        )
-        == 0
-    )
+    assert same["operating_point"] == "far_1e-3"
+    assert same["threshold_source"] == "model far_1e-3"
+    assert [i["image"] for i in same["images"]] == [s1, s1b]
+    face = same["images"][0]["faces"][0]
+    assert face["used"] and face["same"] and face["distance"] == same["distance"]
+    assert face["crop"] == "none" and face["operating_point"] == "far_1e-3"
+    assert main(["verify", s1, s1b, "--operating-point", "accuracy", "--json", *args]) == 0
+    assert json.loads(capsys.readouterr().out)["threshold_source"] == "model accuracy"
+    assert main(["verify", s1, s1b, "--threshold", "0", *args]) == 1
     assert "DIFFERENT people" in capsys.readouterr().out
-    assert (
-        main(
-            ["verify", str(orl_dir / "s1/1.pgm"), str(orl_dir / "s1/2.pgm"), "--far", "1e-3", *args]
-        )
-        == 0
-    )
+    main(["verify", s1, s1b, "--far", "1e-3", *args])
     assert "far_1e-3" in capsys.readouterr().out
-    assert (
-        main(
-            ["verify", str(orl_dir / "s1/1.pgm"), str(orl_dir / "s1/2.pgm"), "--far", "0.5", *args]
-        )
-        == 1
-    )
+    assert main(["verify", s1, s1b, "--far", "0.5", *args]) == 2
     assert "no threshold calibrated for FAR=0.5" in capsys.readouterr().err
+    assert main(["verify", s1, s1b, "--operating-point", "eer", *args]) == 2
+    assert "no operating point 'eer'" in capsys.readouterr().err
 
 
 def test_verify_with_detection_finds_no_face_in_a_blank_image(tmp_path, trained_tiny, capsys):
     blank = tmp_path / "blank.png"
     Image.new("RGB", (120, 120), (128, 128, 128)).save(blank)
-    assert main(["verify", str(blank), str(blank), "--model", str(trained_tiny)]) == 1
+    assert main(["verify", str(blank), str(blank), "--model", str(trained_tiny)]) == 2
     assert "blank.png: no face found" in capsys.readouterr().err
 
 
@@ -111,21 +97,13 @@ def test_gallery_enroll_identify_remove_list(orl_dir, tmp_path, args, other_tiny
     # known people, later photos: found (the gallery remembers the model; only --crop is given)
     right = 0
     for person in range(1, 11):
-        assert (
-            main(
-                [
-                    "identify",
-                    str(orl_dir / f"s{person}/7.pgm"),
-                    "--gallery",
-                    gdir,
-                    "--crop",
-                    "none",
-                    "--json",
-                ]
-            )
-            == 0
-        )
-        right += json.loads(capsys.readouterr().out)["identity"] == f"s{person}"
+        probe = str(orl_dir / f"s{person}/7.pgm")
+        code = main(["identify", probe, "--gallery", gdir, "--crop", "none", "--json"])
+        answer = json.loads(capsys.readouterr().out)
+        (face,) = [f for f in answer["images"][0]["faces"] if f["used"]]
+        assert code == (0 if face["identity"] != "unknown" else 1)  # 0 known, 1 unknown
+        assert answer["images"][0]["image"] == probe
+        right += face["identity"] == f"s{person}"
     assert right >= 9
     # strangers (never enrolled, never trained on) at a strict threshold: unknown
     answer = None
@@ -142,7 +120,7 @@ def test_gallery_enroll_identify_remove_list(orl_dir, tmp_path, args, other_tiny
                 "0.05",
             ]
         )
-        == 0
+        == 1
     )
     answer = capsys.readouterr().out
     assert "unknown" in answer and "1. s" in answer
@@ -191,7 +169,7 @@ def test_gallery_enroll_identify_remove_list(orl_dir, tmp_path, args, other_tiny
                 "none",
             ]
         )
-        == 1
+        == 2  # identify: no answer
     )
     assert "not comparable" in capsys.readouterr().err
     assert gallery_state(tmp_path / "gallery") == before
@@ -229,10 +207,10 @@ def test_gallery_enroll_identify_remove_list(orl_dir, tmp_path, args, other_tiny
                 "3",
             ]
         )
-        == 0
+        in (0, 1)  # removed from the gallery: someone else, or unknown
     )
-    out = json.loads(capsys.readouterr().out)
-    assert out["identity"] != "s3" and len(out["matches"]) == 3
+    (face,) = json.loads(capsys.readouterr().out)["images"][0]["faces"]
+    assert face["identity"] != "s3" and len(face["matches"]) == 3
     assert main(["gallery", "rebuild", "--gallery", gdir]) == 0
     assert main(["gallery", "list", "--gallery", gdir]) == 0
     assert "9 people, 27 faces" in capsys.readouterr().out
@@ -241,7 +219,7 @@ def test_gallery_enroll_identify_remove_list(orl_dir, tmp_path, args, other_tiny
 def test_identify_without_a_gallery_is_a_clear_error(orl_dir, tmp_path, args, capsys):
     assert (
         main(["identify", str(orl_dir / "s1/1.pgm"), "--gallery", str(tmp_path / "none"), *args])
-        == 1
+        == 2  # no answer
     )
     assert "no gallery at" in capsys.readouterr().err
     assert main(["gallery", "list", "--gallery", str(tmp_path / "none")]) == 1

@@ -41,12 +41,12 @@ EXACT_KNN_BELOW = 20_000
 DEFAULT_K = 20
 # Defaults for real photo collections (measured by scripts/cluster_collections.py):
 DEFAULT_METHOD: ClusterMethod = "agglomerative"
-# why: the key of the model's calibrated thresholds to cut linkage at. The "accuracy" threshold
-# (best accuracy on balanced same/different pairs) over-merges a collection of mostly strangers:
-# each face is compared with every other, so a per-pair false-accept rate of ~0.7% gives every
+# The operating point clustering cuts linkage at is the one of every command
+# (facenet.apps.thresholds.DEFAULT_OPERATING_POINT, "far_1e-3"). The "accuracy" threshold (best
+# accuracy on balanced same/different pairs) over-merges a collection of mostly strangers: each
+# face is compared with every other, so a per-pair false-accept rate of ~0.7% gives every
 # stranger a look-alike (all of LFW, inception_resnet_v1:casia-webface: BCubed precision 0.64 at
 # "accuracy" vs 0.84 at "far_1e-3", every face labelled).
-DEFAULT_OPERATING_POINT = "far_1e-3"
 # why: faces in clusters smaller than this are left unclustered (-1). Pairs and triples of
 # look-alike strangers are most of what "far_1e-3" still merges in a large collection; 6 is the
 # smallest size with BCubed precision >= 0.95 on all of LFW (0.950, F 0.880; 5: 0.939, 3: 0.894)

@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from facenet.apps.cluster import DEFAULT_OPERATING_POINT, cluster_embeddings
+from facenet.apps.cluster import cluster_embeddings
 from facenet.apps.cluster_folder import write_clusters
 from facenet.apps.demo_lfw import DataNotFound, find_lfw, how_to_get_lfw, lfw_pairs, lfw_people
 from facenet.apps.demo_page import write_page
 from facenet.apps.embedder import Embedder, Face, subject_index
 from facenet.apps.gallery import FaceRecord, Gallery, Identification
-from facenet.apps.thresholds import DEFAULT_MODEL
-from facenet.apps.verify import Verification, verify_faces
+from facenet.apps.results import VerifyResult
+from facenet.apps.thresholds import DEFAULT_MODEL, DEFAULT_OPERATING_POINT, OperatingPoint
+from facenet.apps.verify import verify_faces
 from facenet.eval.clustering import clustering_metrics
 from facenet.eval.verification import calibrate_thresholds
 from facenet.models.card import card_of
@@ -200,7 +201,9 @@ def run_demo(
         "photos_aligned": len(faces),
         "photos_without_face": no_face,
         "verification": [
-            dict(a=str(v.path_a), b=str(v.path_b), distance=v.distance, same=v.same, truth=s)
+            dict(
+                a=v.images[0].image, b=v.images[1].image, distance=v.distance, same=v.same, truth=s
+            )
             for v, s in verifications
         ],
         "identification": _identification_summary(sample, identified, t_open),
@@ -281,10 +284,12 @@ def _align_and_embed(
 
 def _verify_pairs(
     pairs: list[tuple[Path, Path, bool]], faces: dict[str, Face], threshold: float
-) -> list[tuple[Verification, bool]]:
-    """(verdict, truth) of every pair whose two photos have a face."""
+) -> list[tuple[VerifyResult, bool]]:
+    """(verdict, truth) of every pair whose two photos have a face (LFW's pairs are balanced:
+    the best-accuracy operating point is the one to score them at)."""
+    op = OperatingPoint(threshold, "accuracy", "model accuracy")
     return [
-        (verify_faces(faces[str(a)], faces[str(b)], threshold, "model accuracy"), same)
+        (verify_faces(faces[str(a)], faces[str(b)], op), same)
         for a, b, same in pairs
         if str(a) in faces and str(b) in faces
     ]

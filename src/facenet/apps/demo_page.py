@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from facenet.apps.gallery import Identification
-from facenet.apps.verify import Verification
+from facenet.apps.results import VerifyResult
 from facenet.utils import atomic_write
 
 
@@ -21,7 +21,7 @@ def crop_url(path: str | Path, images: Path) -> str:
 def write_page(
     out: Path,
     summary: dict[str, Any],
-    verifications: list[tuple[Verification, bool]],
+    verifications: list[tuple[VerifyResult, bool]],
     identified: list[tuple[Path, str | None, Identification]],
     images: Path,
 ) -> Path:
@@ -31,7 +31,8 @@ def write_page(
     idn = summary["identification"]
     cl = summary["clustering"]
     rows_v = "".join(
-        f"<tr><td><img src='{crop_url(v.path_a, images)}'></td><td><img src='{crop_url(v.path_b, images)}'></td>"
+        f"<tr><td><img src='{crop_url(v.images[0].image, images)}'></td>"
+        f"<td><img src='{crop_url(v.images[1].image, images)}'></td>"
         f"<td>{v.distance:.3f}</td><td>{'same' if v.same else 'different'}</td>"
         f"<td>{'same' if truth else 'different'}</td><td>{'✔' if v.same == truth else '✘'}</td></tr>"
         for v, truth in verifications

@@ -76,6 +76,7 @@ class Pick:
     face: Face
     faces_found: int  # faces the detector found in the photo
     chosen_by: str  # "main face" (largest, most central) or "chosen" (the caller's face index)
+    faces: tuple[Face, ...] = ()  # every face found (only ``face`` is embedded)
 
 
 @dataclass
@@ -321,7 +322,7 @@ class Embedder:
                 )
             chosen = found[face]
         self._embed_faces([chosen])
-        return Pick(chosen, len(faces), "main face" if face is None else "chosen")
+        return Pick(chosen, len(faces), "main face" if face is None else "chosen", tuple(faces))
 
     def subject_of_file(self, path: str | os.PathLike) -> Face:
         """``subject(load_image(path))``; raises ``ImageError`` or ``NoFaceError`` naming the file."""

@@ -54,7 +54,6 @@ from facenet.apps.gallery_index import (
     read_index_file,
     write_index_file,
 )
-from facenet.apps.thresholds import resolve_threshold
 from facenet.fingerprint import ModelFingerprint, file_sha256
 
 SCHEMA_VERSION = 1
@@ -660,12 +659,3 @@ def enroll_files(
         raise GalleryError(f"nothing enrolled for {name!r}: {reasons}")
     result = gallery.enroll(name, faces, embedder.fingerprint, embedder.thresholds)
     return EnrollReport(name, result.added, skipped, result.duplicates)
-
-
-def open_set_threshold(
-    thresholds: dict[str, float], threshold: float | None = None, far: float | None = None
-) -> tuple[float, str]:
-    """The open-set rejection threshold: ``threshold``; else the model's FAR-calibrated one
-    (``far`` or 1e-3: a stranger is accepted as someone with at most that probability per
-    enrolled face compared); else its best-accuracy threshold."""
-    return resolve_threshold(thresholds, threshold, far, default=("far_1e-3", "accuracy"))

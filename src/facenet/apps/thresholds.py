@@ -7,7 +7,8 @@ without loading PyTorch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -15,43 +16,85 @@ import numpy as np
 DEFAULT_MODEL = "inception_resnet_v1:casia-webface"
 
 
-def resolve_threshold(
+# why: one operating point for verify, identify and cluster, so one pair gets one verdict in every
+# command. "accuracy" (best accuracy on balanced same/different pairs) accepts ~1% of strangers;
+# a gallery or a collection compares each face with many others, so a stranger would find a
+# look-alike there. FAR 1e-3 (a stranger pair is accepted with probability 1/1000) is the
+# strictest point every shipped model is calibrated at. Override with --operating-point,
+# --far or --threshold.
+DEFAULT_OPERATING_POINT = "far_1e-3"
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The squared-L2 threshold an answer used, the operating point it stands for and where
+    it came from."""
+
+    threshold: float  # same person iff distance <= threshold
+    name: str  # "far_1e-3", "accuracy", ... or "threshold" for a value the caller gave
+    source: str  # "model far_1e-3", "gallery far_1e-3", "--threshold", ...
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": round(self.threshold, 6),
+            "operating_point": self.name,
+            "threshold_source": self.source,
+        }
+
+
+def operating_point(
     thresholds: dict[str, float],
     threshold: float | None = None,
     far: float | None = None,
-    default: Sequence[str] = ("accuracy", "far_1e-3"),
-) -> tuple[float, str]:
-    """The squared-L2 decision threshold and where it came from.
+    name: str | None = None,
+    where: str = "model",
+) -> OperatingPoint:
+    """The one rule for choosing a decision threshold.
 
-    ``threshold`` wins; else the model's ``far_<F>`` entry for ``far``; else the first of
-    ``default`` the model has.
+    ``threshold`` wins; else the calibrated threshold for ``far`` (``far_<F>``); else the named
+    operating point ``name``; else ``DEFAULT_OPERATING_POINT``. ``where`` names the owner of
+    ``thresholds`` in the answer ("model", "gallery").
 
     Raises:
-        ValueError: nothing applies (the message lists what the model has and what to pass).
+        ValueError: nothing applies (the message lists what is calibrated and what to pass).
     """
     if threshold is not None:
         if not 0.0 <= threshold <= 4.0:
             raise ValueError(
                 f"--threshold {threshold} is outside [0, 4] (squared L2 of unit vectors)"
             )
-        return float(threshold), "--threshold"
+        return OperatingPoint(float(threshold), "threshold", "--threshold")
     have = ", ".join(f"{k}={v:.4f}" for k, v in thresholds.items()) or "none"
     if far is not None:
         for key, value in thresholds.items():
             if key.startswith("far_"):
                 try:
                     if np.isclose(float(key[4:]), far, rtol=1e-6, atol=0.0):
-                        return float(value), f"model {key}"
+                        return OperatingPoint(float(value), key, f"{where} {key}")
                 except ValueError:
                     continue
         raise ValueError(
-            f"the model has no threshold calibrated for FAR={far:g} (it has: {have}); "
+            f"the {where} has no threshold calibrated for FAR={far:g} (it has: {have}); "
             "pass --threshold T"
         )
-    for key in default:
-        if key in thresholds:
-            return float(thresholds[key]), f"model {key}"
+    key = name or DEFAULT_OPERATING_POINT
+    if key in thresholds:
+        return OperatingPoint(float(thresholds[key]), key, f"{where} {key}")
+    if name is not None:
+        raise ValueError(
+            f"the {where} has no operating point {name!r} (it has: {have}); "
+            "pass --threshold T or another --operating-point"
+        )
     raise ValueError(
-        f"the model carries no calibrated threshold (it has: {have}); pass --threshold T "
-        "(squared L2 distance) or use a calibrated model such as " + DEFAULT_MODEL
+        f"the {where} carries no {DEFAULT_OPERATING_POINT} threshold (it has: {have}); pass "
+        "--operating-point NAME, --far F or --threshold T (squared L2 distance), or use a "
+        "calibrated model such as " + DEFAULT_MODEL
     )
+
+
+def resolve_threshold(
+    thresholds: dict[str, float], threshold: float | None = None, far: float | None = None
+) -> tuple[float, str]:
+    """``operating_point(...)`` as (threshold, source)."""
+    op = operating_point(thresholds, threshold, far)
+    return op.threshold, op.source

@@ -10,10 +10,10 @@ from typing import Any
 
 from facenet.apps.embedder import CROP_MODES, Embedder
 from facenet.apps.photos import EmbeddedPhotos, embed_table
-from facenet.apps.thresholds import DEFAULT_MODEL
+from facenet.apps.thresholds import DEFAULT_MODEL, DEFAULT_OPERATING_POINT
 from facenet.commands._checks import positive_int, rate, squared_distance
 from facenet.commands._errors import describe_error, fail
-from facenet.models.loading import recorded_model_ref
+from facenet.models.loading import check_trained, recorded_model_ref
 
 DEFAULT_GALLERY = "facenet-gallery"
 
@@ -39,10 +39,23 @@ def add_model_arguments(
     )
     g.add_argument("--batch-size", type=positive_int, default=32, help="faces per forward pass")
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    g.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="accept a bare architecture name (random weights; for tests only)",
+    )
 
 
 def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
+    """The one operating-point policy's options (``facenet.apps.thresholds``)."""
     g = parser.add_mutually_exclusive_group()
+    g.add_argument(
+        "--operating-point",
+        metavar="NAME",
+        default=None,
+        help=f"the model's calibrated threshold to use (default {DEFAULT_OPERATING_POINT}, the "
+        "same in verify, identify and cluster; 'accuracy' = best accuracy on balanced pairs)",
+    )
     g.add_argument(
         "--threshold", type=squared_distance, help="squared-L2 distance threshold, in [0, 4]"
     )
@@ -71,14 +84,17 @@ def error(message: object, code: int = 1) -> int:
     return fail(None, message, code)
 
 
-def load_embedder(args: argparse.Namespace, model: str | None = None) -> Embedder | int:
-    """``build_embedder``, or the exit code after a one-line error naming the model."""
+def load_embedder(
+    args: argparse.Namespace, model: str | None = None, code: int = 1
+) -> Embedder | int:
+    """``build_embedder``, or ``code`` after a one-line error naming the model."""
     ref = model or args.model or DEFAULT_MODEL
     try:
+        check_trained(ref, args.allow_untrained)
         return build_embedder(args, ref)
     except Exception as e:  # noqa: BLE001 - any load failure becomes one clear line
         text = describe_error(e)
-        return error(text if ref in text else f"cannot load model {ref!r}: {text}")
+        return error(text if ref in text else f"cannot load model {ref!r}: {text}", code)
 
 
 def model_for_gallery(args: argparse.Namespace, gallery: Any) -> str | None:

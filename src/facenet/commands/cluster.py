@@ -8,14 +8,13 @@ from facenet.apps.cluster import (
     DEFAULT_K,
     DEFAULT_METHOD,
     DEFAULT_MIN_CLUSTER_SIZE,
-    DEFAULT_OPERATING_POINT,
     METHODS,
     cluster_embeddings,
 )
 from facenet.apps.cluster_folder import write_clusters
 from facenet.apps.embedder import expand_paths
 from facenet.apps.embedding_table import EmbeddingTable, load_embeddings
-from facenet.apps.thresholds import resolve_threshold
+from facenet.apps.thresholds import DEFAULT_OPERATING_POINT, resolve_threshold
 from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import (
     existing_file,
@@ -94,9 +93,7 @@ def run(args: argparse.Namespace) -> int:
     threshold, source = args.threshold, ""
     if args.method != "hdbscan":
         try:
-            threshold, source = resolve_threshold(
-                thresholds, args.threshold, default=(DEFAULT_OPERATING_POINT, "accuracy")
-            )
+            threshold, source = resolve_threshold(thresholds, args.threshold)
         except ValueError as e:
             return error(e)
     labels = cluster_embeddings(

@@ -1,6 +1,10 @@
 """``facenet identify IMAGE [--k 5]``: who is in this photo? (open-set: "unknown" beyond the
 calibrated threshold). The main face by default, ``--face N`` or ``--all-faces``; a photo with
-several faces is reported."""
+several faces is reported.
+
+Exit code: 0 every identified face is enrolled, 1 a face is unknown, 2 no answer (unreadable
+photo, no face, empty or incompatible gallery, bad arguments).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import argparse
 import sys
 
 from facenet.apps.embedder import NoFaceError
-from facenet.apps.gallery import Gallery, GalleryError, open_set_threshold, printable
+from facenet.apps.gallery import Gallery, GalleryError, printable
+from facenet.apps.identify import identify_file
 from facenet.commands._apps import (
     add_model_arguments,
     add_threshold_arguments,
@@ -18,7 +23,7 @@ from facenet.commands._apps import (
     model_for_gallery,
 )
 from facenet.commands._checks import existing_file, non_negative_int, positive_int
-from facenet.data.images import ImageError, load_image
+from facenet.data.images import ImageError
 from facenet.utils import dumps_json
 
 
@@ -49,76 +54,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit code 0: every identified face is enrolled; 1: a face is unknown; 2: no answer."""
     directory = gallery_dir(args.gallery)
     try:
         gallery = Gallery(directory, create=False)
     except GalleryError as e:
-        return error(e)
+        return error(e, 2)
     with gallery:
         if gallery.model is None or len(gallery) == 0:
-            return error(f"gallery {directory} is empty; enrol people first")
+            return error(f"gallery {directory} is empty; enrol people first", 2)
         try:
             model = model_for_gallery(args, gallery)
         except ValueError as e:
-            return error(e)
-        embedder = load_embedder(args, model)
+            return error(e, 2)
+        embedder = load_embedder(args, model, code=2)
         if isinstance(embedder, int):
             return embedder
         try:
-            gallery.check_model(embedder.fingerprint)
-            threshold, source = open_set_threshold(
-                embedder.thresholds or gallery.thresholds, args.threshold, args.far
+            result = identify_file(
+                embedder,
+                gallery,
+                args.image,
+                k=args.k,
+                face=args.face,
+                all_faces=args.all_faces,
+                threshold=args.threshold,
+                far=args.far,
+                operating_point_name=args.operating_point,
             )
-            image = load_image(args.image)
-            if args.all_faces:
-                faces = embedder.faces(image, str(args.image))
-                if not faces:
-                    raise NoFaceError(args.image)
-                found, how = len(faces), "all faces"
-            else:
-                pick = embedder.pick(image, str(args.image), args.face)
-                faces, found, how = [pick.face], pick.faces_found, pick.chosen_by
-            queries = [f.embedding for f in faces]
-            answers = gallery.identify(queries, threshold, k=args.k, model=embedder.fingerprint)
         except (GalleryError, ImageError, NoFaceError, ValueError) as e:
-            return error(e)
-    if found > 1 and not args.all_faces:
+            return error(e, 2)
+    image = result.images[0]
+    if len(image.faces) > 1 and not args.all_faces:
+        used = image.used[0]
         print(
-            f"facenet identify: note: {args.image}: {found} faces found; identified face "
-            f"{faces[0].face_index}"
-            + (", the main face (largest, most central)" if how == "main face" else ", as asked")
+            f"facenet identify: note: {args.image}: {len(image.faces)} faces found; identified "
+            f"face {used.face_index}"
+            + (
+                ", the main face (largest, most central)"
+                if image.chosen_by == "main face"
+                else ", as asked"
+            )
             + "; choose another with --face N or use --all-faces",
             file=sys.stderr,
         )
     if args.json:
-        out = [
-            {
-                "face_index": f.face_index,
-                "faces_found": found,
-                "face_chosen_by": how,
-                "box": [round(v, 1) for v in f.box],
-                "identity": a.name,
-                # why: None (JSON null) when nothing is near, never Infinity
-                "distance": round(a.distance, 6) if a.matches else None,
-                "threshold": round(threshold, 6),
-                "threshold_source": source,
-                "matches": [
-                    {"name": m.name, "distance": round(m.distance, 6), "photo": m.path}
-                    for m in a.matches
-                ],
-            }
-            for f, a in zip(faces, answers, strict=True)
-        ]
-        print(dumps_json(out if args.all_faces else out[0]))
-        return 0
-    for f, a in zip(faces, answers, strict=True):
+        print(dumps_json(result.to_dict()))
+        return 0 if result.all_known else 1
+    op = result.operating_point
+    for f in result.faces:
         box = ", ".join(f"{v:.0f}" for v in f.box)
         verdict = (
-            printable(a.name)
-            if a.known
-            else f"unknown (nearest is beyond threshold {threshold:.3f})"
+            printable(f.identity or "")
+            if f.known
+            else f"unknown (nearest is beyond threshold {op.threshold:.3f})"
         )
-        print(f"face {f.face_index} [{box}]: {verdict}  (threshold {threshold:.3f}, {source})")
-        for rank, m in enumerate(a.matches, 1):
+        print(
+            f"face {f.face_index} [{box}]: {verdict}  (threshold {op.threshold:.3f}, {op.source})"
+        )
+        for rank, m in enumerate(f.matches, 1):
             print(f"  {rank}. {printable(m.name)}\t{m.distance:.3f}")
-    return 0
+    return 0 if result.all_known else 1

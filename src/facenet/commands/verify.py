@@ -1,5 +1,9 @@
 """``facenet verify A B``: are two photos the same person? (each photo's main face, or the face
-chosen with ``--face-a``/``--face-b``; a photo with several faces is reported)."""
+chosen with ``--face-a``/``--face-b``; a photo with several faces is reported).
+
+Exit code: 0 the same person, 1 different people, 2 no answer (unreadable photo, no face, no
+threshold, bad arguments) -- like ``grep``, so scripts can branch on it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import argparse
 import sys
 
 from facenet.apps.embedder import NoFaceError
-from facenet.apps.thresholds import resolve_threshold
+from facenet.apps.thresholds import operating_point
 from facenet.apps.verify import verify_files
 from facenet.commands._apps import (
     add_model_arguments,
@@ -38,20 +42,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    embedder = load_embedder(args)
+    """Exit code 0: the same person; 1: different people; 2: no answer (an error)."""
+    embedder = load_embedder(args, code=2)
     if isinstance(embedder, int):
         return embedder
     try:
-        resolve_threshold(embedder.thresholds, args.threshold, args.far)
+        operating_point(embedder.thresholds, args.threshold, args.far, args.operating_point)
         result = verify_files(
-            embedder, args.a, args.b, args.threshold, args.far, args.face_a, args.face_b
+            embedder,
+            args.a,
+            args.b,
+            args.threshold,
+            args.far,
+            args.face_a,
+            args.face_b,
+            args.operating_point,
         )
     except (ImageError, NoFaceError, ValueError) as e:
-        return error(e)
+        return error(e, 2)
     if args.json:
         print(dumps_json(result.to_dict()))
     else:
         print(result.sentence())
     for note in result.notes():
         print(f"facenet verify: note: {note}", file=sys.stderr)
-    return 0
+    return 0 if result.same else 1

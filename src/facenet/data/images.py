@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -69,10 +70,22 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
         raise ImageError(p, "is a directory, not an image")
     if size == 0:
         raise ImageError(p, "empty file (0 bytes)")
+    return _decode(p, p, max_pixels)
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """``load_image`` for the bytes of an encoded image (an upload); errors name ``name``."""
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, p: str | os.PathLike, max_pixels: int) -> np.ndarray:
+    """Open, check the pixel count from the header before decoding, decode, orient."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,25 @@ PROVENANCE_KEYS = (
 )
 
 
+def _with_state(
+    model: nn.Module, state: dict[str, torch.Tensor], rebuild: Callable[[], nn.Module]
+) -> nn.Module:
+    """``model`` (built on the meta device, its state's names and shapes checked) holding
+    ``state``: CPU tensors of the model's own dtypes, exactly as ``load_state_dict`` copies them
+    into a model built on the CPU. A model with tensors outside its state dict (non-persistent
+    buffers) is built again on the CPU by ``rebuild`` and loaded that way instead."""
+    own = model.state_dict()
+    # why: the model owns its tensors (a copy), as load_state_dict's would: never views of the
+    # caller's, nor of a memory-mapped file that may be rewritten under it
+    state = {k: v.to(device="cpu", dtype=own[k].dtype, copy=True) for k, v in state.items()}
+    model.load_state_dict(state, assign=True)
+    left_on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    if left_on_meta:
+        model = rebuild()
+        model.load_state_dict(state)
+    return model
+
+
 def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
     """The model ``info`` describes with ``state`` loaded; errors name ``path``."""
     name = info.get("model")
@@ -237,12 +257,16 @@ def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> 
     if not isinstance(name, str) or not isinstance(kwargs, dict):
         raise ModelFileError(f"{path}: metadata names no model architecture")
     try:
-        model = create_model(name, **kwargs)
+        # why: cold start: built on the meta device, the architecture costs no memory and no
+        # random initialisation (~0.1-0.3 s for Inception-ResNet-v1 on 2 cores), which the
+        # loaded weights would overwrite anyway
+        with torch.device("meta"):
+            model = create_model(name, **kwargs)
     except (KeyError, TypeError, ValueError) as e:
         reason = e.args[0] if e.args else e
         raise ModelFileError(f"{path}: cannot build its model {name!r} ({reason})") from None
     check_state_fits(path, model, state, name)
-    model.load_state_dict(state)
+    model = _with_state(model, state, lambda: create_model(name, **kwargs))
     if "spec" in info:
         try:
             model.spec = ModelSpec.from_dict(info["spec"])
@@ -271,6 +295,25 @@ def recorded_model_ref(ref: str, where: str) -> str:
     if not ref:
         raise ModelFileError(f"{where} does not say which model made it; pass --model")
     return ref
+
+
+def is_untrained_ref(ref: str) -> bool:
+    """Whether ``ref`` names an architecture alone (``nn4``): random weights, no thresholds."""
+    return not is_file_ref(ref) and ":" not in ref
+
+
+def check_trained(ref: str, allow_untrained: bool = False) -> None:
+    """Refuse a model with random weights where answers are expected from it.
+
+    Raises:
+        ValueError: ``ref`` names no weights and ``allow_untrained`` is False.
+    """
+    if is_untrained_ref(ref) and not allow_untrained:
+        raise ValueError(
+            f"model {ref!r} names an architecture without weights: its answers would be random. "
+            f"Pass trained weights (a .safetensors/.pt file or NAME:PRETRAINED, e.g. "
+            f"'inception_resnet_v1:casia-webface'), or --allow-untrained for tests"
+        )
 
 
 def load_model(ref: str, map_location: str = "cpu") -> nn.Module:

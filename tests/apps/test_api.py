@@ -1,0 +1,138 @@
+"""The Python API (``facenet.load``): any image input, the one result schema, one operating
+point for every answer, and the same answer as the CLI. Data-free: a tiny model saved with
+thresholds, images that already are face crops."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import facenet
+from facenet.cli import main
+from facenet.models import create_model
+from facenet.models.card import card_of
+from facenet.models.loading import save_weights
+from facenet.utils import dumps_json
+
+THRESHOLDS = {"accuracy": 0.9, "far_1e-3": 0.4}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    model = create_model("tiny")
+    card_of(model).set_thresholds(THRESHOLDS)
+    return str(save_weights(model, tmp_path_factory.mktemp("m") / "tiny.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def fn(weights):
+    return facenet.load(weights, detector=None, crop="none")
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """Three different 48x48 'faces' as PNG files (lossless: every input form decodes alike)."""
+    folder = tmp_path_factory.mktemp("faces")
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 48, dtype=np.float64)
+    images = [
+        rng.integers(0, 256, (48, 48, 3), dtype=np.uint8),
+        np.stack([np.tile(ramp, (48, 1))] * 3, axis=2).astype(np.uint8),
+        np.pad(np.full((16, 16, 3), 250, np.uint8), ((16, 16), (16, 16), (0, 0))),
+    ]
+    out = []
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"f{i}.png")
+        out.append(folder / f"f{i}.png")
+    return out
+
+
+def test_every_input_form_gives_the_same_embedding(fn, pictures):
+    path = pictures[0]
+    array = np.asarray(Image.open(path).convert("RGB"))
+    forms = [path, str(path), path.read_bytes(), Image.open(path), array]
+    result = fn.embed(forms)
+    vectors = [image.faces[0].embedding for image in result.images]
+    for v in vectors[1:]:
+        np.testing.assert_array_equal(v, vectors[0])
+    assert [i.image for i in result.images][:2] == [str(path)] * 2
+    assert result.images[2].image == "<input 2>"
+    grey = fn.embed(array[..., 0]).images[0].faces[0]
+    assert grey.embedding.shape == vectors[0].shape
+
+
+def test_a_bad_input_is_named_and_the_rest_answered(fn, pictures):
+    result = fn.embed([b"not an image", pictures[1], np.zeros((4, 4), np.float32)])
+    bad, good, wrong = result.images
+    assert bad.faces == () and "not an image" in bad.error and "<input 0>" in bad.error
+    assert good.error is None and len(good.faces) == 1
+    assert "uint8" in wrong.error
+    text = dumps_json(result.to_dict())  # strict JSON: no NaN or Infinity
+    assert json.loads(text)["images"][1]["faces"][0]["crop"] == "none"
+
+
+def test_one_operating_point_for_verify_identify_and_cluster(fn, pictures, tmp_path):
+    verdict = fn.verify(pictures[0], pictures[0])
+    assert verdict.same and verdict.distance < 1e-9
+    assert verdict.operating_point.name == "far_1e-3"
+    assert verdict.operating_point.threshold == THRESHOLDS["far_1e-3"]
+    gallery = tmp_path / "g"
+    fn.enroll(gallery, "ann", [pictures[0]])
+    who = fn.identify(pictures[0], gallery)
+    clusters = fn.cluster(pictures, min_cluster_size=1)
+    ops = {verdict.operating_point, who.operating_point, clusters.operating_point}
+    assert len(ops) == 1
+    assert fn.verify(pictures[0], pictures[1], operating_point="accuracy").operating_point == (
+        fn.operating_point(name="accuracy")
+    )
+
+
+def test_the_api_and_the_cli_give_one_answer(fn, weights, pictures, capsys):
+    a, b = pictures[0], pictures[1]
+    api = fn.verify(a, b).to_dict()
+    code = main(["verify", str(a), str(b), "--model", weights, "--crop", "none", "--json"])
+    cli = json.loads(capsys.readouterr().out)
+    assert cli == api
+    assert code == (0 if api["same"] else 1)
+
+
+def test_enrol_identify_and_re_enrol(fn, pictures, tmp_path):
+    gallery = tmp_path / "g"
+    report = fn.enroll(gallery, "ann", [pictures[0], b"junk"])
+    assert report.added == 1 and len(report.skipped) == 1
+    again = fn.enroll(gallery, "ann", [pictures[0]])
+    assert again.added == 0 and len(again.duplicates) == 1  # a no-op that says so
+    known = fn.identify(pictures[0], gallery)
+    (face,) = known.faces
+    assert known.all_known and face.identity == "ann" and face.matches[0].name == "ann"
+    stranger = fn.identify(pictures[2], gallery, threshold=1e-6)
+    assert not stranger.all_known and stranger.faces[0].identity == "unknown"
+    d = stranger.to_dict()
+    assert (
+        d["operating_point"] == "threshold" and d["images"][0]["faces"][0]["identity"] == "unknown"
+    )
+
+
+def test_cluster_groups_identical_faces(fn, pictures):
+    apart = fn.verify(pictures[0], pictures[1]).distance
+    assert apart > 0
+    result = fn.cluster([pictures[0], pictures[0], pictures[1]], threshold=apart / 2,
+                        min_cluster_size=1)  # fmt: skip
+    assert len(result.labels) == 3
+    assert result.labels[0] == result.labels[1] != result.labels[2]
+    assert [f["cluster"] for i in result.to_dict()["images"] for f in i["faces"]] == list(
+        result.labels
+    )
+
+
+def test_untrained_weights_are_refused_unless_allowed(capsys, pictures):
+    with pytest.raises(ValueError, match="without weights"):
+        facenet.load("tiny", detector=None, crop="none")
+    assert facenet.load("tiny", detector=None, crop="none", allow_untrained=True)
+    a = str(pictures[0])
+    code = main(["verify", a, a, "--model", "tiny", "--crop", "none", "--threshold", "1"])
+    assert code == 2 and "without weights" in capsys.readouterr().err
+    code = main(["verify", a, a, "--model", "tiny", "--crop", "none", "--threshold", "1",
+                 "--allow-untrained"])  # fmt: skip
+    assert code == 0
