@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gallery": ("facenet.commands.gallery", "enroll, remove and list identities in a gallery"),
     "identify": ("facenet.commands.identify", "who is in this photo? (open-set)"),
     "cluster": ("facenet.commands.cluster", "group the faces of a photo collection by person"),
+    "serve": ("facenet.commands.serve", "the HTTP API: embed, verify, identify, gallery"),
+    "keys": ("facenet.commands.keys", "create, list and revoke API keys of facenet serve"),
 }
 
 EXIT_FAILURE = 1  # the command ran and failed (bad file, no face, ...)

@@ -359,6 +359,41 @@ CASES += [
     case("demo", "out-of-range numbers", ["demo", "--gallery-people", "0"], "--gallery-people"),
 ]
 
+# -- serve (every case fails before the server would start listening)
+SERVE = ["serve", *MODEL, "--gallery", "{o}/g"]
+CASES += [
+    case("serve", k, ["serve", "--model", f"{{w}}/{f}", *NONE, "--gallery", "{o}/g"], f)
+    for k, f in MODEL_FILES
+]
+CASES += [
+    case("serve", "file-for-folder", [*SERVE[:-1], "{w}/afile.txt"], "afile.txt"),
+    case("serve", "corrupt", [*SERVE[:-1], "{w}/badgallery"], "gallery.sqlite"),
+    case("serve", "corrupt", [*SERVE, "--keys", "{w}/afile.txt"], "afile.txt"),
+    case("serve", "folder-for-file", [*SERVE, "--keys", "{w}/folder"], "folder"),
+    case("serve", "unwritable output", [*SERVE[:-1], "{w}/afile.txt/g"], "afile.txt"),
+    case("serve", "out-of-range numbers", [*SERVE, "--port", "0"], "--port"),
+    case("serve", "out-of-range numbers", [*SERVE, "--port", "70000"], "port"),
+    case("serve", "out-of-range numbers", [*SERVE, "--max-images", "0"], "--max-images"),
+    case("serve", "out-of-range numbers", [*SERVE, "--rate", "-1"], "--rate"),
+    case("serve", "out-of-range numbers", [*SERVE, "--timeout", "0"], "--timeout"),
+]
+# -- keys
+KEYS = ["--keys", "{w}/afile.txt"]
+CASES += [
+    case("keys", "missing", ["keys", "list", "--keys", "{w}/nothere.sqlite"], "nothere.sqlite"),
+    case("keys", "missing", ["keys", "revoke", "ab12", "--keys", "{w}/nothere.sqlite"], "nothere"),
+    case("keys", "folder-for-file", ["keys", "list", "--keys", "{w}/folder"], "folder"),
+    case("keys", "corrupt", ["keys", "list", *KEYS], "afile.txt"),
+    case("keys", "corrupt", ["keys", "create", "--scope", "read", *KEYS], "afile.txt"),
+    case("keys", "out-of-range numbers", ["keys", "create", "--scope", "root"], "--scope"),
+    case(
+        "keys",
+        "unwritable output",
+        ["keys", "create", "--scope", "read", "--keys", "{w}/afile.txt/k.sqlite"],
+        "afile.txt",
+    ),
+]
+
 
 @pytest.mark.parametrize("c", CASES, ids=lambda c: f"{c.verb}:{c.kind}:{' '.join(c.argv[1:])}")
 def test_bad_argument_is_one_clear_line_and_changes_nothing(c, cli, world, tmp_path):
@@ -402,6 +437,8 @@ EXPECTED = {
     "identify": ALL - NO_OUTPUT,
     "cluster": ALL,
     "demo": {"missing", "file-for-folder", "out-of-range numbers", "symlinked output"},
+    "serve": ALL - {"symlinked output"},
+    "keys": {"missing", "folder-for-file", "corrupt", "out-of-range numbers", "unwritable output"},
 }
 
 

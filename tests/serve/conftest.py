@@ -4,7 +4,6 @@ detector that finds one face per non-blank square of a row of faces."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,6 @@ pytest.importorskip("prometheus_client", reason="facenet serve needs prometheus-
 
 import torch  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from facenet.apps.embedder import Embedder  # noqa: E402
 from facenet.data.synthetic import make_synthetic  # noqa: E402
@@ -40,12 +38,6 @@ def no_user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("FACENET_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("FACENET_KEYS", raising=False)
     monkeypatch.delenv("FACENET_GALLERY", raising=False)
-
-
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -319,7 +319,8 @@ def _add_routes(app: FastAPI) -> None:
             ],
         )
 
-    @app.delete("/v1/gallery/identities/{name}", response_model=S.RemovedIdentity,
+    # why: {name:path}, so that a name with a slash ("AC/DC", sent as %2F) is still one name
+    @app.delete("/v1/gallery/identities/{name:path}", response_model=S.RemovedIdentity,
                 dependencies=write, responses=_WRITE, tags=["gallery"])  # fmt: skip
     async def remove_identity(
         svc: Svc, name: Annotated[str, Path(min_length=1, max_length=400)]

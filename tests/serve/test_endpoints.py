@@ -1,0 +1,225 @@
+"""Every endpoint through HTTP on a real embedder (``tiny``) and a real gallery: what it answers,
+and that the answers agree with the library."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _images import png
+
+from facenet.apps.gallery import Gallery
+
+
+def files(field: str, *images: np.ndarray, names: list[str] | None = None) -> list:
+    return [
+        (field, ((names or [])[i] if names else f"{field}{i}.png", png(im), "image/png"))
+        for i, im in enumerate(images)
+    ]
+
+
+def enrol(server, people: dict[str, list[np.ndarray]]):
+    upload, names = [], []
+    for name, images in people.items():
+        for i, im in enumerate(images):
+            upload.append(("images", (f"{name}-{i}.png", png(im), "image/png")))
+            names.append(name)
+    return server.client.post(
+        "/v1/gallery/identities", files=upload, data={"names": names}, headers=server.auth("write")
+    )
+
+
+def row(*tiles: np.ndarray) -> np.ndarray:
+    """Square images side by side: a photo of several faces for the tile detector."""
+    return np.concatenate(tiles, axis=1)
+
+
+def test_health_and_readiness_need_no_key(server):
+    assert server.client.get("/healthz").json() == {"status": "ok"}
+    ready = server.client.get("/readyz")
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "ready" and body["gallery_identities"] == 0
+    assert body["model"]["name"] == "tiny" and body["model"]["embedding_dim"] == 128
+
+
+def test_embed_returns_every_face_with_the_libraries_embedding(make_server, faces, tiny):
+    server = make_server(detector=True)
+    blank = np.full_like(faces[0], 128)
+    photo = row(faces[0], blank, faces[1], faces[2])  # three faces and a blank square
+    r = server.client.post(
+        "/v1/embed", files=files("images", photo, blank, names=["group.png", "empty.png"]),
+        headers=server.auth(),
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    group, empty = r.json()["images"]
+    assert group["image"] == "group.png" and empty == {"image": "empty.png", "faces": []}
+    boxes = [f["box"] for f in group["faces"]]
+    assert boxes == [[0, 0, 40, 40], [80, 0, 120, 40], [120, 0, 160, 40]]
+    # the same faces through the library, one request, no batching: the same vectors
+    embedder = server.app.state.service.embedder
+    expected = [f.embedding for f in embedder.faces(photo)]
+    got = np.array([f["embedding"] for f in group["faces"]], np.float32)
+    np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert r.json()["model"]["weights_hash"] == embedder.fingerprint.weights_hash
+
+
+def test_verify_compares_the_main_faces(server, faces):
+    same = server.client.post(
+        "/v1/verify",
+        files=[*files("image_a", faces[0]), *files("image_b", faces[0])],
+        headers=server.auth(),
+    ).json()
+    assert same["same"] is True and same["distance"] < 1e-6
+    assert same["threshold"] == 0.03 and same["threshold_source"] == "model far_1e-3"
+    assert same["a"]["faces_found"] == 1 and same["a"]["box"] == [0, 0, 40, 40]
+    other = server.client.post(
+        "/v1/verify",
+        files=[*files("image_a", faces[0]), *files("image_b", faces[1])],
+        headers=server.auth(),
+    ).json()
+    assert other["same"] is False and other["distance"] > 0.03
+    given = server.client.post(
+        "/v1/verify",
+        files=[*files("image_a", faces[0]), *files("image_b", faces[1])],
+        data={"threshold": "4"},
+        headers=server.auth(),
+    ).json()
+    assert given["same"] is True and given["threshold_source"] == "request"
+    assert given["distance"] == pytest.approx(other["distance"], abs=1e-6)
+
+
+def test_verify_picks_the_main_face_of_a_group_photo(make_server, faces):
+    server = make_server(detector=True)
+    photo = row(faces[4], faces[0], faces[5])  # the central face is the main one
+    r = server.client.post(
+        "/v1/verify",
+        files=[*files("image_a", photo), *files("image_b", faces[0])],
+        headers=server.auth(),
+    ).json()
+    assert r["a"]["faces_found"] == 3 and r["a"]["face_index"] == 1
+    assert r["a"]["box"] == [40, 0, 80, 40] and r["b"]["faces_found"] == 1
+    embedder = server.app.state.service.embedder  # the library's main faces: the same distance
+    a, b = embedder.pick(photo).face.embedding, embedder.pick(faces[0]).face.embedding
+    assert r["distance"] == pytest.approx(float(((a - b) ** 2).sum()), abs=1e-5)
+
+
+def test_enrol_identify_list_and_remove(server, faces):
+    r = enrol(server, {"ada": [faces[0], faces[1]], "grace": [faces[2]], "alan": [faces[3]]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "identities": [
+            {"name": "ada", "added": 2, "duplicates": []},
+            {"name": "grace", "added": 1, "duplicates": []},
+            {"name": "alan", "added": 1, "duplicates": []},
+        ]
+    }
+    again = enrol(server, {"ada": [faces[0]]}).json()["identities"][0]
+    assert again["added"] == 0 and again["duplicates"] == [
+        {"image": "ada-0.png", "identity": "ada"}
+    ]
+
+    known = server.client.post(
+        "/v1/identify", files=files("image", faces[2]), headers=server.auth()
+    ).json()
+    [face] = known["faces"]
+    assert face["name"] == "grace" and face["known"] and face["distance"] < 1e-6
+    assert [m["name"] for m in face["matches"]][0] == "grace" and len(face["matches"]) == 3
+    stranger = server.client.post(
+        "/v1/identify", files=files("image", faces[9]), data={"k": "1"}, headers=server.auth()
+    ).json()
+    assert stranger["faces"][0]["name"] == "unknown" and not stranger["faces"][0]["known"]
+    assert len(stranger["faces"][0]["matches"]) == 1
+
+    page = server.client.get("/v1/gallery/identities?offset=1&limit=1", headers=server.auth())
+    assert page.json()["total"] == 3 and page.json()["offset"] == 1
+    assert [i["name"] for i in page.json()["identities"]] == ["alan"]  # by name: ada, alan, grace
+    everyone = server.client.get("/v1/gallery/identities", headers=server.auth()).json()
+    assert {i["name"]: i["images"] for i in everyone["identities"]} == {
+        "ada": 2,
+        "alan": 1,
+        "grace": 1,
+    }
+
+    gone = server.client.delete("/v1/gallery/identities/grace", headers=server.auth("write"))
+    assert gone.json() == {"name": "grace", "removed_embeddings": 1}
+    assert server.client.delete(
+        "/v1/gallery/identities/grace", headers=server.auth("write")
+    ).status_code == 404  # fmt: skip
+    after = server.client.post(
+        "/v1/identify", files=files("image", faces[2]), headers=server.auth()
+    )
+    assert after.json()["faces"][0]["name"] == "unknown"
+    with Gallery(server.gallery) as g:  # what the API says is what the gallery holds
+        assert [(i.name, i.images) for i in g.identities()] == [("ada", 2), ("alan", 1)]
+
+
+def test_identify_answers_every_face_and_an_empty_gallery_knows_nobody(make_server, faces):
+    server = make_server(detector=True)
+    empty = server.client.post(
+        "/v1/identify", files=files("image", faces[0]), headers=server.auth()
+    ).json()
+    assert empty["faces"][0]["name"] == "unknown" and empty["faces"][0]["distance"] is None
+    enrol(server, {"ada": [faces[0]], "grace": [faces[2]]})
+    r = server.client.post(
+        "/v1/identify", files=files("image", row(faces[2], faces[7], faces[0])), headers=server.auth()
+    ).json()  # fmt: skip
+    # why: nearest, not known: a face in a row has its neighbours in its margin, alone it has not
+    assert [f["face_index"] for f in r["faces"]] == [0, 1, 2]
+    assert r["faces"][0]["matches"][0]["name"] == "grace"
+    assert r["faces"][2]["matches"][0]["name"] == "ada"
+
+
+def test_identity_names_are_data_not_paths(server, faces, tmp_path):
+    name = "../../évil/ name"
+    assert enrol(server, {name: [faces[0]]}).status_code == 200
+    listed = server.client.get("/v1/gallery/identities", headers=server.auth()).json()
+    assert [i["name"] for i in listed["identities"]] == [name.strip()]
+    assert not (tmp_path / "évil").exists() and not (server.gallery.parent.parent / "évil").exists()
+    quoted = "/v1/gallery/identities/" + "..%2F..%2F%C3%A9vil%2F%20name"
+    assert server.client.delete(quoted, headers=server.auth("write")).status_code == 200
+
+
+def test_metrics_count_requests_by_route_and_status_and_batches(server, faces):
+    server.client.post(
+        "/v1/embed", files=files("images", faces[0], faces[1]), headers=server.auth()
+    )
+    server.client.get("/v1/gallery/identities?limit=0", headers=server.auth())
+    text = server.client.get("/metrics", headers=server.auth()).text
+    assert 'facenet_http_requests_total{method="POST",route="/v1/embed",status="200"} 1.0' in text
+    assert (
+        'facenet_http_requests_total{method="GET",route="/v1/gallery/identities",status="422"} 1.0'
+        in text
+    )
+    assert (
+        'facenet_http_request_duration_seconds_count{method="POST",route="/v1/embed"} 1.0' in text
+    )
+    assert "facenet_batch_size_sum 2.0" in text  # two faces embedded
+    assert "facenet_batch_queue_depth 0.0" in text
+
+
+def test_the_openapi_document_describes_every_route_and_problem(server):
+    doc = server.client.get("/openapi.json").json()
+    paths = doc["paths"]
+    assert set(paths) == {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/embed",
+        "/v1/verify",
+        "/v1/identify",
+        "/v1/gallery/identities",
+        "/v1/gallery/identities/{name}",
+    }
+    schemas = doc["components"]["schemas"]
+    assert {"Problem", "FieldError", "EmbedResponse", "IdentityPage"} <= set(schemas)
+    assert "HTTPBearer" in doc["components"]["securitySchemes"]
+    embed = paths["/v1/embed"]["post"]
+    assert embed["security"] == [{"HTTPBearer": []}]
+    ok = embed["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/EmbedResponse"}
+    for status in ("401", "403", "413", "422", "429", "500", "503", "504"):
+        problem = embed["responses"][status]["content"]["application/problem+json"]["schema"]
+        assert problem == {"$ref": "#/components/schemas/Problem"}
+    assert "security" not in paths["/healthz"]["get"]
+    assert "<html" in server.client.get("/docs").text.lower()
