@@ -21,7 +21,9 @@ from facenet.serve.settings import LOOPBACK, ServeSettings
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, model_default=None)
     parser.add_argument(
-        "--gallery", default=None, help="gallery folder (default: $FACENET_GALLERY or ./facenet-gallery)"
+        "--gallery",
+        default=None,
+        help="gallery folder (default: $FACENET_GALLERY or ./facenet-gallery)",
     )
     net = parser.add_argument_group("network and access")
     net.add_argument(
@@ -29,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     net.add_argument("--port", type=positive_int, default=8000, help="TCP port (default 8000)")
     net.add_argument(
-        "--keys", default=None, help="API-key store (default: $FACENET_KEYS or ./facenet-keys.sqlite)"
+        "--keys",
+        default=None,
+        help="API-key store (default: $FACENET_KEYS or ./facenet-keys.sqlite)",
     )
     net.add_argument(
         "--no-auth", action="store_true", help="no API keys (keep it on loopback: anyone can call)"
@@ -65,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_of(args: argparse.Namespace) -> ServeSettings:
     return ServeSettings(
         model=args.model,
+        allow_untrained=args.allow_untrained,
         detector=args.detector,
         crop=args.crop,
         device=args.device,

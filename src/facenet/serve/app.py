@@ -24,7 +24,7 @@ from fastapi.responses import Response
 from facenet.apps.embedder import Embedder
 from facenet.apps.gallery import Gallery, printable
 from facenet.apps.thresholds import DEFAULT_MODEL
-from facenet.models.loading import recorded_model_ref
+from facenet.models.loading import check_trained, recorded_model_ref
 from facenet.serve import schemas as S
 from facenet.serve import service
 from facenet.serve.guards import Authenticate, LimitBody, RateLimiter, require
@@ -59,8 +59,10 @@ def model_ref(settings: ServeSettings) -> str:
 
 
 def build_embedder(settings: ServeSettings) -> Embedder:
+    ref = model_ref(settings)
+    check_trained(ref, settings.allow_untrained)
     return Embedder.from_ref(
-        model_ref(settings),
+        ref,
         detector=None if settings.crop == "none" else settings.detector,
         crop=settings.crop,  # type: ignore[arg-type]
         batch_size=settings.max_batch_size,

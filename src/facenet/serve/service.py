@@ -34,7 +34,7 @@ from facenet.apps.results import VerifyResult
 from facenet.apps.thresholds import OperatingPoint, operating_point
 from facenet.apps.verify import verify_faces
 from facenet.serve.batcher import BatcherClosed, BatchFailed, MicroBatcher, QueueFull
-from facenet.serve.images import decode_image
+from facenet.serve.images import decode_upload
 from facenet.serve.metrics import Metrics
 from facenet.serve.problems import ProblemError
 from facenet.serve.settings import ServeSettings
@@ -134,7 +134,7 @@ class Service:
 
     def _find(self, upload: Upload, main_only: bool) -> ImageFaces:
         """Decode, detect and crop one upload (in a pool thread); nothing embedded yet."""
-        image = decode_image(upload.data, upload.name, self.settings.max_image_pixels)
+        image = decode_upload(upload.data, upload.name, self.settings.max_image_pixels)
         # why: the embedder's detect-and-crop step without its forward pass, so that the batcher
         # embeds the faces of many requests in one
         faces = self.embedder._faces_in([image], [upload.name])[0]

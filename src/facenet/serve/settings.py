@@ -17,7 +17,8 @@ class ServeSettings:
     """
 
     # -- model and data
-    model: str | None = None  # weights file, NAME:TAG or NAME; None: the gallery's, else default
+    model: str | None = None  # weights file or NAME:TAG; None: the gallery's, else the default
+    allow_untrained: bool = False  # a bare architecture NAME (random weights): for tests only
     detector: str = "mtcnn"  # face detector (facenet.detect.list_detectors())
     crop: str = "box"  # box | similarity | none (uploads already are face crops)
     device: str = "cpu"  # torch device of the model
