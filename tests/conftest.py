@@ -9,6 +9,16 @@ import pytest
 from facenet.utils import default_data_dir
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _facenet_cache_outside_home(tmp_path_factory):
+    """No test writes ~/.cache: facenet's cache (converted weights, the MTCNN weight cache) is a
+    session folder; a test that needs its own sets ``FACENET_CACHE`` again with monkeypatch."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FACENET_CACHE", str(tmp_path_factory.mktemp("facenet-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (or ``$FACENET_DATA``); skips the test when it is not there."""

