@@ -100,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
 
         from facenet.serve.app import create_app, model_ref
     except ImportError as e:
-        return error(f"{e}; facenet serve needs the serve extra: pip install 'facenet-triplet[serve]'")
+        return error(
+            f"{e}; facenet serve needs the serve extra: pip install 'facenet-triplet[serve]'"
+        )
     settings = settings_of(args)
     try:
         settings.check()
