@@ -7,19 +7,24 @@ checks the key's scope (403) and rate (429).
 
 Public without a key: ``/healthz``, ``/readyz`` and the API's description (``/openapi.json``,
 ``/docs``: what the open-source API looks like is no secret, and the docs page cannot send a key
-when it fetches the document). Everything else needs a key: ``read`` to embed, verify, identify,
-list and read metrics; ``write`` to enrol and remove.
+when it fetches the document), and the web page (``/`` and its files under ``/static``, from
+``facenet/serve/static``: it asks for a key and sends it with every API call). Everything else
+needs a key: ``read`` to embed, verify, identify, list and read metrics; ``write`` to enrol and
+remove.
 """
 
 from __future__ import annotations
 
 import contextlib
+import pathlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, File, Form, Path, Query, Request, UploadFile
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from starlette.responses import FileResponse
+from starlette.staticfiles import StaticFiles
 
 from facenet.apps.embedder import Embedder
 from facenet.apps.gallery import Gallery, printable
@@ -36,6 +41,8 @@ from facenet.serve.service import Service, Upload
 from facenet.serve.settings import ServeSettings
 
 PUBLIC = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect")
+STATIC = pathlib.Path(__file__).with_name("static")  # the web page: plain HTML, CSS and JS
+PAGE = ("/", *(f"/static/{p.name}" for p in sorted(STATIC.glob("*"))))  # public, no key
 MAX_NAME = 200  # characters of an upload's file name kept for answers
 
 # the problems each kind of route may answer with
@@ -113,12 +120,22 @@ def create_app(settings: ServeSettings | None = None, embedder: Embedder | None 
     install_handlers(app)
     # why: the last added runs first
     app.add_middleware(LimitBody, max_bytes=settings.max_body_bytes)
-    app.add_middleware(Authenticate, keys=keys, public=PUBLIC)
+    app.add_middleware(Authenticate, keys=keys, public=(*PUBLIC, *PAGE))
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(RecordRequests, metrics=svc.metrics)
     _add_routes(app)
+    _add_page(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _add_page(app: FastAPI) -> None:
+    """The web page at ``/``, its files under ``/static``; left out of the API's description."""
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
