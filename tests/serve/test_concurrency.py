@@ -46,8 +46,8 @@ def test_concurrent_enrolments_never_lose_or_mix_data(make_server):
         r = server.client.post(
             "/v1/identify", files=[("image", ("q.png", data, "image/png"))], headers=server.auth()
         )
-        face = r.json()["faces"][0]
-        return name, face["name"], face["distance"]
+        face = r.json()["images"][0]["faces"][0]
+        return name, face["identity"], face["distance"]
 
     probes = [(n, d) for n, photos in by_person.items() for d in photos]
     with ThreadPoolExecutor(8) as pool:

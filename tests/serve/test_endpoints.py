@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from _images import png
 
+import facenet
+from facenet.api import FaceNet
 from facenet.apps.gallery import Gallery
+from facenet.models.loading import save_weights
 
 
 def files(field: str, *images: np.ndarray, names: list[str] | None = None) -> list:
@@ -51,17 +54,30 @@ def test_embed_returns_every_face_with_the_libraries_embedding(make_server, face
         headers=server.auth(),
     )  # fmt: skip
     assert r.status_code == 200, r.text
+    assert r.json()["schema"] == 1 and set(r.json()) == {"schema", "images"}
     group, empty = r.json()["images"]
-    assert group["image"] == "group.png" and empty == {"image": "empty.png", "faces": []}
+    assert group["image"] == "group.png" and group["face_chosen_by"] == "all"
+    assert empty["image"] == "empty.png" and empty["faces"] == []
+    assert empty["error"].startswith("empty.png: no face found")
     boxes = [f["box"] for f in group["faces"]]
     assert boxes == [[0, 0, 40, 40], [80, 0, 120, 40], [120, 0, 160, 40]]
+    assert all(f["used"] and f["crop"] == "box" for f in group["faces"])
     # the same faces through the library, one request, no batching: the same vectors
     embedder = server.app.state.service.embedder
     expected = [f.embedding for f in embedder.faces(photo)]
     got = np.array([f["embedding"] for f in group["faces"]], np.float32)
     np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    assert r.json()["model"]["weights_hash"] == embedder.fingerprint.weights_hash
+    # the Python API's answer for the same images, but for the names (paths there)
+    api = FaceNet(embedder).embed([png(photo), png(blank)]).to_dict()
+    for got_image, api_image in zip(r.json()["images"], api["images"], strict=True):
+        got_image.pop("image"), api_image.pop("image")
+        got_image.pop("error", None), api_image.pop("error", None)
+        for got_face, api_face in zip(got_image["faces"], api_image["faces"], strict=True):
+            np.testing.assert_allclose(
+                got_face.pop("embedding"), api_face.pop("embedding"), atol=1e-5
+            )
+    assert r.json() | {"images": None} == api | {"images": None}
 
 
 def test_verify_compares_the_main_faces(server, faces):
@@ -72,7 +88,9 @@ def test_verify_compares_the_main_faces(server, faces):
     ).json()
     assert same["same"] is True and same["distance"] < 1e-6
     assert same["threshold"] == 0.03 and same["threshold_source"] == "model far_1e-3"
-    assert same["a"]["faces_found"] == 1 and same["a"]["box"] == [0, 0, 40, 40]
+    assert [i["image"] for i in same["images"]] == ["image_a0.png", "image_b0.png"]
+    [face] = same["images"][0]["faces"]
+    assert face["box"] == [0, 0, 40, 40] and face["used"] and face["same"] is True
     other = server.client.post(
         "/v1/verify",
         files=[*files("image_a", faces[0]), *files("image_b", faces[1])],
@@ -86,6 +104,7 @@ def test_verify_compares_the_main_faces(server, faces):
         headers=server.auth(),
     ).json()
     assert given["same"] is True and given["threshold_source"] == "request"
+    assert given["operating_point"] == "threshold" and given["threshold"] == 4
     assert given["distance"] == pytest.approx(other["distance"], abs=1e-6)
 
 
@@ -97,11 +116,45 @@ def test_verify_picks_the_main_face_of_a_group_photo(make_server, faces):
         files=[*files("image_a", photo), *files("image_b", faces[0])],
         headers=server.auth(),
     ).json()
-    assert r["a"]["faces_found"] == 3 and r["a"]["face_index"] == 1
-    assert r["a"]["box"] == [40, 0, 80, 40] and r["b"]["faces_found"] == 1
+    a, b = r["images"]
+    assert len(a["faces"]) == 3 and a["face_chosen_by"] == "main face"
+    assert [f["used"] for f in a["faces"]] == [False, True, False]
+    assert a["faces"][1]["box"] == [40, 0, 80, 40] and len(b["faces"]) == 1
+    assert "distance" not in a["faces"][0] and a["faces"][1]["distance"] == r["distance"]
     embedder = server.app.state.service.embedder  # the library's main faces: the same distance
-    a, b = embedder.pick(photo).face.embedding, embedder.pick(faces[0]).face.embedding
-    assert r["distance"] == pytest.approx(float(((a - b) ** 2).sum()), abs=1e-5)
+    ea, eb = embedder.pick(photo).face.embedding, embedder.pick(faces[0]).face.embedding
+    assert r["distance"] == pytest.approx(float(((ea - eb) ** 2).sum()), abs=1e-5)
+
+
+@pytest.mark.parametrize("detector", [False, True])
+def test_verify_answers_as_the_python_api_does(make_server, faces, tiny, tmp_path, detector):
+    """The HTTP answer is ``facenet.load(...).verify(...).to_dict()`` for the same model and
+    images; only the images' names differ (the upload's file name over HTTP, the path there)."""
+    server = make_server(detector=detector)
+    photo_a = row(faces[4], faces[0], faces[5]) if detector else faces[0]
+    paths = []
+    for name, image in (("a.png", photo_a), ("b.png", faces[1])):
+        (tmp_path / name).write_bytes(png(image))
+        paths.append(tmp_path / name)
+    r = server.client.post(
+        "/v1/verify",
+        files=[*files("image_a", photo_a, names=["a.png"]),
+               *files("image_b", faces[1], names=["b.png"])],
+        headers=server.auth(),
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    got = r.json()
+    weights = tmp_path / "tiny.safetensors"
+    save_weights(tiny, weights)
+    fn = facenet.load(
+        str(weights),
+        detector=server.app.state.service.embedder.detector,  # the tile detector, or None
+        crop="box" if detector else "none",
+    )
+    expected = fn.verify(*paths).to_dict()
+    assert [i.pop("image") for i in got["images"]] == ["a.png", "b.png"]
+    assert [i.pop("image") for i in expected["images"]] == [str(p) for p in paths]
+    assert got == expected
 
 
 def test_enrol_identify_list_and_remove(server, faces):
@@ -122,14 +175,18 @@ def test_enrol_identify_list_and_remove(server, faces):
     known = server.client.post(
         "/v1/identify", files=files("image", faces[2]), headers=server.auth()
     ).json()
-    [face] = known["faces"]
-    assert face["name"] == "grace" and face["known"] and face["distance"] < 1e-6
+    assert known["schema"] == 1 and known["threshold_source"] == "model far_1e-3"
+    [image] = known["images"]
+    assert image["image"] == "image0.png" and image["face_chosen_by"] == "all"
+    [face] = image["faces"]
+    assert face["identity"] == "grace" and face["distance"] < 1e-6 and face["used"]
     assert [m["name"] for m in face["matches"]][0] == "grace" and len(face["matches"]) == 3
+    assert face["matches"][0]["photo"] == "grace-0.png"
     stranger = server.client.post(
         "/v1/identify", files=files("image", faces[9]), data={"k": "1"}, headers=server.auth()
     ).json()
-    assert stranger["faces"][0]["name"] == "unknown" and not stranger["faces"][0]["known"]
-    assert len(stranger["faces"][0]["matches"]) == 1
+    assert stranger["images"][0]["faces"][0]["identity"] == "unknown"
+    assert len(stranger["images"][0]["faces"][0]["matches"]) == 1
 
     page = server.client.get("/v1/gallery/identities?offset=1&limit=1", headers=server.auth())
     assert page.json()["total"] == 3 and page.json()["offset"] == 1
@@ -149,7 +206,7 @@ def test_enrol_identify_list_and_remove(server, faces):
     after = server.client.post(
         "/v1/identify", files=files("image", faces[2]), headers=server.auth()
     )
-    assert after.json()["faces"][0]["name"] == "unknown"
+    assert after.json()["images"][0]["faces"][0]["identity"] == "unknown"
     with Gallery(server.gallery) as g:  # what the API says is what the gallery holds
         assert [(i.name, i.images) for i in g.identities()] == [("ada", 2), ("alan", 1)]
 
@@ -159,15 +216,17 @@ def test_identify_answers_every_face_and_an_empty_gallery_knows_nobody(make_serv
     empty = server.client.post(
         "/v1/identify", files=files("image", faces[0]), headers=server.auth()
     ).json()
-    assert empty["faces"][0]["name"] == "unknown" and empty["faces"][0]["distance"] is None
+    [face] = empty["images"][0]["faces"]
+    assert face["identity"] == "unknown" and face["distance"] is None and face["matches"] == []
     enrol(server, {"ada": [faces[0]], "grace": [faces[2]]})
     r = server.client.post(
         "/v1/identify", files=files("image", row(faces[2], faces[7], faces[0])), headers=server.auth()
     ).json()  # fmt: skip
     # why: nearest, not known: a face in a row has its neighbours in its margin, alone it has not
-    assert [f["face_index"] for f in r["faces"]] == [0, 1, 2]
-    assert r["faces"][0]["matches"][0]["name"] == "grace"
-    assert r["faces"][2]["matches"][0]["name"] == "ada"
+    found = r["images"][0]["faces"]
+    assert [f["face_index"] for f in found] == [0, 1, 2]
+    assert found[0]["matches"][0]["name"] == "grace"
+    assert found[2]["matches"][0]["name"] == "ada"
 
 
 def test_identity_names_are_data_not_paths(server, faces, tmp_path):

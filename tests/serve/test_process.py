@@ -139,7 +139,7 @@ def test_sigkill_mid_enrolment_loses_nothing_acknowledged(setup, tmp_path):
         p = int(acknowledged[0][1:])
         r = httpx.post(again.url + "/v1/identify", headers=auth,
                        files=[("image", ("q.png", photos[2 * p + 1], "image/png"))])  # fmt: skip
-        assert r.json()["faces"][0]["name"] == acknowledged[0]
+        assert r.json()["images"][0]["faces"][0]["identity"] == acknowledged[0]
     finally:
         again.stop()
 

@@ -262,6 +262,18 @@ class Embedder:
             out.append(faces)
         return out
 
+    def detect_and_crop(
+        self, images: Sequence[np.ndarray], names: Sequence[str | None]
+    ) -> list[list[Face]]:
+        """Detect and crop the faces of each uint8 RGB (H, W, 3) image, without embedding them.
+
+        The first half of ``faces``: for callers that embed the crops themselves (the HTTP
+        service batches the crops of many requests into one forward pass with
+        ``embed_crops``). ``names[i]`` becomes each face's ``path``; faces come in detector
+        order (``face_index``), and an image without a face gets an empty list.
+        """
+        return self._faces_in(list(images), list(names))
+
     # ------------------------------------------------------------------ crops -> embeddings
 
     @torch.inference_mode()

@@ -178,14 +178,6 @@ async def _uploads(files: list[UploadFile], settings: ServeSettings, field: str)
     return out
 
 
-def _compared(found: service.ImageFaces) -> S.ComparedFace:
-    face = found.faces[0]
-    return S.ComparedFace(
-        image=found.name, face_index=face.face_index, box=list(face.box),
-        faces_found=found.faces_found,
-    )  # fmt: skip
-
-
 def _add_routes(app: FastAPI) -> None:
     read = [Depends(require("read"))]
     write = [Depends(require("write"))]
@@ -216,83 +208,43 @@ def _add_routes(app: FastAPI) -> None:
         """Prometheus metrics: requests, latencies, batch sizes, queue depth."""
         return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.post("/v1/embed", response_model=S.EmbedResponse, dependencies=read, responses=_READ,
-              tags=["faces"])  # fmt: skip
+    # why: the face answers are the library's to_dict(), keys it leaves out stay out (no nulls)
+    answer = {"dependencies": read, "responses": _READ, "tags": ["faces"],
+              "response_model_exclude_unset": True}  # fmt: skip
+
+    @app.post("/v1/embed", response_model=S.EmbedResponse, **answer)
     async def embed(
         svc: Svc, images: Annotated[list[UploadFile], File(description="photos")]
-    ) -> S.EmbedResponse:
-        """Every face of every photo: its box, detector score and embedding."""
+    ) -> dict[str, Any]:
+        """Every face of every photo: its box, detector score and embedding
+        (``facenet.load().embed(images).to_dict()``); the model is described by ``/readyz``."""
         found = await service.embed_images(svc, await _uploads(images, svc.settings, "images"))
-        return S.EmbedResponse(
-            model=service.describe_model(svc),
-            images=[
-                S.EmbeddedImage(
-                    image=im.name,
-                    faces=[
-                        S.EmbeddedFace(
-                            face_index=f.face_index,
-                            box=list(f.box),
-                            score=f.score,
-                            embedding=f.embedding.tolist(),
-                        )
-                        for f in im.faces
-                    ],
-                )
-                for im in found
-            ],
-        )
+        return found.to_dict()
 
-    @app.post("/v1/verify", response_model=S.VerifyResponse, dependencies=read, responses=_READ,
-              tags=["faces"])  # fmt: skip
+    @app.post("/v1/verify", response_model=S.VerifyResponse, **answer)
     async def verify(
         svc: Svc,
         image_a: Annotated[UploadFile, File(description="first photo")],
         image_b: Annotated[UploadFile, File(description="second photo")],
         threshold: Threshold = None,
-    ) -> S.VerifyResponse:
-        """Are the main faces (largest, most central) of two photos the same person?"""
+    ) -> dict[str, Any]:
+        """Are the main faces (largest, most central) of two photos the same person?
+        (``facenet.load().verify(a, b).to_dict()``)"""
         [a] = await _uploads([image_a], svc.settings, "image_a")
         [b] = await _uploads([image_b], svc.settings, "image_b")
-        v, fa, fb = await service.verify_images(svc, a, b, threshold)
-        return S.VerifyResponse(
-            same=v.same,
-            distance=v.distance,
-            threshold=v.operating_point.threshold,
-            operating_point=v.operating_point.name,
-            threshold_source=v.operating_point.source,
-            a=_compared(fa),
-            b=_compared(fb),
-        )
+        return (await service.verify_images(svc, a, b, threshold)).to_dict()
 
-    @app.post("/v1/identify", response_model=S.IdentifyResponse, dependencies=read,
-              responses=_READ, tags=["faces"])  # fmt: skip
+    @app.post("/v1/identify", response_model=S.IdentifyResponse, **answer)
     async def identify(
         svc: Svc,
         image: Annotated[UploadFile, File(description="photo")],
         threshold: Threshold = None,
         k: Annotated[int, Form(ge=1, le=50, description="nearest identities per face")] = 5,
-    ) -> S.IdentifyResponse:
-        """Who is each face of a photo: the nearest enrolled identities, or unknown."""
+    ) -> dict[str, Any]:
+        """Who is each face of a photo: the nearest enrolled identities, or unknown
+        (``facenet.load().identify(image, gallery, k=k, all_faces=True).to_dict()``)."""
         [upload] = await _uploads([image], svc.settings, "image")
-        result = await service.identify_image(svc, upload, threshold, k)
-        return S.IdentifyResponse(
-            image=result.image.name,
-            threshold=result.operating_point.threshold,
-            operating_point=result.operating_point.name,
-            threshold_source=result.operating_point.source,
-            faces=[
-                S.IdentifiedFace(
-                    face_index=f.face_index,
-                    box=list(f.box),
-                    score=f.score,
-                    name=a.name,
-                    known=a.known,
-                    distance=service.finite(a.distance),
-                    matches=[S.MatchOut(name=m.name, distance=m.distance) for m in a.matches],
-                )
-                for f, a in zip(result.image.faces, result.answers, strict=True)
-            ],
-        )
+        return (await service.identify_image(svc, upload, threshold, k)).to_dict()
 
     @app.post("/v1/gallery/identities", response_model=S.EnrolResponse, dependencies=write,
               responses=_WRITE, tags=["gallery"])  # fmt: skip

@@ -1,12 +1,14 @@
 """The response bodies of the HTTP API, as pydantic models (they make the OpenAPI document).
 
-Face results move to the shared result schema (``facenet.api``) later; until then these are the
-API's own.
+The face endpoints answer in the one result schema of ``facenet.apps.results`` (the Python API's
+and the CLI's ``--json``); the gallery and health endpoints have their own bodies.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 Box = list[float]
 BOX = Field(min_length=4, max_length=4, description="(x1, y1, x2, y2) in image pixels")
@@ -19,61 +21,108 @@ class ModelInfo(BaseModel):
     embedding_dim: int
 
 
-class EmbeddedFace(BaseModel):
+# --------------------------------------------------------------------------- face answers
+# The shared result schema of ``facenet.apps.results`` (``EmbedResult``, ``VerifyResult``,
+# ``IdentifyResult`` ``.to_dict()``): the JSON the Python API and the CLI's --json give. A key is
+# left out where the library leaves it out (``response_model_exclude_unset``), never sent as null;
+# ``extra="forbid"`` turns a key the models do not describe into a failing response.
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class FaceBase(_Answer):
     face_index: int = Field(description="0.. in detector order (most confident first)")
     box: Box = BOX
     score: float = Field(description="detector confidence (1 for pre-cropped faces)")
+    crop: Literal["box", "similarity", "none"] = Field(description="the framing the model saw")
+    used: bool = Field(description="whether the answer rests on this face")
+
+
+class EmbeddedFace(FaceBase):
     embedding: list[float] = Field(description="unit vector")
 
 
-class EmbeddedImage(BaseModel):
-    image: str = Field(description="the upload's file name")
+class OperatingPointFields(_Answer):
+    threshold: float = Field(description="squared-L2 threshold: same person iff distance <= it")
+    operating_point: str = Field(description="far_1e-3, accuracy, ... or 'threshold' (given)")
+    threshold_source: str = Field(description="'request', or whose calibration: 'model far_1e-3'")
+
+
+class VerifiedFace(FaceBase):
+    """A face of a verified image; the decision's keys only on the compared (used) face."""
+
+    distance: float | None = Field(None, description="squared L2 to the other image's face")
+    threshold: float | None = None
+    operating_point: str | None = None
+    threshold_source: str | None = None
+    same: bool | None = None
+
+
+class MatchOut(_Answer):
+    name: str
+    distance: float = Field(description="squared L2 distance of the identity's closest face")
+    photo: str = Field(description="the photo of that enrolled face")
+
+
+class IdentifiedFace(FaceBase):
+    """A face of an identified image; the answer's keys only on identified (used) faces."""
+
+    distance: float | None = Field(
+        None, description="squared L2 to the nearest identity; null: empty gallery"
+    )
+    threshold: float | None = None
+    operating_point: str | None = None
+    threshold_source: str | None = None
+    identity: str | None = Field(
+        None, description="the nearest identity, or 'unknown' beyond the threshold"
+    )
+    matches: list[MatchOut] | None = Field(None, description="nearest identities, closest first")
+
+
+_IMAGE = Field(description="the upload's file name (printable, at most 200 characters), or "
+               "the form field and index (images[0]) when it has none")  # fmt: skip
+_CHOSEN = Field(None, description="how the used face was chosen: 'main face' or 'all'")
+
+
+class EmbeddedImage(_Answer):
+    image: str = _IMAGE
     faces: list[EmbeddedFace] = Field(description="every face found; empty when none")
+    face_chosen_by: str | None = _CHOSEN
+    error: str | None = Field(None, description="why the image has no faces")
 
 
-class EmbedResponse(BaseModel):
-    model: ModelInfo
+class VerifiedImage(_Answer):
+    image: str = _IMAGE
+    faces: list[VerifiedFace] = Field(description="every face found; the compared one is used")
+    face_chosen_by: str | None = _CHOSEN
+
+
+class IdentifiedImage(_Answer):
+    image: str = _IMAGE
+    faces: list[IdentifiedFace] = Field(description="every face found, each identified")
+    face_chosen_by: str | None = _CHOSEN
+
+
+_SCHEMA = Field(alias="schema", description="the result schema's version")
+
+
+class EmbedResponse(_Answer):
+    schema_: int = _SCHEMA
     images: list[EmbeddedImage]
 
 
-class ComparedFace(BaseModel):
-    image: str
-    face_index: int
-    box: Box = BOX
-    faces_found: int = Field(description="faces in the image; the main one is compared")
-
-
-class VerifyResponse(BaseModel):
+class VerifyResponse(OperatingPointFields):
+    schema_: int = _SCHEMA
     same: bool = Field(description="same person: distance <= threshold")
     distance: float = Field(description="squared L2 distance of the two embeddings, in [0, 4]")
-    threshold: float
-    operating_point: str = Field(description="far_1e-3, accuracy, ... or 'threshold' (given)")
-    threshold_source: str = Field(description="'request', or whose calibration: 'model far_1e-3'")
-    a: ComparedFace
-    b: ComparedFace
+    images: list[VerifiedImage] = Field(min_length=2, max_length=2)
 
 
-class MatchOut(BaseModel):
-    name: str
-    distance: float = Field(description="squared L2 distance of the identity's closest face")
-
-
-class IdentifiedFace(BaseModel):
-    face_index: int
-    box: Box = BOX
-    score: float
-    name: str = Field(description="the nearest identity, or 'unknown' beyond the threshold")
-    known: bool
-    distance: float | None = Field(description="to the nearest identity; null: empty gallery")
-    matches: list[MatchOut] = Field(description="nearest identities, closest first")
-
-
-class IdentifyResponse(BaseModel):
-    image: str
-    threshold: float
-    operating_point: str
-    threshold_source: str
-    faces: list[IdentifiedFace]
+class IdentifyResponse(OperatingPointFields):
+    schema_: int = _SCHEMA
+    images: list[IdentifiedImage] = Field(min_length=1, max_length=1)
 
 
 class DuplicateOut(BaseModel):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,18 +18,25 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from facenet.apps.embedder import Embedder, Face, Pick, subject_index
+from facenet.apps.embedder import Embedder, Face, NoFaceError, Pick, subject_index
 from facenet.apps.gallery import (
     FaceRecord,
     Gallery,
     GalleryError,
-    Identification,
     IdentityInfo,
     IncompatibleModelError,
     UnknownIdentityError,
     check_identity_name,
 )
-from facenet.apps.results import VerifyResult
+from facenet.apps.results import (
+    EmbedResult,
+    IdentifyResult,
+    ImageAnswer,
+    VerifyResult,
+    face_answer,
+    faces_of,
+    identification_answer,
+)
 from facenet.apps.thresholds import OperatingPoint, operating_point
 from facenet.apps.verify import verify_faces
 from facenet.serve.batcher import BatcherClosed, BatchFailed, MicroBatcher, QueueFull
@@ -52,11 +58,11 @@ class Upload:
 
 @dataclass
 class ImageFaces:
-    """The faces of one upload that a request uses, embedded."""
+    """The faces of one upload; those a request uses (``used``) are embedded."""
 
     name: str
-    faces: list[Face]
-    faces_found: int  # faces the detector found
+    faces: list[Face]  # every face the detector found, in detector order
+    used: list[Face]  # the faces the answer rests on: all of them, or the main one
     sha256: str
     shape: tuple[int, ...] = field(default=(0, 0, 3))
 
@@ -137,17 +143,18 @@ class Service:
         image = decode_upload(upload.data, upload.name, self.settings.max_image_pixels)
         # why: the embedder's detect-and-crop step without its forward pass, so that the batcher
         # embeds the faces of many requests in one
-        faces = self.embedder._faces_in([image], [upload.name])[0]
-        found = len(faces)
+        faces = self.embedder.detect_and_crop([image], [upload.name])[0]
+        used = faces
         if main_only and faces:
-            faces = [faces[subject_index(faces, image.shape)]]
-        elif found > self.settings.max_faces:
+            used = [faces[subject_index(faces, image.shape)]]
+        elif len(faces) > self.settings.max_faces:
             raise ProblemError(
                 "too_many_faces",
-                f"{upload.name}: {found} faces found; at most {self.settings.max_faces} per image",
+                f"{upload.name}: {len(faces)} faces found; "
+                f"at most {self.settings.max_faces} per image",
             )
         digest = hashlib.sha256(upload.data).hexdigest()
-        return ImageFaces(upload.name, faces, found, digest, image.shape)
+        return ImageFaces(upload.name, faces, used, digest, image.shape)
 
     async def faces(self, upload: Upload, main_only: bool = False) -> ImageFaces:
         """The faces of one upload (all, or only its main one), embedded."""
@@ -155,9 +162,9 @@ class Service:
             raise ProblemError("not_ready", "the server is not running")
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(self._pool, self._find, upload, main_only)
-        if found.faces:
-            embeddings = await self.embed([f.crop for f in found.faces])
-            for face, e in zip(found.faces, embeddings, strict=True):
+        if found.used:
+            embeddings = await self.embed([f.crop for f in found.used])
+            for face, e in zip(found.used, embeddings, strict=True):
                 face.embedding = e
         return found
 
@@ -179,51 +186,67 @@ class Service:
 
 
 def _main_face(found: ImageFaces) -> Pick:
-    if not found.faces:
+    """The used (main) face of an upload as the library's ``Pick`` (422 ``no_face`` if none)."""
+    if not found.used:
         raise ProblemError("no_face", f"{found.name}: no face found")
-    return Pick(found.faces[0], found.faces_found, "main face", (found.faces[0],))
+    return Pick(found.used[0], len(found.faces), "main face", tuple(found.faces))
 
 
-async def embed_images(svc: Service, uploads: Sequence[Upload]) -> list[ImageFaces]:
-    """Every face of every upload, embedded (an upload without a face has none)."""
-    return await svc.within_timeout(_all([svc.faces(u) for u in uploads]))
+async def embed_images(svc: Service, uploads: Sequence[Upload]) -> EmbedResult:
+    """Every face of every upload, embedded: ``facenet.load(...).embed`` over HTTP (an upload
+    without a face has no faces and an ``error``, as there)."""
+    found = await svc.within_timeout(_all([svc.faces(u) for u in uploads]))
+    crop = svc.embedder.crop_mode
+    return EmbedResult(
+        tuple(
+            ImageAnswer(
+                im.name,
+                faces_of(im.faces, crop),
+                None if im.faces else str(NoFaceError(im.name)),
+                "all",
+            )
+            for im in found
+        )
+    )
 
 
 async def verify_images(
     svc: Service, a: Upload, b: Upload, threshold: float | None = None
-) -> tuple[VerifyResult, ImageFaces, ImageFaces]:
-    """Are the main faces of two uploads the same person?"""
+) -> VerifyResult:
+    """Are the main faces of two uploads the same person? (``facenet.load(...).verify``: every
+    face of each image is listed, the compared one ``used``.)"""
     op = _operating_point(svc.embedder.thresholds, threshold, "model")
     found_a, found_b = await svc.within_timeout(
         _all([svc.faces(a, main_only=True), svc.faces(b, main_only=True)])
     )
     crop = svc.embedder.crop_mode
-    verdict = verify_faces(_main_face(found_a), _main_face(found_b), op, crop)
-    return verdict, found_a, found_b
-
-
-@dataclass(frozen=True)
-class Identified:
-    image: ImageFaces
-    answers: list[Identification]  # one per face, in face order
-    operating_point: OperatingPoint
+    return verify_faces(_main_face(found_a), _main_face(found_b), op, crop)
 
 
 async def identify_image(
     svc: Service, upload: Upload, threshold: float | None = None, k: int = 5
-) -> Identified:
-    """Who is each face of an upload: its nearest identities, or unknown."""
+) -> IdentifyResult:
+    """Who is each face of an upload: its nearest identities, or unknown
+    (``facenet.load(...).identify(..., all_faces=True)``)."""
     found = await svc.within_timeout(svc.faces(upload))
     if not found.faces:
         raise ProblemError("no_face", f"{upload.name}: no face found")
-    vectors = np.stack([f.embedding for f in found.faces])
+    vectors = np.stack([f.embedding for f in found.used])
 
-    def work(g: Gallery) -> Identified:
+    def work(g: Gallery) -> IdentifyResult:
         # why: the model's calibration, else the one the gallery recorded (as facenet identify)
         where = "model" if svc.embedder.thresholds else "gallery"
         op = _operating_point(svc.embedder.thresholds or g.thresholds, threshold, where)
         answers = g.identify(vectors, op.threshold, k, model=svc.fingerprint)
-        return Identified(found, answers, op)
+        crop = svc.embedder.crop_mode
+        by_face = {id(f): a for f, a in zip(found.used, answers, strict=True)}
+        faces = tuple(
+            identification_answer(f, crop, by_face[id(f)], op)
+            if id(f) in by_face
+            else face_answer(f, crop, used=False)
+            for f in found.faces
+        )
+        return IdentifyResult((ImageAnswer(found.name, faces, chosen_by="all"),), op)
 
     return await _gallery_call(svc, work)
 
@@ -319,11 +342,6 @@ async def _all(work: Sequence[Awaitable[T]]) -> list[T]:
         for task in tasks:
             task.cancel()
         raise
-
-
-def finite(value: float) -> float | None:
-    """``value``, or None where JSON has no number for it (the distance to an empty gallery)."""
-    return value if math.isfinite(value) else None
 
 
 def describe_model(svc: Service) -> dict[str, Any]:
