@@ -45,9 +45,9 @@ STATIC = pathlib.Path(__file__).with_name("static")  # the web page: plain HTML,
 PAGE = ("/", *(f"/static/{p.name}" for p in sorted(STATIC.glob("*"))))  # public, no key
 MAX_NAME = 200  # characters of an upload's file name kept for answers
 
-# the problems each kind of route may answer with
-_READ = problems(401, 403, 413, 422, 429, 500, 503, 504)
-_WRITE = problems(401, 403, 404, 409, 413, 422, 429, 500, 503, 504)
+# the problems each kind of route may answer with (400: a body that cannot be parsed)
+_READ = problems(400, 401, 403, 413, 422, 429, 500, 503, 504)
+_WRITE = problems(400, 401, 403, 404, 409, 413, 422, 429, 500, 503, 504)
 
 
 def model_ref(settings: ServeSettings) -> str:
