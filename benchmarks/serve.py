@@ -11,7 +11,8 @@ photo each, through the batch enrolment endpoint), then for each server mode
 sends ``--requests`` verify requests (two photos of one person) and ``--requests`` identify
 requests (another photo of an enrolled person) at each ``--concurrency`` with an httpx async
 client, and reports requests/s, p50/p99 latency, errors (anything but 200; must be 0) and the
-server's RSS before and after each cell, and the on/off throughput ratio per concurrency. A
+server's RSS before and after each cell, and the on/off throughput ratio per concurrency. Both
+servers run at once (one gallery folder) and take turns cell by cell. A
 final phase sends ``--rss-requests`` requests (verify and identify alternating) to the
 micro-batching server and reports its RSS before, during and after (memory growth).
 
@@ -266,14 +267,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPUs; server log {log}", flush=True)  # fmt: skip
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "cells": [], "rss": None}
     try:
-        for mode in args.modes:
-            server = Server(work, args.model, mode, args.no_auth, log)
-            try:
+        # why: all servers run at once and the modes take turns cell by cell, so that other
+        # work on the machine (load drifting over minutes) weighs on both sides alike
+        servers: dict[str, Server] = {}
+        try:
+            for mode in args.modes:
                 t0 = time.perf_counter()
+                server = servers[mode] = Server(work, args.model, mode, args.no_auth, log)
                 server.wait_ready()
-                print(f"[{mode}] ready in {time.perf_counter() - t0:.1f} s: {' '.join(server.cmd[1:])}",
-                      flush=True)  # fmt: skip
-                if "enrol_s" not in results:
+                print(f"[{mode}] ready in {time.perf_counter() - t0:.1f} s: "
+                      f"{' '.join(server.cmd[1:])}", flush=True)  # fmt: skip
+                if "enrol_s" not in results:  # one gallery folder, enrolled once, then read-only
                     results["enrol_s"] = enrol(
                         server.url, headers, photos.gallery, args.enrol_batch
                     )
@@ -281,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{results['enrol_s']:.1f} s", flush=True)  # fmt: skip
                 # warm-up: the first requests pay for lazy set-up (index load, allocator)
                 asyncio.run(load(server.url, headers, photos, ["verify", "identify"], 8, 4, 60))
-                for kind in ("verify", "identify"):
-                    for c in args.concurrency:
+            for kind in ("verify", "identify"):
+                for c in args.concurrency:
+                    for mode, server in servers.items():
                         before = server.rss_mib()
                         r = asyncio.run(load(server.url, headers, photos, [kind], args.requests,
                                              c, args.time_limit))  # fmt: skip
@@ -293,9 +298,10 @@ def main(argv: list[str] | None = None) -> int:
                               f"{r['rps']:.1f} req/s, p50 {r['p50_ms']:.0f} ms, "
                               f"p99 {r['p99_ms']:.0f} ms, errors {r['error_codes'] or 0}",
                               flush=True)  # fmt: skip
-                if mode == "on" and args.rss_requests > 0:
-                    results["rss"] = rss_phase(server, headers, photos, args)
-            finally:
+            if "on" in servers and args.rss_requests > 0:
+                results["rss"] = rss_phase(servers["on"], headers, photos, args)
+        finally:
+            for server in servers.values():
                 server.stop()
     finally:
         if not args.keep:
