@@ -408,3 +408,14 @@ def test_offline_mining_that_finds_no_triplet_falls_back_to_online_batches(tmp_p
         rows = list(csv.DictReader(f))
     assert [int(r["num_triplets"]) for r in rows] == [0, 0]
     assert all(int(r["num_pairs"]) == 6 * 4 * 3 for r in rows)  # online: 6 ids x 4 x 3 pairs
+
+
+def test_a_run_in_a_longer_process_leaves_the_thread_count_as_it_found_it(tmp_path):
+    """``threads`` applies to the run only: the Python API or a notebook keeps its own setting."""
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    run = tmp_path / "run"
+    args = _args(run, f"threads={wanted}", "max_steps=1", "validation.every=0")
+    config = load_config(args[2], args[3:])
+    loop.train(config)
+    assert torch.get_num_threads() == before

@@ -70,6 +70,9 @@ def train(config: Config, resume: bool = False, hooks: Sequence[Hook] = ()) -> T
         FileExistsError: the run folder has a checkpoint and ``resume`` is False.
     """
     info = D.setup(config.device)
+    # why: the thread count is process-wide; a run inside a longer-lived process (the Python
+    # API, a notebook, a test) must not leave it changed
+    threads = torch.get_num_threads()
     try:
         check_config(config, world_size=info.world_size)
         if config.threads > 0:
@@ -77,6 +80,7 @@ def train(config: Config, resume: bool = False, hooks: Sequence[Hook] = ()) -> T
         state = build_state(config, info, resume)
         return _run(state, hooks, resumed=resume)
     finally:
+        torch.set_num_threads(threads)
         D.cleanup()
 
 
