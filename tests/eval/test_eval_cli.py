@@ -164,3 +164,11 @@ def test_a_library_call_reads_the_folder_config_as_facenet_eval_does(
         evaluate_pairs(tiny_model, pairs, root).distances,
         evaluate_pairs(tiny_model, pairs, root, align="center").distances,
     )
+
+
+def test_the_embedding_cache_lives_in_facenets_cache_folder(monkeypatch, tmp_path):
+    from facenet.eval.suite import EvalSettings
+
+    monkeypatch.setenv("FACENET_CACHE", str(tmp_path / "fc"))
+    assert EvalSettings("m", "d", "p").cache_dir == tmp_path / "fc" / "embeddings"
+    assert EvalSettings("m", "d", "p", cache_dir=None).cache_dir is None

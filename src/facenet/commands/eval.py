@@ -31,7 +31,7 @@ from facenet.eval.alignment import Alignment
 from facenet.eval.embedding import EmbeddingError
 from facenet.eval.report import write_report
 from facenet.eval.robustness import LABELS
-from facenet.eval.suite import DEFAULT_CACHE, EvalSettings, run_eval
+from facenet.eval.suite import EvalSettings, default_cache, run_eval
 from facenet.utils import write_json
 
 
@@ -98,7 +98,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per pass")
     parser.add_argument(
-        "--cache", type=output_dir, default=DEFAULT_CACHE, help="embedding cache folder"
+        "--cache",
+        type=output_dir,
+        default=None,
+        help="embedding cache folder (default: $FACENET_CACHE/embeddings, else "
+        "~/.cache/facenet/embeddings)",
     )
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -138,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         sweeps=tuple(args.sweep),
         identification=args.identification,
         batch_size=args.batch_size,
-        cache_dir=None if args.no_cache else args.cache,
+        cache_dir=None if args.no_cache else (args.cache or default_cache()),
     )
 
     def tell(alignment: Alignment) -> None:

@@ -33,8 +33,15 @@ from facenet.eval.protocol import PairsEvaluation, evaluate_pairs
 from facenet.eval.robustness import LABELS, SweepResult, run_sweep
 from facenet.models.card import card_of
 from facenet.models.loading import load_model
+from facenet.models.pretrained import cache_dir
 
-DEFAULT_CACHE = Path.home() / ".cache" / "facenet" / "embeddings"
+
+def default_cache() -> Path:
+    """The embedding cache: ``embeddings`` in facenet's cache folder (``$FACENET_CACHE``, else
+    ``~/.cache/facenet``), read when a run starts."""
+    return cache_dir() / "embeddings"
+
+
 Progress = Callable[[int, int], None]
 
 
@@ -55,7 +62,8 @@ class EvalSettings:
     sweeps: tuple[str, ...] = ()  # "jpeg", "size"
     identification: bool = False
     batch_size: int = 64
-    cache_dir: str | os.PathLike | None = DEFAULT_CACHE
+    # None: no cache; default: default_cache() when the run starts
+    cache_dir: str | os.PathLike | None = field(default_factory=default_cache)
 
     def command_line(self, align: str | None = None) -> str:
         """The options that change results, as a reproducible command line."""
