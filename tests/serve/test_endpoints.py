@@ -269,6 +269,8 @@ def test_the_openapi_document_describes_every_route_and_problem(server):
         "/v1/identify",
         "/v1/gallery/identities",
         "/v1/gallery/identities/{name}",
+        "/v1/cluster",
+        "/v1/jobs/{job_id}",
     }
     schemas = doc["components"]["schemas"]
     assert {"Problem", "FieldError", "EmbedResponse", "IdentityPage"} <= set(schemas)

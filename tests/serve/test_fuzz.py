@@ -78,7 +78,7 @@ def test_every_operation_answers_as_documented(api, faces):
     headers = {"Authorization": f"Bearer {_KEYS['write']}"}
     sent: dict[tuple[str, int], int] = {}  # (operation, status) -> requests
     operations = [result.ok() for result in api.get_all_operations()]
-    assert len(operations) == 9  # every route of the document, the gallery's three included
+    assert len(operations) == 11  # every route of the document, gallery and jobs included
     photos = st.sampled_from([png(f) for f in faces[:3]])
     for operation in operations:
         strategies = [

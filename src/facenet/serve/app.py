@@ -9,8 +9,8 @@ Public without a key: ``/healthz``, ``/readyz`` and the API's description (``/op
 ``/docs``: what the open-source API looks like is no secret, and the docs page cannot send a key
 when it fetches the document), and the web page (``/`` and its files under ``/static``, from
 ``facenet/serve/static``: it asks for a key and sends it with every API call). Everything else
-needs a key: ``read`` to embed, verify, identify, list and read metrics; ``write`` to enrol and
-remove.
+needs a key: ``read`` to embed, verify, identify, cluster (a background job), read its job,
+list and read metrics; ``write`` to enrol and remove.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from fastapi.responses import Response
 from starlette.responses import FileResponse
 from starlette.staticfiles import StaticFiles
 
+from facenet.apps.cluster import DEFAULT_MIN_CLUSTER_SIZE
 from facenet.apps.embedder import Embedder
 from facenet.apps.gallery import Gallery, printable
 from facenet.apps.thresholds import DEFAULT_MODEL
@@ -33,7 +34,8 @@ from facenet.models.loading import check_trained, recorded_model_ref
 from facenet.serve import schemas as S
 from facenet.serve import service
 from facenet.serve.guards import Authenticate, LimitBody, RateLimiter, require
-from facenet.serve.keys import KeyStore, keys_path
+from facenet.serve.jobs import Jobs, cluster_faces
+from facenet.serve.keys import ApiKey, KeyStore, keys_path
 from facenet.serve.metrics import CONTENT_TYPE, RecordRequests
 from facenet.serve.problems import Problem, ProblemError, UnexpectedErrors, install_handlers
 from facenet.serve.problems import problem_responses as problems
@@ -95,14 +97,17 @@ def create_app(settings: ServeSettings | None = None, embedder: Embedder | None 
         g.check_model(embedder.fingerprint)
     keys = None if settings.no_auth else KeyStore(keys_path(settings.keys))
     svc = Service(settings, embedder)
+    jobs = Jobs()
     embedder.detector  # noqa: B018 - why: the detector is built now, not by two requests at once
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await svc.start()
+        jobs.start()
         try:
             yield
         finally:
+            await jobs.close()
             await svc.close()
             if keys is not None:
                 keys.close()
@@ -115,6 +120,7 @@ def create_app(settings: ServeSettings | None = None, embedder: Embedder | None 
         redoc_url=None,
     )
     app.state.service = svc
+    app.state.jobs = jobs
     app.state.keys = keys
     app.state.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)
     install_handlers(app)
@@ -166,11 +172,12 @@ Threshold = Annotated[
 ]
 
 
-async def _uploads(files: list[UploadFile], settings: ServeSettings, field: str) -> list[Upload]:
-    if len(files) > settings.max_images:
-        raise ProblemError(
-            "too_many_images", f"{len(files)} images; at most {settings.max_images} per request"
-        )
+async def _uploads(
+    files: list[UploadFile], settings: ServeSettings, field: str, most: int | None = None
+) -> list[Upload]:
+    most = settings.max_images if most is None else most
+    if len(files) > most:
+        raise ProblemError("too_many_images", f"{len(files)} images; at most {most} per request")
     out = []
     for i, f in enumerate(files):
         name = printable(f.filename or "")[:MAX_NAME] or f"{field}[{i}]"
@@ -299,3 +306,42 @@ def _add_routes(app: FastAPI) -> None:
         """Remove an identity with every image and embedding of it."""
         removed = await service.remove_identity(svc, name)
         return S.RemovedIdentity(name=name, removed_embeddings=removed)
+
+    @app.post("/v1/cluster", response_model=S.JobAccepted, status_code=202,
+              responses=_READ, tags=["jobs"])  # fmt: skip
+    async def cluster(
+        request: Request,
+        svc: Svc,
+        key: Annotated[ApiKey | None, Depends(require("read"))],
+        images: Annotated[list[UploadFile], File(description="photos")],
+        threshold: Threshold = None,
+        min_cluster_size: Annotated[
+            int, Form(ge=1, le=10_000, description="smaller clusters are left unclustered (-1)")
+        ] = DEFAULT_MIN_CLUSTER_SIZE,
+    ) -> S.JobAccepted:
+        """Group every face of the photos by person, in the background: answered at once with
+        the job (202), whose result ``GET /v1/jobs/{id}`` gives when it is done
+        (``facenet.load().cluster(images, min_cluster_size=...).to_dict()``). The photos are
+        read and their faces found first: a bad photo is answered now and nothing is queued."""
+        uploads = await _uploads(images, svc.settings, "images", svc.settings.max_cluster_images)
+        op = service._operating_point(svc.embedder.thresholds, threshold, "model")
+        found = await svc.within_timeout(service._all([svc.detect(u) for u in uploads]))
+        jobs: Jobs = request.app.state.jobs
+        job = jobs.submit(
+            key.id if key else None,
+            lambda: cluster_faces(svc, jobs, found, op, min_cluster_size),
+        )
+        url = str(request.url_for("job_status", job_id=job.id).path)
+        return S.JobAccepted(job=job.id, status="queued", status_url=url)
+
+    @app.get("/v1/jobs/{job_id}", response_model=S.JobOut, response_model_exclude_unset=True,
+             responses=problems(400, 401, 403, 404, 422, 429, 500), tags=["jobs"])  # fmt: skip
+    async def job_status(
+        request: Request,
+        key: Annotated[ApiKey | None, Depends(require("read"))],
+        job_id: Annotated[str, Path(min_length=1, max_length=64)],
+    ) -> dict[str, Any]:
+        """A job of this API key: queued, running, done (with its result) or failed (with its
+        problem). Jobs are kept in memory for an hour (the last 100 finished): a restart of the
+        server loses them."""
+        return request.app.state.jobs.get(job_id, key.id if key else None).to_dict()

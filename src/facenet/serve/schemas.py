@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from facenet.serve.problems import Problem
+
 Box = list[float]
 BOX = Field(min_length=4, max_length=4, description="(x1, y1, x2, y2) in image pixels")
 
@@ -167,3 +169,47 @@ class Readiness(BaseModel):
     status: str
     model: ModelInfo
     gallery_identities: int
+
+
+# --------------------------------------------------------------------------- clustering jobs
+
+
+class ClusteredFace(FaceBase):
+    cluster: int = Field(description="the face's cluster, 0.. largest first; -1: unclustered")
+
+
+class ClusteredImage(_Answer):
+    image: str = _IMAGE
+    faces: list[ClusteredFace] = Field(description="every face found; empty when none")
+    face_chosen_by: str | None = _CHOSEN
+    error: str | None = Field(None, description="why the image has no faces")
+
+
+class ClusterResponse(_Answer):
+    """``facenet.load(...).cluster(images, ...).to_dict()``."""
+
+    schema_: int = _SCHEMA
+    images: list[ClusteredImage]
+    threshold: float | None = Field(None, description="squared-L2 threshold of a cluster's link")
+    operating_point: str | None = None
+    threshold_source: str | None = None
+
+
+_JOB = Field(description="the job's id")
+
+
+class JobAccepted(BaseModel):
+    job: str = _JOB
+    status: Literal["queued"]
+    status_url: str = Field(description="where to ask for its status and result")
+
+
+class JobOut(BaseModel):
+    """A job: its result when ``done``, its problem when ``failed``."""
+
+    job: str = _JOB
+    status: Literal["queued", "running", "done", "failed"]
+    created: float = Field(description="Unix time it was submitted")
+    finished: float | None = Field(None, description="Unix time it finished")
+    result: ClusterResponse | None = Field(None, description="the answer, when done")
+    error: Problem | None = Field(None, description="why it failed, when failed")

@@ -156,12 +156,16 @@ class Service:
         digest = hashlib.sha256(upload.data).hexdigest()
         return ImageFaces(upload.name, faces, used, digest, image.shape)
 
-    async def faces(self, upload: Upload, main_only: bool = False) -> ImageFaces:
-        """The faces of one upload (all, or only its main one), embedded."""
+    async def detect(self, upload: Upload, main_only: bool = False) -> ImageFaces:
+        """The faces of one upload (all, or only its main one), found and cropped, not embedded."""
         if self._pool is None:
             raise ProblemError("not_ready", "the server is not running")
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(self._pool, self._find, upload, main_only)
+        return await loop.run_in_executor(self._pool, self._find, upload, main_only)
+
+    async def faces(self, upload: Upload, main_only: bool = False) -> ImageFaces:
+        """The faces of one upload (all, or only its main one), embedded."""
+        found = await self.detect(upload, main_only)
         if found.used:
             embeddings = await self.embed([f.crop for f in found.used])
             for face, e in zip(found.used, embeddings, strict=True):

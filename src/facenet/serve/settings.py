@@ -32,6 +32,7 @@ class ServeSettings:
     max_body_bytes: int = 32 * 1024 * 1024  # request body; 413 above (phone photos are < 10 MB)
     max_image_pixels: int = 40_000_000  # per image, read from its header; 413 above
     max_images: int = 16  # images per request; 413 above
+    max_cluster_images: int = 200  # images per clustering job (POST /v1/cluster); 413 above
     max_faces: int = 32  # faces found in one image; 413 above (bounds embedding work)
     rate_per_minute: float = 600.0  # requests per key per minute (token bucket refill)
     rate_burst: int = 60  # requests a key may make at once (bucket size)
@@ -54,6 +55,7 @@ class ServeSettings:
             "max_body_bytes": self.max_body_bytes,
             "max_image_pixels": self.max_image_pixels,
             "max_images": self.max_images,
+            "max_cluster_images": self.max_cluster_images,
             "max_faces": self.max_faces,
             "rate_per_minute": self.rate_per_minute,
             "rate_burst": self.rate_burst,
