@@ -4,13 +4,14 @@ enrolled identity is beyond the operating point's threshold (``facenet.apps.thre
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
-from facenet.apps.embedder import Embedder, NoFaceError
+from facenet.apps.embedder import Embedder, Face, NoFaceError
 from facenet.apps.gallery import Gallery
 from facenet.apps.results import IdentifyResult, ImageAnswer, face_answer, identification_answer
-from facenet.apps.thresholds import operating_point
+from facenet.apps.thresholds import OperatingPoint, operating_point
 from facenet.data.images import load_image
 
 
@@ -37,11 +38,7 @@ def identify_image(
         ValueError: no such face, or no threshold.
     """
     gallery.check_model(embedder.fingerprint)
-    where = "model" if embedder.thresholds else "gallery"
-    op = operating_point(
-        embedder.thresholds or gallery.thresholds, threshold, far, operating_point_name, where
-    )
-    crop = embedder.crop_mode
+    op = gallery_operating_point(embedder, gallery, threshold, far, operating_point_name)
     if all_faces:
         faces = embedder.faces(image, name)
         if not faces:
@@ -50,15 +47,45 @@ def identify_image(
     else:
         pick = embedder.pick(image, name, face)
         used, found, chosen_by = [pick.face], list(pick.faces), pick.chosen_by
-    answers = gallery.identify([f.embedding for f in used], op.threshold, k, embedder.fingerprint)
+    return answer_faces(embedder, gallery, name, found, used, op, k, chosen_by)
+
+
+def gallery_operating_point(
+    embedder: Embedder,
+    gallery: Gallery,
+    threshold: float | None = None,
+    far: float | None = None,
+    name: str | None = None,
+) -> OperatingPoint:
+    """The operating point identification uses: the model's calibration, else the one the
+    gallery recorded at its first enrolment."""
+    where = "model" if embedder.thresholds else "gallery"
+    return operating_point(embedder.thresholds or gallery.thresholds, threshold, far, name, where)
+
+
+def answer_faces(
+    embedder: Embedder,
+    gallery: Gallery,
+    name: str,
+    found: Sequence[Face],
+    used: Sequence[Face],
+    op: OperatingPoint,
+    k: int = 5,
+    chosen_by: str = "all",
+) -> IdentifyResult:
+    """Search ``gallery`` for the embedded faces ``used`` of one image; every face ``found`` is
+    listed, the searched ones with their identity and nearest matches."""
+    vectors = np.stack([f.embedding for f in used])
+    answers = gallery.identify(vectors, op.threshold, k, embedder.fingerprint)
     by_face = {id(f): a for f, a in zip(used, answers, strict=True)}
-    faces_out = tuple(
+    crop = embedder.crop_mode
+    faces = tuple(
         identification_answer(f, crop, by_face[id(f)], op)
         if id(f) in by_face
         else face_answer(f, crop, used=False)
         for f in found
     )
-    return IdentifyResult((ImageAnswer(name, faces_out, chosen_by=chosen_by),), op)
+    return IdentifyResult((ImageAnswer(name, faces, chosen_by=chosen_by),), op)
 
 
 def identify_file(

@@ -90,11 +90,3 @@ def operating_point(
         "--operating-point NAME, --far F or --threshold T (squared L2 distance), or use a "
         "calibrated model such as " + DEFAULT_MODEL
     )
-
-
-def resolve_threshold(
-    thresholds: dict[str, float], threshold: float | None = None, far: float | None = None
-) -> tuple[float, str]:
-    """``operating_point(...)`` as (threshold, source)."""
-    op = operating_point(thresholds, threshold, far)
-    return op.threshold, op.source

@@ -14,7 +14,7 @@ from facenet.apps.cluster import (
 from facenet.apps.cluster_folder import write_clusters
 from facenet.apps.embedder import expand_paths
 from facenet.apps.embedding_table import EmbeddingTable, load_embeddings
-from facenet.apps.thresholds import DEFAULT_OPERATING_POINT, resolve_threshold
+from facenet.apps.thresholds import DEFAULT_OPERATING_POINT, operating_point
 from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import (
     existing_file,
@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     threshold, source = args.threshold, ""
     if args.method != "hdbscan":
         try:
-            threshold, source = resolve_threshold(thresholds, args.threshold)
+            op = operating_point(thresholds, args.threshold)
+            threshold, source = op.threshold, op.source
         except ValueError as e:
             return error(e)
     labels = cluster_embeddings(

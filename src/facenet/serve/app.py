@@ -324,7 +324,7 @@ def _add_routes(app: FastAPI) -> None:
         (``facenet.load().cluster(images, min_cluster_size=...).to_dict()``). The photos are
         read and their faces found first: a bad photo is answered now and nothing is queued."""
         uploads = await _uploads(images, svc.settings, "images", svc.settings.max_cluster_images)
-        op = service._operating_point(svc.embedder.thresholds, threshold, "model")
+        op = service.model_point(svc, threshold)
         found = await svc.within_timeout(service._all([svc.detect(u) for u in uploads]))
         jobs: Jobs = request.app.state.jobs
         job = jobs.submit(

@@ -28,14 +28,13 @@ from facenet.apps.gallery import (
     UnknownIdentityError,
     check_identity_name,
 )
+from facenet.apps.identify import answer_faces, gallery_operating_point
 from facenet.apps.results import (
     EmbedResult,
     IdentifyResult,
     ImageAnswer,
     VerifyResult,
-    face_answer,
     faces_of,
-    identification_answer,
 )
 from facenet.apps.thresholds import OperatingPoint, operating_point
 from facenet.apps.verify import verify_faces
@@ -219,7 +218,7 @@ async def verify_images(
 ) -> VerifyResult:
     """Are the main faces of two uploads the same person? (``facenet.load(...).verify``: every
     face of each image is listed, the compared one ``used``.)"""
-    op = _operating_point(svc.embedder.thresholds, threshold, "model")
+    op = model_point(svc, threshold)
     found_a, found_b = await svc.within_timeout(
         _all([svc.faces(a, main_only=True), svc.faces(b, main_only=True)])
     )
@@ -235,22 +234,12 @@ async def identify_image(
     found = await svc.within_timeout(svc.faces(upload))
     if not found.faces:
         raise ProblemError("no_face", f"{upload.name}: no face found")
-    vectors = np.stack([f.embedding for f in found.used])
 
     def work(g: Gallery) -> IdentifyResult:
-        # why: the model's calibration, else the one the gallery recorded (as facenet identify)
-        where = "model" if svc.embedder.thresholds else "gallery"
-        op = _operating_point(svc.embedder.thresholds or g.thresholds, threshold, where)
-        answers = g.identify(vectors, op.threshold, k, model=svc.fingerprint)
-        crop = svc.embedder.crop_mode
-        by_face = {id(f): a for f, a in zip(found.used, answers, strict=True)}
-        faces = tuple(
-            identification_answer(f, crop, by_face[id(f)], op)
-            if id(f) in by_face
-            else face_answer(f, crop, used=False)
-            for f in found.faces
+        op = _operating_point(
+            lambda: gallery_operating_point(svc.embedder, g, threshold), threshold
         )
-        return IdentifyResult((ImageAnswer(found.name, faces, chosen_by="all"),), op)
+        return answer_faces(svc.embedder, g, found.name, found.faces, found.used, op, k)
 
     return await _gallery_call(svc, work)
 
@@ -316,12 +305,17 @@ async def gallery_size(svc: Service) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
+def model_point(svc: Service, threshold: float | None) -> OperatingPoint:
+    """The model's operating point for a request (``threshold``: the request's own)."""
+    return _operating_point(lambda: operating_point(svc.embedder.thresholds, threshold), threshold)
+
+
 def _operating_point(
-    thresholds: dict[str, float], threshold: float | None, where: str
+    choose: Callable[[], OperatingPoint], threshold: float | None
 ) -> OperatingPoint:
-    """The threshold a decision uses: the request's, else the default operating point."""
+    """``choose()``, with a missing threshold as a problem and a request's threshold named so."""
     try:
-        op = operating_point(thresholds, threshold, where=where)
+        op = choose()
     except ValueError as e:
         text = str(e).replace("--threshold T", "the form field threshold")
         raise ProblemError("no_threshold", text) from None
