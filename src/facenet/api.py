@@ -16,7 +16,6 @@ the JSON the CLI's ``--json`` and the HTTP service return).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from PIL import Image
 
 from facenet.apps.cluster import DEFAULT_METHOD, DEFAULT_MIN_CLUSTER_SIZE, cluster_embeddings
 from facenet.apps.embedder import Embedder, Face, NoFaceError, Pick
-from facenet.apps.gallery import EnrollReport, FaceRecord, Gallery, GalleryError
+from facenet.apps.gallery import EnrollReport, FaceRecord, Gallery, enroll_records
 from facenet.apps.identify import identify_image
 from facenet.apps.results import (
     ClusterResult,
@@ -40,7 +39,7 @@ from facenet.apps.results import (
 from facenet.apps.thresholds import DEFAULT_MODEL, OperatingPoint, operating_point
 from facenet.apps.verify import verify_faces
 from facenet.data.images import ImageError, decode_image, load_image
-from facenet.fingerprint import file_sha256
+from facenet.fingerprint import array_sha256, file_sha256
 from facenet.models.loading import check_trained
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]  # noqa: UP007 - a runtime alias
@@ -201,11 +200,7 @@ class FaceNet:
                 continue
             faces.append(_record(face, image, array, label))
         with _gallery(gallery, create=True) as g:
-            if not faces:
-                reasons = "; ".join(r for _, r in skipped) or "no images given"
-                raise GalleryError(f"nothing enrolled for {name!r}: {reasons}")
-            result = g.enroll(name, faces, self.embedder.fingerprint, self.thresholds)
-        return EnrollReport(name, result.added, skipped, result.duplicates)
+            return enroll_records(g, self.embedder, name, faces, skipped)
 
     def cluster(
         self,
@@ -233,14 +228,8 @@ class FaceNet:
 def _record(face: Face, image: ImageInput, array: np.ndarray, label: str) -> FaceRecord:
     """A face to enrol; its photo's SHA-256 (of the file, or of the pixels) spots re-enrolment."""
     path = isinstance(image, (str, os.PathLike))
-    digest = file_sha256(image) if path else _pixels_sha256(array)  # type: ignore[arg-type]
+    digest = file_sha256(image) if path else array_sha256(array)  # type: ignore[arg-type]
     return FaceRecord(face.embedding, label, face.face_index, face.box, digest)
-
-
-def _pixels_sha256(array: np.ndarray) -> str:
-    h = hashlib.sha256(f"{array.shape}".encode())
-    h.update(np.ascontiguousarray(array).tobytes())
-    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -30,6 +30,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def array_sha256(array: Any) -> str:
+    """Hex SHA-256 of an array's shape, dtype and bytes (an in-memory image, say)."""
+    h = hashlib.sha256(f"{array.shape}|{array.dtype}|".encode())
+    h.update(array.tobytes(order="C"))
+    return h.hexdigest()
+
+
 def state_sha256(state: dict[str, torch.Tensor]) -> str:
     """Hex SHA-256 of a state dict's content (names, dtypes, shapes, bytes), independent of the
     file format it is stored in."""

@@ -654,6 +654,18 @@ def enroll_files(
                 skipped.append((result.path, f"{result.path}: {e.strerror or e}"))
                 continue
             faces.append(FaceRecord(f.embedding, result.path, f.face_index, f.box, digest))
+    return enroll_records(gallery, embedder, name, faces, skipped)
+
+
+def enroll_records(
+    gallery: Gallery,
+    embedder: Any,
+    name: str,
+    faces: Sequence[FaceRecord],
+    skipped: list[tuple[str, str]],
+) -> EnrollReport:
+    """Enrol ``faces`` as ``name`` in one transaction, reporting ``skipped`` inputs; when no face
+    is usable, ``GalleryError`` (naming why) and the gallery is unchanged."""
     if not faces:
         reasons = "; ".join(r for _, r in skipped) or "no photos given"
         raise GalleryError(f"nothing enrolled for {name!r}: {reasons}")
