@@ -16,6 +16,7 @@ from facenet.apps.gallery import (
     GalleryError,
     IncompatibleModelError,
     UnknownIdentityError,
+    UnknownImageError,
 )
 from facenet.apps.gallery_index import INDEX_NAME, index_kind, read_index_file, write_index_file
 from facenet.fingerprint import ModelFingerprint
@@ -299,3 +300,57 @@ def test_a_photo_enrolled_twice_is_stored_once(tmp_path):
     # another face of the same photo is a different face
     other_face = FaceRecord(unit(rng, 1)[0], "p0.jpg", 1, None, f"{0:064x}")
     assert g.enroll("cid", [other_face], MODEL).added == 1
+
+
+def test_removing_one_image_leaves_the_rest_and_the_index_follows(tmp_path):
+    rng = np.random.default_rng(21)
+    g, vecs = populate(tmp_path / "g", rng, people=6, per=3)
+    queries = unit(rng, 20)
+    assert agrees_with_oracle(g, vecs, queries)  # the index is built and saved now
+    images = g.images("person002")
+    assert [i.path for i in images] == ["person2_0.jpg", "person2_1.jpg", "person2_2.jpg"]
+    assert all(i.identity == "person002" and i.faces == 1 for i in images)
+    assert g.image_count() == 18 and g.image_count("person002") == 3
+
+    removed = g.remove_image(images[1].id)
+    assert removed.image == images[1] and not removed.identity_removed
+    gone = vecs["person002"][1]
+    vecs["person002"] = vecs["person002"][[0, 2]]
+    assert [i.id for i in g.images("person002")] == [images[0].id, images[2].id]
+    # the removed photo's own vector is no longer at distance 0 from anyone
+    queries = np.vstack([queries, gone[None]])
+    assert g.search(gone[None], k=1)[0][0].distance > 1e-3
+    assert agrees_with_oracle(g, vecs, queries)
+    with Gallery(tmp_path / "g") as reopened:  # the saved index file is never stale
+        assert agrees_with_oracle(reopened, vecs, queries)
+
+    # removing an identity's last image removes the identity
+    for image in g.images("person004"):
+        last = g.remove_image(image.id)
+    assert last.identity_removed
+    del vecs["person004"]
+    assert "person004" not in [i.name for i in g.identities()]
+    assert agrees_with_oracle(g, vecs, queries)
+    with pytest.raises(UnknownImageError, match="no image"):
+        g.remove_image(images[1].id)  # already gone
+    with pytest.raises(UnknownIdentityError):
+        g.images("person004")
+
+
+def test_identity_and_image_listings_page_in_order(tmp_path):
+    rng = np.random.default_rng(22)
+    g, _ = populate(tmp_path / "g", rng, people=7, per=2)
+    everyone = [i.name for i in g.identities()]
+    assert everyone == sorted(everyone) and g.identity_count() == 7
+    pages = [g.identities(offset=o, limit=3) for o in range(0, 7, 3)]
+    assert [i.name for page in pages for i in page] == everyone
+    ids = [i.id for i in g.images()]
+    assert ids == sorted(ids) and len(ids) == 14
+    assert [i.id for i in g.images(offset=5, limit=4)] == ids[5:9]
+
+
+def test_enrolment_reports_the_ids_of_the_images_it_stored(tmp_path):
+    rng = np.random.default_rng(23)
+    g = Gallery(tmp_path / "g")
+    result = g.enroll("ann", records(unit(rng, 2)), MODEL)
+    assert result.image_ids == [i.id for i in g.images("ann")]

@@ -179,3 +179,39 @@ def test_keys_never_reach_a_log(make_server, faces, caplog):
     for text in texts:
         secret = text[len("fnk_0123456789ab_") :]  # (the secret may hold "_")
         assert text not in caplog.text and secret not in caplog.text
+
+
+def test_an_admin_key_manages_keys_over_http_and_others_cannot(make_server):
+    server = make_server()
+    c = server.client
+    for scope in ("read", "write"):  # only admin may see or make keys
+        for method, path in (("GET", "/v1/keys"), ("POST", "/v1/keys"), ("DELETE", "/v1/keys/x")):
+            r = c.request(method, path, headers=server.auth(scope), json={"scope": "read"})
+            assert r.status_code == 403 and r.json()["code"] == "forbidden", (scope, method)
+    admin = server.auth("admin")
+    made = c.post("/v1/keys", headers=admin, json={"scope": "write", "name": "robot"})
+    assert made.status_code == 201, made.text
+    secret, key = made.json()["secret"], made.json()["key"]
+    assert secret.startswith(f"fnk_{key['id']}_") and key["scope"] == "write"
+    assert key["name"] == "robot" and key["revoked_at"] is None
+    # the new key works at once, and its text is never listed
+    new = {"Authorization": f"Bearer {secret}"}
+    assert c.get("/v1/gallery/identities", headers=new).status_code == 200
+    listed = c.get("/v1/keys", headers=admin)
+    assert listed.status_code == 200 and secret not in listed.text
+    assert secret[len("fnk_0123456789ab_") :] not in listed.text
+    assert key["id"] in [k["id"] for k in listed.json()["keys"]]
+    with KeyStore(server.key_store) as store:  # what the API says is what the store holds
+        assert store.verify(secret).scope == "write"
+    revoked = c.delete(f"/v1/keys/{key['id']}", headers=admin)
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"] is not None
+    assert c.get("/v1/gallery/identities", headers=new).status_code == 401
+    assert c.delete("/v1/keys/000000000000", headers=admin).status_code == 404
+    bad = c.post("/v1/keys", headers=admin, json={"scope": "root"})
+    assert bad.status_code == 422 and "read, write, admin" in bad.json()["detail"]
+
+
+def test_without_auth_there_are_no_keys_to_manage(make_server):
+    server = make_server(no_auth=True)
+    r = server.client.get("/v1/keys")
+    assert r.status_code == 409 and "--no-auth" in r.json()["detail"]

@@ -228,6 +228,19 @@ def test_the_page_verifies_enrols_identifies_and_removes(lfw_dir: Path, live, pa
     assert page.locator("#gallery-rows tr").all_inner_texts()[0].startswith("Aaron Peirsol")
     page.screenshot(path=shots / "7-removed.png", full_page=True)
 
+    # one photo of Aaron Peirsol: his photos open from the count, each with its remove button
+    page.locator("#gallery-rows tr", has_text="Aaron Peirsol").locator("button.photos").click()
+    photos = page.locator("ul.photos li")
+    photos.first.wait_for()
+    assert photos.count() == 2 and "(1 face)" in photos.nth(1).inner_text()
+    page.screenshot(path=shots / "8-photos.png", full_page=True)
+    photos.nth(1).locator("button.remove-image").click()
+    page.wait_for_selector("#enrol-result:has-text('removed photo')")
+    assert "of Aaron Peirsol" in page.inner_text("#enrol-result")
+    page.wait_for_selector("ul.photos", state="detached")  # the listing was made anew
+    first = page.locator("#gallery-rows tr").nth(0).locator("td")
+    assert first.nth(0).inner_text() == "Aaron Peirsol" and first.nth(1).inner_text() == "1"
+
     # forgetting the key asks for it again; an API call without it shows the 401's detail
     page.click("#key-forget")
     assert page.is_visible("#key-form")

@@ -162,15 +162,14 @@ def test_enrol_identify_list_and_remove(server, faces):
     assert r.status_code == 200, r.text
     assert r.json() == {
         "identities": [
-            {"name": "ada", "added": 2, "duplicates": []},
-            {"name": "grace", "added": 1, "duplicates": []},
-            {"name": "alan", "added": 1, "duplicates": []},
+            {"name": "ada", "added": 2, "duplicates": [], "image_ids": [1, 2]},
+            {"name": "grace", "added": 1, "duplicates": [], "image_ids": [3]},
+            {"name": "alan", "added": 1, "duplicates": [], "image_ids": [4]},
         ]
     }
     again = enrol(server, {"ada": [faces[0]]}).json()["identities"][0]
-    assert again["added"] == 0 and again["duplicates"] == [
-        {"image": "ada-0.png", "identity": "ada"}
-    ]
+    assert again["added"] == 0 and again["image_ids"] == []
+    assert again["duplicates"] == [{"image": "ada-0.png", "identity": "ada"}]
 
     known = server.client.post(
         "/v1/identify", files=files("image", faces[2]), headers=server.auth()
@@ -209,6 +208,42 @@ def test_enrol_identify_list_and_remove(server, faces):
     assert after.json()["images"][0]["faces"][0]["identity"] == "unknown"
     with Gallery(server.gallery) as g:  # what the API says is what the gallery holds
         assert [(i.name, i.images) for i in g.identities()] == [("ada", 2), ("alan", 1)]
+
+
+def test_images_are_listed_and_removed_one_at_a_time(server, faces):
+    enrol(server, {"ada": [faces[0], faces[1]], "grace": [faces[2]]})
+    listed = server.client.get("/v1/gallery/images?identity=ada", headers=server.auth()).json()
+    assert listed["total"] == 2
+    assert [(i["id"], i["identity"], i["name"], i["faces"]) for i in listed["images"]] == [
+        (1, "ada", "ada-0.png", 1),
+        (2, "ada", "ada-1.png", 1),
+    ]
+    page = server.client.get("/v1/gallery/images?offset=2&limit=5", headers=server.auth()).json()
+    assert page["total"] == 3 and [i["name"] for i in page["images"]] == ["grace-0.png"]
+    assert (
+        server.client.delete("/v1/gallery/images/1", headers=server.auth("read")).status_code == 403
+    )
+
+    gone = server.client.delete("/v1/gallery/images/1", headers=server.auth("write"))
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["image"]["name"] == "ada-0.png" and not gone.json()["identity_removed"]
+    again = server.client.delete("/v1/gallery/images/1", headers=server.auth("write"))
+    assert again.status_code == 404 and again.json()["code"] == "not_found"
+    assert (
+        str(server.gallery) not in again.text
+    )  # the server's folders are not the client's business
+    # ada's removed photo is no longer in the gallery; her other photo still answers for her
+    probe = server.client.post(
+        "/v1/identify", files=files("image", faces[0]), headers=server.auth()
+    )
+    assert probe.json()["images"][0]["faces"][0]["distance"] > 1e-3
+    last = server.client.delete("/v1/gallery/images/3", headers=server.auth("write")).json()
+    assert last["identity_removed"] and last["image"]["identity"] == "grace"
+    unknown = server.client.get("/v1/gallery/images?identity=grace", headers=server.auth())
+    assert unknown.status_code == 404
+    with Gallery(server.gallery) as g:
+        assert [(i.id, i.identity) for i in g.images()] == [(2, "ada")]
+        assert [i.name for i in g.identities()] == ["ada"]
 
 
 def test_identify_answers_every_face_and_an_empty_gallery_knows_nobody(make_server, faces):
@@ -269,6 +304,10 @@ def test_the_openapi_document_describes_every_route_and_problem(server):
         "/v1/identify",
         "/v1/gallery/identities",
         "/v1/gallery/identities/{name}",
+        "/v1/gallery/images",
+        "/v1/gallery/images/{image_id}",
+        "/v1/keys",
+        "/v1/keys/{key_id}",
         "/v1/cluster",
         "/v1/jobs/{job_id}",
     }

@@ -90,6 +90,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
     weights_hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS embeddings_identity ON embeddings(identity_id);
+CREATE INDEX IF NOT EXISTS embeddings_image ON embeddings(image_id);
 CREATE INDEX IF NOT EXISTS images_identity ON images(identity_id);
 CREATE INDEX IF NOT EXISTS images_sha256 ON images(sha256);
 """
@@ -105,6 +106,10 @@ class IncompatibleModelError(GalleryError):
 
 class UnknownIdentityError(GalleryError):
     """A name that is not enrolled."""
+
+
+class UnknownImageError(GalleryError):
+    """An image id that is not in the gallery."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,7 @@ class EnrollResult:
 
     added: int  # faces stored
     duplicates: list[Duplicate] = field(default_factory=list)  # faces already in the gallery
+    image_ids: list[int] = field(default_factory=list)  # ids of the images stored, in input order
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,26 @@ class IdentityInfo:
     images: int
     embeddings: int
     created_at: float
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One enrolled photo; ``id`` is what ``Gallery.remove_image`` takes."""
+
+    id: int
+    identity: str
+    path: str  # where it was enrolled from (a file path, or an upload's name)
+    sha256: str | None
+    faces: int  # embeddings stored from it
+    added_at: float
+
+
+@dataclass(frozen=True)
+class RemovedImage:
+    """What ``Gallery.remove_image`` deleted."""
+
+    image: ImageInfo
+    identity_removed: bool  # it was the identity's last image, so the identity went too
 
 
 @dataclass(frozen=True)
@@ -406,7 +432,7 @@ class Gallery:
                     ),
                 )
             self._set_meta("generation", str(self.generation + 1))
-        return EnrollResult(len(new), duplicates)
+        return EnrollResult(len(new), duplicates, list(image_ids.values()))
 
     def _new_faces(
         self, faces: Sequence[FaceRecord], vectors: np.ndarray
@@ -451,6 +477,27 @@ class Gallery:
             self._set_meta("removal_generation", str(generation))
         return int(n)
 
+    def remove_image(self, image_id: int) -> RemovedImage:
+        """Delete one enrolled photo with its embeddings (ids from ``images``); an identity left
+        without photos is deleted too."""
+        with self._transaction() as db:
+            found = self.images(image_id=image_id)
+            if not found:
+                raise UnknownImageError(f"no image {image_id} in gallery {self.directory}")
+            identity_id = db.execute(
+                "SELECT identity_id FROM images WHERE id = ?", (image_id,)
+            ).fetchone()[0]
+            db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+            left = db.execute(
+                "SELECT COUNT(*) FROM images WHERE identity_id = ?", (identity_id,)
+            ).fetchone()[0]
+            if not left:
+                db.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
+            generation = self.generation + 1
+            self._set_meta("generation", str(generation))
+            self._set_meta("removal_generation", str(generation))
+        return RemovedImage(found[0], identity_removed=not left)
+
     def _unknown_message(self, name: str) -> str:
         names = [i.name for i in self.identities()]
         hint = f" Enrolled: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}."
@@ -458,15 +505,52 @@ class Gallery:
 
     # ------------------------------------------------------------------ reads
 
-    def identities(self) -> list[IdentityInfo]:
-        """Every enrolled identity with its counts, by name."""
+    def identities(self, offset: int = 0, limit: int | None = None) -> list[IdentityInfo]:
+        """Enrolled identities with their counts, by name (``limit`` of them from ``offset``)."""
         rows = self._db.execute(
             "SELECT i.name, i.created_at,"
             " (SELECT COUNT(*) FROM images m WHERE m.identity_id = i.id),"
             " (SELECT COUNT(*) FROM embeddings e WHERE e.identity_id = i.id)"
-            " FROM identities i ORDER BY i.name"
+            " FROM identities i ORDER BY i.name LIMIT ? OFFSET ?",
+            (-1 if limit is None else int(limit), int(offset)),
         ).fetchall()
         return [IdentityInfo(name, nim, nem, created) for name, created, nim, nem in rows]
+
+    def identity_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM identities").fetchone()[0])
+
+    def images(
+        self,
+        name: str | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+        image_id: int | None = None,
+    ) -> list[ImageInfo]:
+        """Enrolled photos by id (``limit`` of them from ``offset``): all, those of identity
+        ``name`` (``UnknownIdentityError`` if it is not enrolled), or the one ``image_id``."""
+        where, args = self._image_filter(name, image_id)
+        rows = self._db.execute(
+            "SELECT m.id, i.name, m.path, m.sha256, m.added_at,"
+            " (SELECT COUNT(*) FROM embeddings e WHERE e.image_id = m.id)"
+            f" FROM images m JOIN identities i ON i.id = m.identity_id {where}"
+            " ORDER BY m.id LIMIT ? OFFSET ?",
+            (*args, -1 if limit is None else int(limit), int(offset)),
+        ).fetchall()
+        return [ImageInfo(i, n, p, h, int(f), t) for i, n, p, h, t, f in rows]
+
+    def image_count(self, name: str | None = None) -> int:
+        where, args = self._image_filter(name, None)
+        sql = f"SELECT COUNT(*) FROM images m JOIN identities i ON i.id = m.identity_id {where}"
+        return int(self._db.execute(sql, args).fetchone()[0])
+
+    def _image_filter(self, name: str | None, image_id: int | None) -> tuple[str, tuple]:
+        if image_id is not None:
+            return "WHERE m.id = ?", (int(image_id),)
+        if name is None:
+            return "", ()
+        if self._db.execute("SELECT 1 FROM identities WHERE name = ?", (name,)).fetchone() is None:
+            raise UnknownIdentityError(self._unknown_message(name))
+        return "WHERE i.name = ?", (name,)
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])

@@ -1,4 +1,5 @@
-"""``facenet gallery enroll NAME IMAGES... | remove NAME | list | rebuild`` (``--gallery DIR``)."""
+"""``facenet gallery enroll NAME IMAGES... | remove NAME | remove --image ID | list [NAME] |
+rebuild`` (``--gallery DIR``)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     enroll.add_argument("name", metavar="NAME")
     enroll.add_argument("images", nargs="+", metavar="IMAGE", help="photos or folders of photos")
     add_model_arguments(enroll, model_default=None)
-    remove = sub.add_parser("remove", help="delete a person and their photos' embeddings")
-    remove.add_argument("name", metavar="NAME")
-    lst = sub.add_parser("list", help="enrolled people with photo counts")
+    remove = sub.add_parser(
+        "remove", help="delete a person and their photos' embeddings, or one photo (--image ID)"
+    )
+    remove.add_argument("name", metavar="NAME", nargs="?")
+    remove.add_argument(
+        "--image", type=int, metavar="ID", help="delete this one photo (ids: gallery list NAME)"
+    )
+    lst = sub.add_parser("list", help="enrolled people with photo counts, or one person's photos")
+    lst.add_argument("name", metavar="NAME", nargs="?", help="list this person's photos, with ids")
     lst.add_argument("--json", action="store_true")
     sub.add_parser("rebuild", help="rebuild the search index from the database")
     for p in (enroll, remove, lst, sub.choices["rebuild"]):
@@ -74,13 +81,13 @@ def run(args: argparse.Namespace) -> int:
                 )
                 return 1 if report.skipped else 0
             if args.action == "remove":
-                n = gallery.remove(args.name)
-                print(f"removed {shown(args.name)!r} ({n} face(s)) from {directory}")
-                return 0
+                return _remove(gallery, args, directory)
             if args.action == "rebuild":
                 gallery.rebuild_index()
                 print(f"rebuilt the index of {directory} ({len(gallery)} faces)")
                 return 0
+            if args.name is not None:
+                return _list_images(gallery, args, directory)
             people = gallery.identities()
             model = gallery.model
             if args.json:
@@ -107,3 +114,46 @@ def run(args: argparse.Namespace) -> int:
             return 0
         except (GalleryError, OSError, ValueError) as e:
             return error(e)
+
+
+def _remove(gallery: Gallery, args: argparse.Namespace, directory: str) -> int:
+    if (args.name is None) == (args.image is None):
+        return error("give a NAME to remove a person, or --image ID to remove one photo", 2)
+    if args.image is None:
+        n = gallery.remove(args.name)
+        print(f"removed {shown(args.name)!r} ({n} face(s)) from {directory}")
+        return 0
+    removed = gallery.remove_image(args.image)
+    image = removed.image
+    print(
+        f"removed image {image.id} ({shown(image.path)}, {image.faces} face(s)) of "
+        f"{shown(image.identity)!r} from {directory}"
+        + (
+            f"; {shown(image.identity)!r} had no other photo and was removed"
+            if removed.identity_removed
+            else ""
+        )
+    )
+    return 0
+
+
+def _list_images(gallery: Gallery, args: argparse.Namespace, directory: str) -> int:
+    images = gallery.images(args.name)
+    if args.json:
+        print(
+            dumps_json(
+                {
+                    "gallery": directory,
+                    "identity": args.name,
+                    "images": [
+                        {"id": i.id, "path": i.path, "sha256": i.sha256, "faces": i.faces}
+                        for i in images
+                    ],
+                }
+            )
+        )
+        return 0
+    print(f"{shown(args.name)!r} in {directory}: {len(images)} photo(s)")
+    for i in images:
+        print(f"  {i.id}\t{shown(i.path)}\t{i.faces} face(s)")
+    return 0

@@ -28,13 +28,14 @@ from starlette.staticfiles import StaticFiles
 
 from facenet.apps.cluster import DEFAULT_MIN_CLUSTER_SIZE
 from facenet.apps.embedder import Embedder
-from facenet.apps.gallery import Gallery, printable
+from facenet.apps.gallery import Gallery, ImageInfo, printable
 from facenet.apps.thresholds import DEFAULT_MODEL
 from facenet.models.loading import check_trained, recorded_model_ref
 from facenet.serve import schemas as S
 from facenet.serve import service
 from facenet.serve.guards import Authenticate, LimitBody, RateLimiter, require
 from facenet.serve.jobs import Jobs, cluster_faces
+from facenet.serve.key_routes import add_key_routes
 from facenet.serve.keys import ApiKey, KeyStore, keys_path
 from facenet.serve.metrics import CONTENT_TYPE, RecordRequests
 from facenet.serve.problems import Problem, ProblemError, UnexpectedErrors, install_handlers
@@ -130,6 +131,7 @@ def create_app(settings: ServeSettings | None = None, embedder: Embedder | None 
     app.add_middleware(UnexpectedErrors)
     app.add_middleware(RecordRequests, metrics=svc.metrics)
     _add_routes(app)
+    add_key_routes(app)
     _add_page(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -183,6 +185,13 @@ async def _uploads(
         name = printable(f.filename or "")[:MAX_NAME] or f"{field}[{i}]"
         out.append(Upload(name, await f.read()))
     return out
+
+
+def _image_out(i: ImageInfo) -> S.ImageOut:
+    return S.ImageOut(
+        id=i.id, identity=i.identity, name=i.path, sha256=i.sha256, faces=i.faces,
+        added_at=i.added_at,
+    )  # fmt: skip
 
 
 def _add_routes(app: FastAPI) -> None:
@@ -271,6 +280,7 @@ def _add_routes(app: FastAPI) -> None:
                     name=e.name,
                     added=e.added,
                     duplicates=[S.DuplicateOut(image=p, identity=i) for p, i in e.duplicates],
+                    image_ids=e.image_ids,
                 )
                 for e in done
             ]
@@ -306,6 +316,34 @@ def _add_routes(app: FastAPI) -> None:
         """Remove an identity with every image and embedding of it."""
         removed = await service.remove_identity(svc, name)
         return S.RemovedIdentity(name=name, removed_embeddings=removed)
+
+    @app.get("/v1/gallery/images", response_model=S.ImagePage, dependencies=read,
+             responses=_READ | problems(404), tags=["gallery"])  # fmt: skip
+    async def list_images(
+        svc: Svc,
+        identity: Annotated[
+            str | None, Query(min_length=1, max_length=400, description="only this identity's")
+        ] = None,
+        offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> S.ImagePage:
+        """Enrolled images by id (all, or one identity's), a page at a time."""
+        total, page = await service.list_images(svc, identity, offset, limit)
+        return S.ImagePage(
+            total=total, offset=offset, limit=limit, images=[_image_out(i) for i in page]
+        )
+
+    @app.delete("/v1/gallery/images/{image_id}", response_model=S.RemovedImage,
+                dependencies=write, responses=_WRITE, tags=["gallery"])  # fmt: skip
+    async def remove_image(
+        svc: Svc, image_id: Annotated[int, Path(ge=1, le=2**62)]
+    ) -> S.RemovedImage:
+        """Remove one enrolled image with its embeddings; an identity left without images is
+        removed too (``identity_removed``)."""
+        removed = await service.remove_image(svc, image_id)
+        return S.RemovedImage(
+            image=_image_out(removed.image), identity_removed=removed.identity_removed
+        )
 
     @app.post("/v1/cluster", response_model=S.JobAccepted, status_code=202,
               responses=_READ, tags=["jobs"])  # fmt: skip

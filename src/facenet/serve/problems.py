@@ -33,7 +33,7 @@ CODES: dict[str, tuple[int, str]] = {
     "forbidden": (403, "The API key lacks the scope this needs"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
-    "conflict": (409, "Conflicts with the gallery"),
+    "conflict": (409, "Conflicts with the server's state"),
     "too_large": (413, "Request body too large"),
     "image_too_large": (413, "Image has too many pixels"),
     "too_many_images": (413, "Too many images in one request"),

@@ -136,6 +136,7 @@ class EnrolledIdentity(BaseModel):
     name: str
     added: int = Field(description="faces stored")
     duplicates: list[DuplicateOut] = Field(description="photos the gallery already holds")
+    image_ids: list[int] = Field(description="ids of the images stored (to remove one later)")
 
 
 class EnrolResponse(BaseModel):
@@ -154,6 +155,27 @@ class IdentityPage(BaseModel):
     offset: int
     limit: int
     identities: list[IdentityOut]
+
+
+class ImageOut(BaseModel):
+    id: int = Field(description="what DELETE /v1/gallery/images/{id} takes")
+    identity: str
+    name: str = Field(description="the upload's file name (or path) it was enrolled from")
+    sha256: str | None = Field(description="of the photo's bytes")
+    faces: int = Field(description="embeddings stored from it")
+    added_at: float = Field(description="Unix time of its enrolment")
+
+
+class ImagePage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    images: list[ImageOut]
+
+
+class RemovedImage(BaseModel):
+    image: ImageOut
+    identity_removed: bool = Field(description="it was the identity's last image")
 
 
 class RemovedIdentity(BaseModel):

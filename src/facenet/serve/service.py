@@ -24,8 +24,11 @@ from facenet.apps.gallery import (
     Gallery,
     GalleryError,
     IdentityInfo,
+    ImageInfo,
     IncompatibleModelError,
+    RemovedImage,
     UnknownIdentityError,
+    UnknownImageError,
     check_identity_name,
 )
 from facenet.apps.identify import answer_faces, gallery_operating_point
@@ -249,6 +252,7 @@ class Enrolled:
     name: str
     added: int
     duplicates: list[tuple[str, str]]  # (upload, identity it is enrolled as)
+    image_ids: list[int]  # the images stored
 
 
 async def enrol(svc: Service, names: Sequence[str], uploads: Sequence[Upload]) -> list[Enrolled]:
@@ -280,7 +284,7 @@ async def enrol(svc: Service, names: Sequence[str], uploads: Sequence[Upload]) -
         for name, records in people.items():
             result = g.enroll(name, records, svc.fingerprint, svc.embedder.thresholds)
             dups = [(d.path, d.identity) for d in result.duplicates]
-            out.append(Enrolled(name, result.added, dups))
+            out.append(Enrolled(name, result.added, dups, result.image_ids))
         return out
 
     # why: not under the request timeout: a write that started finishes and is answered
@@ -292,14 +296,29 @@ async def remove_identity(svc: Service, name: str) -> int:
     return await _gallery_call(svc, lambda g: g.remove(name))
 
 
+async def remove_image(svc: Service, image_id: int) -> RemovedImage:
+    """Remove one enrolled image (404 ``not_found`` if absent)."""
+    return await _gallery_call(svc, lambda g: g.remove_image(image_id))
+
+
 async def list_identities(svc: Service, offset: int, limit: int) -> tuple[int, list[IdentityInfo]]:
     """(total, the page ``offset:offset+limit``) of the identities, by name."""
-    everyone = await _gallery_call(svc, lambda g: g.identities())
-    return len(everyone), everyone[offset : offset + limit]
+    return await _gallery_call(
+        svc, lambda g: (g.identity_count(), g.identities(offset=offset, limit=limit))
+    )
+
+
+async def list_images(
+    svc: Service, name: str | None, offset: int, limit: int
+) -> tuple[int, list[ImageInfo]]:
+    """(total, the page ``offset:offset+limit``) of the images (of identity ``name``), by id."""
+    return await _gallery_call(
+        svc, lambda g: (g.image_count(name), g.images(name, offset=offset, limit=limit))
+    )
 
 
 async def gallery_size(svc: Service) -> int:
-    return await _gallery_call(svc, lambda g: len(g.identities()))
+    return await _gallery_call(svc, lambda g: g.identity_count())
 
 
 # --------------------------------------------------------------------------- helpers
@@ -325,7 +344,7 @@ def _operating_point(
 async def _gallery_call(svc: Service, fn: Callable[[Gallery], T]) -> T:
     try:
         return await svc.gallery.call(fn)
-    except UnknownIdentityError as e:
+    except (UnknownIdentityError, UnknownImageError) as e:
         raise ProblemError("not_found", str(e).split(" in gallery ")[0]) from None
     except IncompatibleModelError as e:
         raise ProblemError("conflict", str(e)) from None

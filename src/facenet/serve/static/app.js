@@ -348,7 +348,17 @@ async function listGallery() {
       ];
       cells.forEach((v, i) => {
         const td = document.createElement("td");
-        td.textContent = String(v);
+        if (i === 1) {  // the photo count opens the identity's photos, each removable
+          const open = document.createElement("button");
+          open.type = "button";
+          open.className = "link photos";
+          open.textContent = String(v);
+          open.title = "show the photos";
+          open.addEventListener("click", () => togglePhotos(tr, ident.name));
+          td.append(open);
+        } else {
+          td.textContent = String(v);
+        }
         if (i === 1 || i === 2) td.className = "num";
         tr.append(td);
       });
@@ -389,6 +399,63 @@ async function removeIdentity(name) {
     const done = await api(`v1/gallery/identities/${encodeURIComponent(name)}`, { method: "DELETE" });
     const n = done.removed_embeddings;
     $("enrol-result").textContent = `removed ${done.name} (${n} face${n === 1 ? "" : "s"})`;
+    $("enrol-result").hidden = false;
+  } catch (e) {
+    showError("gallery-error", e);
+  }
+  await listGallery();
+  showModel();
+}
+
+async function togglePhotos(tr, name) {
+  const next = tr.nextElementSibling;
+  if (next && next.classList.contains("photos-row")) {
+    next.remove();
+    return;
+  }
+  showError("gallery-error", null);
+  try {
+    const page = await api(
+      `v1/gallery/images?identity=${encodeURIComponent(name)}&limit=${PAGE_SIZE}`,
+    );
+    const row = document.createElement("tr");
+    row.className = "photos-row";
+    const td = document.createElement("td");
+    td.colSpan = 5;
+    const list = document.createElement("ul");
+    list.className = "photos";
+    for (const image of page.images) {
+      const li = document.createElement("li");
+      li.textContent = `#${image.id} ${image.name} (${image.faces} face${image.faces === 1 ? "" : "s"}) `;
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "link remove-image";
+      remove.textContent = "remove photo";
+      remove.addEventListener("click", () => removeImage(image));
+      li.append(remove);
+      list.append(li);
+    }
+    if (page.total > page.images.length) {
+      const li = document.createElement("li");
+      li.className = "muted";
+      li.textContent = `and ${page.total - page.images.length} more`;
+      list.append(li);
+    }
+    td.append(list);
+    row.append(td);
+    tr.after(row);
+  } catch (e) {
+    showError("gallery-error", e);
+  }
+}
+
+async function removeImage(image) {
+  if (!window.confirm(`Remove photo ${image.name} of ${image.identity} from the gallery?`)) return;
+  showError("gallery-error", null);
+  try {
+    const done = await api(`v1/gallery/images/${image.id}`, { method: "DELETE" });
+    const gone = done.identity_removed ? `; ${done.image.identity} had no other photo` : "";
+    $("enrol-result").textContent = `removed photo ${done.image.name} of ${done.image.identity}${gone}`;
     $("enrol-result").hidden = false;
   } catch (e) {
     showError("gallery-error", e);
