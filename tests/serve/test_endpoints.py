@@ -126,6 +126,48 @@ def test_verify_picks_the_main_face_of_a_group_photo(make_server, faces):
     assert r["distance"] == pytest.approx(float(((ea - eb) ** 2).sum()), abs=1e-5)
 
 
+def test_verify_takes_the_clis_choices_as_form_fields(make_server, faces):
+    server = make_server(detector=True)
+    photo = row(faces[4], faces[0], faces[5])
+
+    def verify(**data):
+        return server.client.post(
+            "/v1/verify",
+            files=[*files("image_a", photo), *files("image_b", faces[5])],
+            data={k: str(v) for k, v in data.items()},
+            headers=server.auth(),
+        )
+
+    chosen = verify(face_a=2).json()
+    a = chosen["images"][0]
+    assert a["face_chosen_by"] == "chosen" and [f["used"] for f in a["faces"]] == [
+        False,
+        False,
+        True,
+    ]
+    embedder = server.app.state.service.embedder  # the library's pick of face 2: the same answer
+    ea, eb = embedder.pick(photo, face=2).face, embedder.pick(faces[5]).face
+    assert ea.box == tuple(a["faces"][2]["box"])
+    assert chosen["distance"] == pytest.approx(
+        float(((ea.embedding - eb.embedding) ** 2).sum()), abs=1e-5
+    )
+    main = verify().json()  # the main face (faces[0]) is another person: another distance
+    assert abs(main["distance"] - chosen["distance"]) > 1e-3
+    missing = verify(face_a=7)
+    assert missing.status_code == 422 and missing.json()["code"] == "no_such_face"
+    assert "no face 7; 3 face(s) found, numbered 0, 1, 2" in missing.json()["detail"]
+
+    named = verify(operating_point="accuracy").json()
+    assert named["operating_point"] == "accuracy" and named["threshold_source"] == "model accuracy"
+    by_far = verify(far="0.001").json()
+    assert by_far["operating_point"] == "far_1e-3" and by_far["threshold"] == 0.03
+    for data in ({"far": "0.5"}, {"operating_point": "eer"}):
+        r = verify(**data)
+        assert r.status_code == 422 and r.json()["code"] == "no_threshold", data
+        assert "form field threshold" in r.json()["detail"] and "--" not in r.json()["detail"]
+    assert verify(far="0").status_code == 422  # outside (0, 1]: a validation error
+
+
 @pytest.mark.parametrize("detector", [False, True])
 def test_verify_answers_as_the_python_api_does(make_server, faces, tiny, tmp_path, detector):
     """The HTTP answer is ``facenet.load(...).verify(...).to_dict()`` for the same model and

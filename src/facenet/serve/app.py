@@ -172,6 +172,30 @@ Threshold = Annotated[
     float | None,
     Form(ge=0.0, le=4.0, description="squared-L2 threshold; default: the model's calibrated one"),
 ]
+Far = Annotated[
+    float | None,
+    Form(gt=0.0, le=1.0, description="decide at the threshold calibrated for this false-accept "
+         "rate (e.g. 0.001) instead"),
+]  # fmt: skip
+PointName = Annotated[
+    str | None,
+    Form(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_.\-]+$",
+         description="a calibrated operating point by name ('far_1e-3', 'accuracy'); default: "
+         "far_1e-3"),
+]  # fmt: skip
+FaceNumber = Annotated[
+    int | None,
+    Form(ge=0, le=10_000, description="compare this face (detector order) instead of the main one"),
+]
+
+
+def _choice(
+    threshold: Threshold = None, far: Far = None, operating_point: PointName = None
+) -> service.Choice:
+    return service.Choice(threshold, far, operating_point)
+
+
+Decision = Annotated[service.Choice, Depends(_choice)]
 
 
 async def _uploads(
@@ -242,25 +266,27 @@ def _add_routes(app: FastAPI) -> None:
         svc: Svc,
         image_a: Annotated[UploadFile, File(description="first photo")],
         image_b: Annotated[UploadFile, File(description="second photo")],
-        threshold: Threshold = None,
+        choice: Decision,
+        face_a: FaceNumber = None,
+        face_b: FaceNumber = None,
     ) -> dict[str, Any]:
-        """Are the main faces (largest, most central) of two photos the same person?
-        (``facenet.load().verify(a, b).to_dict()``)"""
+        """Are the main faces (largest, most central; or ``face_a``/``face_b``) of two photos
+        the same person? (``facenet.load().verify(a, b).to_dict()``)"""
         [a] = await _uploads([image_a], svc.settings, "image_a")
         [b] = await _uploads([image_b], svc.settings, "image_b")
-        return (await service.verify_images(svc, a, b, threshold)).to_dict()
+        return (await service.verify_images(svc, a, b, choice, face_a, face_b)).to_dict()
 
     @app.post("/v1/identify", response_model=S.IdentifyResponse, **answer)
     async def identify(
         svc: Svc,
         image: Annotated[UploadFile, File(description="photo")],
-        threshold: Threshold = None,
+        choice: Decision,
         k: Annotated[int, Form(ge=1, le=50, description="nearest identities per face")] = 5,
     ) -> dict[str, Any]:
         """Who is each face of a photo: the nearest enrolled identities, or unknown
         (``facenet.load().identify(image, gallery, k=k, all_faces=True).to_dict()``)."""
         [upload] = await _uploads([image], svc.settings, "image")
-        return (await service.identify_image(svc, upload, threshold, k)).to_dict()
+        return (await service.identify_image(svc, upload, choice, k)).to_dict()
 
     @app.post("/v1/gallery/identities", response_model=S.EnrolResponse, dependencies=write,
               responses=_WRITE, tags=["gallery"])  # fmt: skip
@@ -352,7 +378,7 @@ def _add_routes(app: FastAPI) -> None:
         svc: Svc,
         key: Annotated[ApiKey | None, Depends(require("read"))],
         images: Annotated[list[UploadFile], File(description="photos")],
-        threshold: Threshold = None,
+        choice: Decision,
         min_cluster_size: Annotated[
             int, Form(ge=1, le=10_000, description="smaller clusters are left unclustered (-1)")
         ] = DEFAULT_MIN_CLUSTER_SIZE,
@@ -362,7 +388,7 @@ def _add_routes(app: FastAPI) -> None:
         (``facenet.load().cluster(images, min_cluster_size=...).to_dict()``). The photos are
         read and their faces found first: a bad photo is answered now and nothing is queued."""
         uploads = await _uploads(images, svc.settings, "images", svc.settings.max_cluster_images)
-        op = service.model_point(svc, threshold)
+        op = service.model_point(svc, choice)
         found = await svc.within_timeout(service._all([svc.detect(u) for u in uploads]))
         jobs: Jobs = request.app.state.jobs
         job = jobs.submit(

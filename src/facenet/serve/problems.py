@@ -42,6 +42,7 @@ CODES: dict[str, tuple[int, str]] = {
     "validation_error": (422, "The request is not valid"),
     "image_corrupt": (422, "Image cannot be read"),
     "no_face": (422, "No face found"),
+    "no_such_face": (422, "No face with that number"),
     "no_threshold": (422, "No decision threshold"),
     "rate_limited": (429, "Too many requests"),
     "internal": (500, "Internal server error"),

@@ -69,6 +69,16 @@ class ImageFaces:
     shape: tuple[int, ...] = field(default=(0, 0, 3))
 
 
+@dataclass(frozen=True)
+class Choice:
+    """A request's decision settings: its own ``threshold``, a false-accept rate ``far`` or a
+    named ``operating_point`` (at most one is used, in that order; none: the default)."""
+
+    threshold: float | None = None
+    far: float | None = None
+    operating_point: str | None = None
+
+
 class GalleryThread:
     """The gallery, opened and used in one thread of its own."""
 
@@ -140,14 +150,24 @@ class Service:
 
     # ------------------------------------------------------------------ faces
 
-    def _find(self, upload: Upload, main_only: bool) -> ImageFaces:
-        """Decode, detect and crop one upload (in a pool thread); nothing embedded yet."""
+    def _find(self, upload: Upload, main_only: bool, face: int | None = None) -> ImageFaces:
+        """Decode, detect and crop one upload (in a pool thread); nothing embedded yet. With
+        ``face``, that face (detector order) is the one used."""
         image = decode_upload(upload.data, upload.name, self.settings.max_image_pixels)
         # why: the embedder's detect-and-crop step without its forward pass, so that the batcher
         # embeds the faces of many requests in one
         faces = self.embedder.detect_and_crop([image], [upload.name])[0]
         used = faces
-        if main_only and faces:
+        if face is not None:
+            by_index = {f.face_index: f for f in faces}
+            if face not in by_index:
+                raise ProblemError(
+                    "no_such_face",
+                    f"{upload.name}: no face {face}; {len(faces)} face(s) found"
+                    + (f", numbered {', '.join(map(str, sorted(by_index)))}" if faces else ""),
+                )
+            used = [by_index[face]]
+        elif main_only and faces:
             used = [faces[subject_index(faces, image.shape)]]
         elif len(faces) > self.settings.max_faces:
             raise ProblemError(
@@ -158,16 +178,21 @@ class Service:
         digest = hashlib.sha256(upload.data).hexdigest()
         return ImageFaces(upload.name, faces, used, digest, image.shape)
 
-    async def detect(self, upload: Upload, main_only: bool = False) -> ImageFaces:
-        """The faces of one upload (all, or only its main one), found and cropped, not embedded."""
+    async def detect(
+        self, upload: Upload, main_only: bool = False, face: int | None = None
+    ) -> ImageFaces:
+        """The faces of one upload (all, its main one, or ``face``), found and cropped, not
+        embedded."""
         if self._pool is None:
             raise ProblemError("not_ready", "the server is not running")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._find, upload, main_only)
+        return await loop.run_in_executor(self._pool, self._find, upload, main_only, face)
 
-    async def faces(self, upload: Upload, main_only: bool = False) -> ImageFaces:
-        """The faces of one upload (all, or only its main one), embedded."""
-        found = await self.detect(upload, main_only)
+    async def faces(
+        self, upload: Upload, main_only: bool = False, face: int | None = None
+    ) -> ImageFaces:
+        """The faces of one upload (all, its main one, or ``face``), embedded."""
+        found = await self.detect(upload, main_only, face)
         if found.used:
             embeddings = await self.embed([f.crop for f in found.used])
             for face, e in zip(found.used, embeddings, strict=True):
@@ -191,11 +216,13 @@ class Service:
 # --------------------------------------------------------------------------- the endpoints' work
 
 
-def _main_face(found: ImageFaces) -> Pick:
-    """The used (main) face of an upload as the library's ``Pick`` (422 ``no_face`` if none)."""
+def _main_face(found: ImageFaces, chosen: bool = False) -> Pick:
+    """The used (main, or ``chosen``) face of an upload as the library's ``Pick`` (422
+    ``no_face`` if none)."""
     if not found.used:
         raise ProblemError("no_face", f"{found.name}: no face found")
-    return Pick(found.used[0], len(found.faces), "main face", tuple(found.faces))
+    how = "chosen" if chosen else "main face"
+    return Pick(found.used[0], len(found.faces), how, tuple(found.faces))
 
 
 async def embed_images(svc: Service, uploads: Sequence[Upload]) -> EmbedResult:
@@ -217,20 +244,30 @@ async def embed_images(svc: Service, uploads: Sequence[Upload]) -> EmbedResult:
 
 
 async def verify_images(
-    svc: Service, a: Upload, b: Upload, threshold: float | None = None
+    svc: Service,
+    a: Upload,
+    b: Upload,
+    choice: Choice = Choice(),  # noqa: B008 - frozen
+    face_a: int | None = None,
+    face_b: int | None = None,
 ) -> VerifyResult:
-    """Are the main faces of two uploads the same person? (``facenet.load(...).verify``: every
-    face of each image is listed, the compared one ``used``.)"""
-    op = model_point(svc, threshold)
+    """Are the main faces (or ``face_a``/``face_b``) of two uploads the same person?
+    (``facenet.load(...).verify``: every face of each image is listed, the compared one
+    ``used``.)"""
+    op = model_point(svc, choice)
     found_a, found_b = await svc.within_timeout(
-        _all([svc.faces(a, main_only=True), svc.faces(b, main_only=True)])
+        _all([svc.faces(a, True, face_a), svc.faces(b, True, face_b)])
     )
-    crop = svc.embedder.crop_mode
-    return verify_faces(_main_face(found_a), _main_face(found_b), op, crop)
+    pick_a = _main_face(found_a, face_a is not None)
+    pick_b = _main_face(found_b, face_b is not None)
+    return verify_faces(pick_a, pick_b, op, svc.embedder.crop_mode)
 
 
 async def identify_image(
-    svc: Service, upload: Upload, threshold: float | None = None, k: int = 5
+    svc: Service,
+    upload: Upload,
+    choice: Choice = Choice(),  # noqa: B008 - frozen
+    k: int = 5,
 ) -> IdentifyResult:
     """Who is each face of an upload: its nearest identities, or unknown
     (``facenet.load(...).identify(..., all_faces=True)``)."""
@@ -240,7 +277,10 @@ async def identify_image(
 
     def work(g: Gallery) -> IdentifyResult:
         op = _operating_point(
-            lambda: gallery_operating_point(svc.embedder, g, threshold), threshold
+            lambda: gallery_operating_point(
+                svc.embedder, g, choice.threshold, choice.far, choice.operating_point
+            ),
+            choice,
         )
         return answer_faces(svc.embedder, g, found.name, found.faces, found.used, op, k)
 
@@ -324,21 +364,30 @@ async def gallery_size(svc: Service) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
-def model_point(svc: Service, threshold: float | None) -> OperatingPoint:
-    """The model's operating point for a request (``threshold``: the request's own)."""
-    return _operating_point(lambda: operating_point(svc.embedder.thresholds, threshold), threshold)
+def model_point(svc: Service, choice: Choice = Choice()) -> OperatingPoint:  # noqa: B008
+    """The model's operating point for a request's ``choice``."""
+    c = choice
+    return _operating_point(
+        lambda: operating_point(svc.embedder.thresholds, c.threshold, c.far, c.operating_point), c
+    )
 
 
-def _operating_point(
-    choose: Callable[[], OperatingPoint], threshold: float | None
-) -> OperatingPoint:
+# the CLI's words in operating_point's messages, as a request says them
+_FIELDS = {"--threshold T": "the form field threshold", "--far F": "the form field far",
+           "--operating-point NAME": "the form field operating_point",
+           "another --operating-point": "another operating_point"}  # fmt: skip
+
+
+def _operating_point(choose: Callable[[], OperatingPoint], choice: Choice) -> OperatingPoint:
     """``choose()``, with a missing threshold as a problem and a request's threshold named so."""
     try:
         op = choose()
     except ValueError as e:
-        text = str(e).replace("--threshold T", "the form field threshold")
+        text = str(e)
+        for cli, form in _FIELDS.items():
+            text = text.replace(cli, form)
         raise ProblemError("no_threshold", text) from None
-    return OperatingPoint(op.threshold, op.name, "request") if threshold is not None else op
+    return OperatingPoint(op.threshold, op.name, "request") if choice.threshold is not None else op
 
 
 async def _gallery_call(svc: Service, fn: Callable[[Gallery], T]) -> T:
