@@ -10,7 +10,8 @@ so a face is cropped and normalised the same way everywhere:
    with margin (the paper's "scaled and translated" thumbnail) or a 5-point similarity
    alignment; a photo that already is a standard face crop is framed like ``facenet eval``'s;
 4. embed the crops in batches (``facenet.models.inference.embed_faces``), giving (N, D) unit
-   vectors.
+   vectors, with an inference-ready copy of the model (``inference_network``: batch norm folded
+   into the convolutions, channels-last; or ONNX Runtime with ``backend="onnxruntime"``).
 
 The embedder also carries what the applications need from the model: its calibrated distance
 thresholds (``model.card``) and a fingerprint of its weights, recorded with every gallery
@@ -38,7 +39,7 @@ from facenet.detect.align import choose_subject, crop_box, crop_similarity, dete
 from facenet.detect.base import Detection, create_detector
 from facenet.fingerprint import ModelFingerprint, weights_sha256
 from facenet.models.card import card_of
-from facenet.models.inference import embed_faces
+from facenet.models.inference import Backend, embed_faces, inference_network
 from facenet.models.loading import load_model
 from facenet.preprocess import frame, model_margin_fraction
 
@@ -128,6 +129,10 @@ class Embedder:
         device: torch device for the model.
         ref: how the model was named by the user (kept in gallery provenance).
         max_side: photos are shrunk to at most this side for detection (boxes mapped back).
+        backend: what runs the network: ``"torch"`` (a copy with batch norm folded, channels
+            last) or ``"onnxruntime"`` (the model's ONNX export, CPU; the ``export`` extra).
+        quantize: ``"int8"`` (onnxruntime only): static int8, calibrated on ``calibration``
+            (framed face crops at the model's input size, e.g. ``Face.crop`` of ~64 faces).
     """
 
     def __init__(
@@ -140,6 +145,9 @@ class Embedder:
         device: str = "cpu",
         ref: str = "",
         max_side: int | None = 1280,
+        backend: Backend = "torch",
+        quantize: str | None = None,
+        calibration: Sequence[np.ndarray] | None = None,
     ) -> None:
         if crop not in CROP_MODES:
             raise ValueError(f"unknown crop mode {crop!r}; choose one of {', '.join(CROP_MODES)}")
@@ -147,6 +155,16 @@ class Embedder:
             raise ValueError(f"crop={crop!r} needs a face detector")
         self.model = model.eval().to(device)
         self.spec = model.spec
+        self.backend = backend
+        self.quantize = quantize
+        # why: the model stays as loaded (its weights are what the fingerprint hashes); the
+        # network that runs is an inference-only copy of it
+        self.network = inference_network(
+            self.model,
+            backend,
+            quantize=quantize,
+            calibration=calibration,  # type: ignore[arg-type]
+        )
         self.crop_mode = crop
         self.margin_fraction = (
             model_margin_fraction(model.spec) if margin_fraction is None else margin_fraction
@@ -213,7 +231,14 @@ class Embedder:
 
     def describe(self) -> str:
         return json.dumps(
-            {"model": self.ref, "crop": self.crop_mode, "dim": self.embedding_dim}, sort_keys=True
+            {
+                "model": self.ref,
+                "crop": self.crop_mode,
+                "dim": self.embedding_dim,
+                "backend": self.backend,
+                "quantize": self.quantize,
+            },
+            sort_keys=True,
         )
 
     # ------------------------------------------------------------------ pixels -> crops
@@ -281,7 +306,12 @@ class Embedder:
         """Framed uint8 RGB crops (each (H, W, 3), as ``Face.crop``) -> (N, D) float32 unit
         embeddings, batched."""
         emb = embed_faces(
-            self.model, list(crops), framed=True, batch_size=self.batch_size, device=self.device
+            self.network,
+            list(crops),
+            framed=True,
+            batch_size=self.batch_size,
+            device=self.device if self.backend == "torch" else "cpu",
+            channels_last=self.backend == "torch",
         )
         return emb.numpy()
 

@@ -13,6 +13,7 @@ from facenet.apps.photos import EmbeddedPhotos, embed_table
 from facenet.apps.thresholds import DEFAULT_MODEL, DEFAULT_OPERATING_POINT
 from facenet.commands._checks import positive_int, rate, squared_distance
 from facenet.commands._errors import describe_error, fail
+from facenet.models.inference import BACKENDS
 from facenet.models.loading import check_trained, recorded_model_ref
 
 DEFAULT_GALLERY = "facenet-gallery"
@@ -21,7 +22,7 @@ DEFAULT_GALLERY = "facenet-gallery"
 def add_model_arguments(
     parser: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL
 ) -> None:
-    """``--model``, ``--detector``, ``--crop``, ``--batch-size``, ``--device``."""
+    """``--model``, ``--detector``, ``--crop``, ``--batch-size``, ``--device``, ``--backend``."""
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -39,10 +40,23 @@ def add_model_arguments(
     )
     g.add_argument("--batch-size", type=positive_int, default=32, help="faces per forward pass")
     g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    add_backend_argument(g)
     g.add_argument(
         "--allow-untrained",
         action="store_true",
         help="accept a bare architecture name (random weights; for tests only)",
+    )
+
+
+def add_backend_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--backend torch|onnxruntime`` (what runs the embedding network)."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="what runs the embedding network: torch (batch norm folded into the convolutions, "
+        "channels-last) or onnxruntime (the model's ONNX export, CPU; cached in "
+        "$FACENET_CACHE/onnx; needs the 'export' extra). Default: torch",
     )
 
 
@@ -76,6 +90,7 @@ def build_embedder(args: argparse.Namespace, model: str | None = None) -> Embedd
         crop=args.crop,
         batch_size=args.batch_size,
         device=args.device,
+        backend=getattr(args, "backend", "torch"),
     )
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from facenet.commands._apps import add_backend_argument
 from facenet.commands._checks import (
     existing_dir,
     existing_file,
@@ -31,7 +32,7 @@ from facenet.eval.alignment import Alignment
 from facenet.eval.embedding import EmbeddingError
 from facenet.eval.report import write_report
 from facenet.eval.robustness import LABELS
-from facenet.eval.suite import EvalSettings, default_cache, run_eval
+from facenet.eval.suite import CALIBRATION_IMAGES, EvalSettings, default_cache, run_eval
 from facenet.utils import write_json
 
 
@@ -97,6 +98,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also closed/open-set identification on every image under --data",
     )
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per pass")
+    add_backend_argument(parser)
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="int8: static int8 network in ONNX Runtime (needs --backend onnxruntime), its "
+        f"activation ranges calibrated on {CALIBRATION_IMAGES} images under --data of people "
+        "the pairs file never names",
+    )
     parser.add_argument(
         "--cache",
         type=output_dir,
@@ -142,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         sweeps=tuple(args.sweep),
         identification=args.identification,
         batch_size=args.batch_size,
+        backend=args.backend,
+        quantize=args.quantize,
         cache_dir=None if args.no_cache else (args.cache or default_cache()),
     )
 

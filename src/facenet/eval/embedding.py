@@ -20,7 +20,9 @@ Pipeline per image (each step recorded in the cache key):
    with unit-length outputs, so distances keep their 0..4 range) or ``"concat"`` ((2D,) vector,
    scaled by 1/sqrt(2) for unit-length models so it stays unit length, Sandberg's variant);
 6. the model's ``ModelSpec`` normalisation and the network, batched: the one embedding engine
-   (``facenet.models.inference.embed_faces``) every embedder uses.
+   (``facenet.models.inference.embed_faces``) every embedder uses, running an inference-ready
+   copy of the model (``inference_network``: batch norm folded, channels-last; or ONNX Runtime,
+   optionally int8).
 
 Cache: one ``.npz`` per (model identity, preprocessing) under ``cache_dir``, holding a key per
 image (absolute path + size + mtime) and its embedding. Sweeps and repeated runs only compute
@@ -48,7 +50,14 @@ from PIL import Image
 from facenet.data.images import ImageError, load_image
 from facenet.data.transforms import center_crop, resize
 from facenet.models.card import card_of
-from facenet.models.inference import FlipMode, combine_flips, embed_faces
+from facenet.models.inference import (
+    Backend,
+    FlipMode,
+    check_backend,
+    combine_flips,
+    embed_faces,
+    inference_network,
+)
 from facenet.preprocess import frame
 from facenet.utils import atomic_write
 
@@ -162,7 +171,17 @@ def model_identity(model: Any) -> str:
 
 
 class TorchEmbedder:
-    """A ``FaceEmbedder`` over an ``EmbeddingNet`` (our models)."""
+    """A ``FaceEmbedder`` over an ``EmbeddingNet`` (our models).
+
+    Args:
+        model: the embedding network (left as it is; an inference copy runs).
+        align, center_fraction, aligner: the crop step (see the module docstring).
+        device: torch device (torch backend).
+        backend: ``"torch"`` (batch norm folded, channels-last) or ``"onnxruntime"``.
+        quantize: ``"int8"`` (onnxruntime only), calibrated on the crops of ``calibration``.
+        calibration: image files whose crops (this embedder's crop step) set the int8
+            activation ranges; never the evaluated images themselves.
+    """
 
     unit_norm = True
 
@@ -173,19 +192,44 @@ class TorchEmbedder:
         center_fraction: float = DEFAULT_CENTER_FRACTION,
         aligner: Callable[[np.ndarray], np.ndarray] | None = None,
         device: str = "cpu",
+        backend: Backend = "torch",
+        quantize: str | None = None,
+        calibration: Sequence[str | os.PathLike] | None = None,
     ) -> None:
         if align not in ("center", "box", "similarity"):
             raise ValueError(f"align must be 'center', 'box' or 'similarity', got {align!r}")
         if not 0 < center_fraction <= 1:
             raise ValueError(f"center_fraction must be in (0, 1], got {center_fraction}")
+        check_backend(backend, quantize)
+        if quantize and not calibration:
+            raise ValueError("int8 quantisation needs calibration images")
         self.model = model.eval().to(device)
         self.spec = model.spec
         self.input_size = tuple(model.spec.input_size)
         self.align = align
         self.center_fraction = center_fraction
         self.aligner = aligner
-        self.device = device
+        self.device = device if backend == "torch" else "cpu"
+        self.backend = backend
+        self.quantize = quantize
+        self.calibration = [Path(p) for p in calibration or ()]
+        # why: torch and ONNX Runtime float32 agree to ~1e-6, so they share cached embeddings;
+        # int8 embeddings differ (~1e-2) and are cached apart, per calibration set
         self.identity = model_identity(model)
+        if quantize:
+            files = hashlib.sha1("\n".join(map(_file_key, self.calibration)).encode())
+            self.identity += f"-{quantize}-{files.hexdigest()[:8]}"
+        self._network: Any = None
+
+    @property
+    def network(self) -> Any:
+        """The module that runs (``inference_network``), built on first use."""
+        if self._network is None:
+            crops = [self.crop(load_image(p)) for p in self.calibration] if self.quantize else None
+            self._network = inference_network(
+                self.model, self.backend, quantize=self.quantize, calibration=crops
+            )
+        return self._network
 
     def crop(self, image: np.ndarray) -> np.ndarray:
         if self.align == "center":
@@ -194,19 +238,24 @@ class TorchEmbedder:
             image = self.aligner(image)
         return frame(image, self.spec)  # a standard face crop, framed as the model was trained
 
-    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        crops = list(crops)  # why: one forward pass per call, as embed_paths batches them
+    def _embed(self, crops: list[np.ndarray], flip: bool) -> Any:
+        # why: one forward pass per call, as embed_paths batches them
         return embed_faces(
-            self.model, crops, framed=True, batch_size=len(crops), device=self.device
-        ).numpy()
+            self.network,
+            crops,
+            framed=True,
+            batch_size=len(crops),
+            device=self.device,
+            flip=flip,
+            channels_last=self.backend == "torch",
+        )
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        return self._embed(list(crops), flip=False).numpy()
 
     def embed_with_flips(self, crops: Sequence[np.ndarray], flip_mode: FlipMode) -> np.ndarray:
         """Each crop and its mirror in one pass, combined by ``flip_mode``."""
-        crops = list(crops)
-        both = embed_faces(
-            self.model, crops, framed=True, batch_size=len(crops), device=self.device, flip=True
-        )
-        return combine_flips(both, flip_mode).numpy()
+        return combine_flips(self._embed(list(crops), flip=True), flip_mode).numpy()
 
 
 def as_embedder(

@@ -22,7 +22,7 @@ from typing import Any
 from facenet.data.images import is_image_file
 from facenet.data.lfw import Pairs, read_pairs
 from facenet.eval.alignment import Alignment, make_aligner, resolve_alignment
-from facenet.eval.embedding import DEFAULT_CENTER_FRACTION, embed_paths
+from facenet.eval.embedding import DEFAULT_CENTER_FRACTION, TorchEmbedder, embed_paths
 from facenet.eval.identification import (
     IdentificationReport,
     evaluate_identification,
@@ -43,6 +43,31 @@ def default_cache() -> Path:
 
 
 Progress = Callable[[int, int], None]
+# why: MinMax activation ranges settle within a few dozen faces; 64 crops take ~2 s to embed
+CALIBRATION_IMAGES = 64
+
+
+def calibration_images(
+    data: str | os.PathLike, pairs: Pairs, count: int = CALIBRATION_IMAGES
+) -> list[Path]:
+    """``count`` images of ``data`` (folder per identity) of people the pairs never name, evenly
+    spaced over the sorted list: int8 calibration that sees none of the evaluated people.
+
+    Raises:
+        FileNotFoundError: no image of another person under ``data``.
+    """
+    named = set(pairs.left_people) | set(pairs.right_people)
+    paths = sorted(
+        p
+        for p in Path(data).glob("*/*")
+        if p.parent.name not in named and p.is_file() and is_image_file(p)
+    )
+    if not paths:
+        raise FileNotFoundError(
+            f"{data}: int8 calibration needs images of people outside {pairs.path}; none found"
+        )
+    step = max(1, len(paths) // count)
+    return paths[::step][:count]
 
 
 @dataclass
@@ -62,6 +87,8 @@ class EvalSettings:
     sweeps: tuple[str, ...] = ()  # "jpeg", "size"
     identification: bool = False
     batch_size: int = 64
+    backend: str = "torch"  # "torch" (batch norm folded) or "onnxruntime" (our models only)
+    quantize: str | None = None  # "int8" (onnxruntime), calibrated on CALIBRATION_IMAGES images
     # None: no cache; default: default_cache() when the run starts
     cache_dir: str | os.PathLike | None = field(default_factory=default_cache)
 
@@ -85,6 +112,10 @@ class EvalSettings:
         parts += [f"--sweep {k}" for k in dict.fromkeys(self.sweeps)]
         if self.identification:
             parts.append("--identification")
+        if self.backend != "torch":
+            parts.append(f"--backend {self.backend}")
+        if self.quantize:
+            parts.append(f"--quantize {self.quantize}")
         return " ".join(parts)
 
 
@@ -170,8 +201,23 @@ def run_eval(
         embed_kw["aligner"], embed_kw["aligner_name"] = make_aligner(
             alignment.detector, alignment.align, model
         )
+    embedder = model
+    if not peer:
+        # why: one inference-ready network for the whole run (pairs, sweeps, identification)
+        embedder = TorchEmbedder(
+            model,
+            align=alignment.align,
+            center_fraction=fraction,
+            aligner=embed_kw.get("aligner"),
+            backend=settings.backend,  # type: ignore[arg-type]
+            quantize=settings.quantize,
+            calibration=calibration_images(data, pairs) if settings.quantize else None,
+        )
+        embedder.network  # noqa: B018 - build it now: a missing backend fails before any work
+    elif settings.backend != "torch" or settings.quantize:
+        raise ValueError("--backend and --quantize apply to our models, not to peers")
     ev = evaluate_pairs(
-        model,
+        embedder,
         pairs,
         data,
         settings.distance,
@@ -185,7 +231,7 @@ def run_eval(
         run.notes.append(f"HOG found no face in {model.n_fallback} computed images (centre box)")
     for kind in dict.fromkeys(settings.sweeps):
         run.sweeps[kind] = run_sweep(
-            model,
+            embedder,
             pairs,
             data,
             kind,
@@ -198,7 +244,7 @@ def run_eval(
     if settings.identification:
         metric = "cosine" if settings.distance.startswith("cosine") else "l2"
         run.identification = identification_on_folder(
-            model, data, settings.far, metric, progress("identification"), **embed_kw
+            embedder, data, settings.far, metric, progress("identification"), **embed_kw
         )
     return run
 
@@ -223,6 +269,8 @@ def _meta(
     setting += f", {settings.distance}"
     if settings.flip:
         setting += f", flip ({settings.flip_mode})"
+    if not peer:
+        setting += f", {settings.backend}" + (f" {settings.quantize}" if settings.quantize else "")
     meta: dict[str, Any] = {
         "model": settings.model,
         "model_identity": model.identity if peer else card_of(model).name,
@@ -234,6 +282,8 @@ def _meta(
         "align": alignment.align,
         "distance": settings.distance,
         "flip": settings.flip,
+        "backend": settings.backend,
+        "quantize": settings.quantize,
         "aligned_folder_config": alignment.folder_config,
         "setting": setting,
         "images": ev.stats.n_images,

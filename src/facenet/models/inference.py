@@ -3,6 +3,13 @@
 Every embedder runs its model here (the applications' ``Embedder``, ``facenet eval``'s
 ``TorchEmbedder`` and training validation), after the one preprocessing path
 (``facenet.preprocess.preprocess``), so the same crop gives the same embedding everywhere.
+
+``inference_network(model, backend)`` is what the embedders run: for ``"torch"`` an
+inference-only copy with batch norm folded into the convolutions and channels-last weights
+(``facenet.models.fold``), for ``"onnxruntime"`` the model's ONNX export in ONNX Runtime
+(``facenet.models.onnx_runtime``), optionally int8. Both match the model's own embeddings to
+<= 1e-4 (float32; ``tests/models/test_fold.py``, ``tests/models/test_onnx_runtime.py``).
+Training validation runs the model itself (its weights change every step).
 """
 
 from __future__ import annotations
@@ -15,12 +22,57 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from facenet.models.fold import inference_copy
+from facenet.models.onnx_runtime import Quantize, onnx_network
 from facenet.preprocess import preprocess
 
 FlipMode = Literal["mean", "concat"]
+Backend = Literal["torch", "onnxruntime"]
+BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 
 
-@torch.no_grad()
+def check_backend(backend: str, quantize: str | None = None) -> None:
+    """Raise ``ValueError`` naming the valid choices for an unknown backend or quantisation
+    (int8 runs in ONNX Runtime only)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if quantize is not None and quantize != "int8":
+        raise ValueError(f"unknown quantisation {quantize!r}; the one choice is int8")
+    if quantize is not None and backend != "onnxruntime":
+        raise ValueError("int8 quantisation runs in ONNX Runtime: use backend 'onnxruntime'")
+
+
+def inference_network(
+    model: nn.Module,
+    backend: Backend = "torch",
+    *,
+    quantize: Quantize | None = None,
+    calibration: Sequence[np.ndarray] | None = None,
+    channels_last: bool = True,
+) -> nn.Module:
+    """What an embedder runs for ``model``: an inference-only module (same ``spec``), never
+    ``model`` itself, which stays as it is (training keeps its batch norm).
+
+    Args:
+        model: an embedding network.
+        backend: ``"torch"`` (batch norm folded, channels-last weights when ``channels_last``;
+            feed it channels-last batches, ``embed_faces(..., channels_last=True)``) or
+            ``"onnxruntime"`` (the cached ONNX export; CPU).
+        quantize: ``"int8"`` (onnxruntime only): static int8, calibrated on ``calibration``.
+        calibration: framed uint8 RGB crops at the model's input size (``"int8"`` only).
+        channels_last: torch backend: weights in channels-last layout.
+
+    Raises:
+        ValueError: unknown backend or quantisation; int8 without calibration crops.
+        facenet.models.onnx_runtime.BackendUnavailableError: ``"onnxruntime"`` without ONNX
+            Runtime installed (an ``ImportError``; the message says what to install).
+    """
+    check_backend(backend, quantize)
+    if backend == "onnxruntime":
+        return onnx_network(model.eval(), quantize=quantize, calibration=calibration)
+    return inference_copy(model, channels_last=channels_last)
+
+
 def embed_faces(
     model: nn.Module,
     images: Sequence[np.ndarray] | np.ndarray,
@@ -56,12 +108,15 @@ def embed_faces(
     was_training = model.training
     model.eval()
     out: list[Tensor] = []
+    # why: inference_mode skips autograd's version counters as well as the graph; the result is
+    # concatenated outside it, so callers get an ordinary tensor
     try:
         for start in range(0, len(images), max(1, int(batch_size))):
             x = preprocess(images[start : start + batch_size], spec, framed=framed).to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast() if autocast is not None else contextlib.nullcontext():
+            amp = autocast() if autocast is not None else contextlib.nullcontext()
+            with torch.inference_mode(), amp:
                 e = model(x).float()
                 if flip:
                     e = torch.stack([e, model(x.flip(3)).float()], dim=1)
