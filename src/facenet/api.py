@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Union
 
 import numpy as np
@@ -238,7 +237,7 @@ def _gallery(gallery: Gallery | str | os.PathLike, create: bool) -> Iterator[Gal
     if isinstance(gallery, Gallery):
         yield gallery
         return
-    opened = Gallery(Path(gallery), create=create)
+    opened = Gallery(os.fspath(gallery), create=create)
     try:
         yield opened
     finally:

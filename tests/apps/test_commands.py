@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -270,3 +271,36 @@ def test_cluster_from_an_embeddings_file(orl_dir, tmp_path, args, capsys):
     assert "20 faces" in capsys.readouterr().out
     assert (out / "clusters.csv").is_file() and not (out / "index.html").exists()
     assert main(["cluster", "--out", str(out)]) == 1
+
+
+@pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("pymilvus", "milvus_lite")),
+    reason="a Milvus gallery needs the 'milvus' extra (pymilvus, milvus-lite)",
+)
+def test_the_gallery_commands_work_the_same_on_milvus_lite(orl_dir, tmp_path, args, capsys):
+    """The same commands on a ``milvus-lite:///`` gallery: enrol, identify, list, remove."""
+    gdir = f"milvus-lite://{tmp_path}/gallery.db"
+    for person in (1, 2, 3):
+        photos = [str(orl_dir / f"s{person}" / f"{k}.pgm") for k in (1, 2)]
+        assert main(["gallery", "enroll", f"s{person}", *photos, "--gallery", gdir, *args]) == 0
+    again = str(orl_dir / "s1" / "1.pgm")
+    assert main(["gallery", "enroll", "s1", again, "--gallery", gdir, *args]) == 0
+    assert "already enrolled" in capsys.readouterr().err
+    code = main(["identify", str(orl_dir / "s2/7.pgm"), "--gallery", gdir, "--crop", "none",
+                 "--json"])  # fmt: skip
+    answer = json.loads(capsys.readouterr().out)
+    [face] = [f for f in answer["images"][0]["faces"] if f["used"]]
+    assert code == (0 if face["identity"] != "unknown" else 1)
+    assert face["matches"][0]["name"] == "s2"
+    assert main(["gallery", "list", "s3", "--json", "--gallery", gdir]) == 0
+    photos = json.loads(capsys.readouterr().out)["images"]
+    assert [p["path"] for p in photos] == [str(orl_dir / f"s3/{k}.pgm") for k in (1, 2)]
+    assert main(["gallery", "remove", "--image", str(photos[0]["id"]), "--gallery", gdir]) == 0
+    assert main(["gallery", "remove", "s1", "--gallery", gdir]) == 0
+    capsys.readouterr()
+    assert main(["gallery", "list", "--json", "--gallery", gdir]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(p["name"], p["images"]) for p in listed["identities"]] == [("s2", 2), ("s3", 1)]
+    missing = f"milvus-lite://{tmp_path}/nothing.db"
+    assert main(["identify", str(orl_dir / "s2/7.pgm"), "--gallery", missing]) == 2
+    assert "no gallery at" in capsys.readouterr().err

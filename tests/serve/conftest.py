@@ -109,7 +109,7 @@ def make_server(tmp_path: Path, tiny) -> Iterator[Callable[..., Server]]:
     started: list[TestClient] = []
 
     def make(detector: bool = False, raise_server_exceptions: bool = True, **kw) -> Server:
-        gallery = tmp_path / f"gallery{len(started)}"
+        gallery = kw.pop("gallery", None) or tmp_path / f"gallery{len(started)}"
         key_store = tmp_path / "keys.sqlite"
         with KeyStore(key_store) as store:
             keys = {scope: store.create(scope, f"test {scope}")[1] for scope in ("read", "write")}

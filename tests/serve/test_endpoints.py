@@ -3,6 +3,8 @@ and that the answers agree with the library."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 from _images import png
@@ -286,6 +288,34 @@ def test_images_are_listed_and_removed_one_at_a_time(server, faces):
     with Gallery(server.gallery) as g:
         assert [(i.id, i.identity) for i in g.images()] == [(2, "ada")]
         assert [i.name for i in g.identities()] == ["ada"]
+
+
+@pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("pymilvus", "milvus_lite")),
+    reason="a Milvus gallery needs the 'milvus' extra (pymilvus, milvus-lite)",
+)
+def test_the_api_answers_the_same_on_a_milvus_lite_gallery(make_server, faces, tmp_path):
+    server = make_server(gallery=f"milvus-lite://{tmp_path}/served.db")
+    r = enrol(server, {"ada": [faces[0], faces[1]], "grace": [faces[2]]})
+    assert r.status_code == 200, r.text
+    assert [(i["name"], i["added"]) for i in r.json()["identities"]] == [("ada", 2), ("grace", 1)]
+    known = server.client.post(
+        "/v1/identify", files=files("image", faces[2]), headers=server.auth()
+    )
+    [face] = known.json()["images"][0]["faces"]
+    assert face["identity"] == "grace" and face["distance"] < 1e-5
+    listed = server.client.get("/v1/gallery/images?identity=ada", headers=server.auth()).json()
+    assert listed["total"] == 2 and [i["name"] for i in listed["images"]] == [
+        "ada-0.png",
+        "ada-1.png",
+    ]
+    first = listed["images"][0]["id"]
+    gone = server.client.delete(f"/v1/gallery/images/{first}", headers=server.auth("write"))
+    assert gone.status_code == 200 and not gone.json()["identity_removed"]
+    removed = server.client.delete("/v1/gallery/identities/grace", headers=server.auth("write"))
+    assert removed.json() == {"name": "grace", "removed_embeddings": 1}
+    page = server.client.get("/v1/gallery/identities", headers=server.auth()).json()
+    assert [(i["name"], i["images"]) for i in page["identities"]] == [("ada", 1)]
 
 
 def test_identify_answers_every_face_and_an_empty_gallery_knows_nobody(make_server, faces):

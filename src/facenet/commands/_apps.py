@@ -118,7 +118,7 @@ def model_for_gallery(args: argparse.Namespace, gallery: Any) -> str | None:
     (``Gallery.check_model``), so a swapped model file is refused, never used."""
     if args.model or gallery.model is None:
         return args.model
-    return recorded_model_ref(gallery.model.ref, f"gallery {gallery.directory}")
+    return recorded_model_ref(gallery.model.ref, f"gallery {gallery.location}")
 
 
 def embed_photos(
