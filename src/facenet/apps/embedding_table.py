@@ -1,5 +1,7 @@
 """The file ``facenet embed`` writes: one row per face (photo, face index, box, detector score,
 unit embedding) and a JSON record of how it was made (model fingerprint, crop mode, thresholds).
+A folder of such files (``part-00000.parquet``, ... from ``facenet embed --out DIR/``) reads as
+one table.
 
 ``.npz`` (NumPy) always; ``.parquet`` with pyarrow (the ``[parquet]`` extra). Written atomically;
 read back with every column checked, so a damaged or foreign file is one error naming it.
@@ -20,6 +22,30 @@ from facenet.apps.embedder import Face
 from facenet.utils import atomic_write, first_line
 
 EMBEDDING_FILE_FORMATS = (".npz", ".parquet")
+SHARD_GLOB = "part-[0-9][0-9][0-9][0-9][0-9]*.*"  # the shards of a folder output
+
+
+def shard_files(folder: str | os.PathLike) -> list[Path]:
+    """The shards of a folder output, in order (temporary files of a write in progress are not
+    shards)."""
+    return sorted(
+        p for p in Path(folder).glob(SHARD_GLOB) if p.suffix.lower() in EMBEDDING_FILE_FORMATS
+    )
+
+
+def read_shard_meta(path: Path) -> dict[str, Any]:
+    """The metadata of one embeddings file, without reading its rows into memory."""
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq  # why: optional (the [parquet] extra)
+
+            return json.loads((pq.read_schema(path).metadata or {}).get(b"facenet", b"{}"))
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))
+    except ImportError:
+        raise ValueError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    except Exception as e:  # noqa: BLE001 - NumPy, zipfile and pyarrow raise their own types
+        raise ValueError(f"{path}: not a facenet embeddings file ({first_line(e)})") from None
 
 
 @dataclass
@@ -102,7 +128,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path}: is a folder, not an embeddings file")
+        return _load_folder(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -148,3 +174,24 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
     if not np.isfinite(emb).all():
         raise ValueError(f"{path}: holds embeddings that are NaN or infinite")
     return table
+
+
+def _load_folder(folder: Path) -> EmbeddingTable:
+    """The shards of a folder output as one table (their metadata: the first shard's, without
+    the per-shard photo lists)."""
+    shards = shard_files(folder)
+    if not shards:
+        raise ValueError(f"{folder}: a folder without embeddings shards (part-00000.parquet, ...)")
+    tables = [load_embeddings(s) for s in shards]
+    dims = {t.embeddings.shape[1] for t in tables if len(t)} or {tables[0].embeddings.shape[1]}
+    if len(dims) > 1:
+        raise ValueError(f"{folder}: shards of different embedding sizes {sorted(dims)}")
+    meta = {k: v for k, v in tables[0].meta.items() if k not in ("photos", "problems")}
+    return EmbeddingTable(
+        np.concatenate([t.paths for t in tables]).astype(str),
+        np.concatenate([t.face_index for t in tables]).astype(np.int64),
+        np.concatenate([t.boxes for t in tables]).reshape(-1, 4),
+        np.concatenate([t.scores for t in tables]),
+        np.concatenate([t.embeddings for t in tables]).reshape(-1, dims.pop()),
+        meta,
+    )
