@@ -17,6 +17,7 @@ from facenet.detect.base import box_iou  # noqa: E402
 from facenet.detect.boxes import batched_nms, crop_resize, crop_resize_cv2, nms  # noqa: E402
 from facenet.detect.mtcnn import MTCNN  # noqa: E402
 from facenet.detect.mtcnn_nets import _maxpool_same, load_mtcnn_nets, weights_dir  # noqa: E402
+from facenet.detect.pyramid import Level, pack_levels  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +205,37 @@ def test_torch_resampling_path_finds_the_same_faces(detector, lfw_images):
         assert box_iou(a[0].box, best.box) > 0.85
         eye_dist = np.linalg.norm(a[0].landmarks[0] - a[0].landmarks[1])
         assert np.abs(a[0].landmarks - best.landmarks).max() < 0.25 * eye_dist
+
+
+def test_packed_pyramid_gives_each_levels_own_pnet_output(nets):
+    """P-Net once over a canvas of packed levels (odd and even sides, some the size of one
+    window) equals P-Net over each level alone, cell for cell."""
+    pnet = nets[0]
+    rng = np.random.default_rng(5)
+    sizes = [(37, 50), (12, 12), (13, 29), (64, 21), (25, 25), (18, 44), (12, 15), (51, 38)]
+    levels = [Level(k, 1.0, h, w) for k, (h, w) in enumerate(sizes)]
+    pixels = [rng.uniform(-1, 1, (3, h, w)).astype(np.float32) for h, w in sizes]
+    for max_pixels in (None, 3000):
+        canvases = pack_levels(
+            [Level(lv.image, 1.0, lv.height, lv.width) for lv in levels], max_pixels
+        )
+        assert sorted(lv.image for c in canvases for lv in c.levels) == list(range(len(sizes)))
+        for canvas in canvases:
+            x = torch.full((1, 3, canvas.height, canvas.width), 7.0)  # gaps: any value
+            for lv in canvas.levels:
+                assert lv.y % 2 == 0 and lv.x % 2 == 0
+                x[0, :, lv.y : lv.y + lv.height, lv.x : lv.x + lv.width] = torch.from_numpy(
+                    pixels[lv.image]
+                )
+            prob, reg = pnet(x, torch.from_numpy(canvas.invalid()))
+            level_map = canvas.level_map()
+            for k, lv in enumerate(canvas.levels):
+                alone_prob, alone_reg = pnet(torch.from_numpy(pixels[lv.image])[None])
+                h, w = lv.out_shape
+                assert alone_prob.shape[1:] == (h, w)
+                cells = (slice(lv.y // 2, lv.y // 2 + h), slice(lv.x // 2, lv.x // 2 + w))
+                assert (level_map[cells] == k).all()
+                torch.testing.assert_close(prob[0][cells], alone_prob[0], atol=1e-5, rtol=0)
+                torch.testing.assert_close(
+                    reg[0][:, cells[0], cells[1]], alone_reg[0], atol=1e-5, rtol=0
+                )

@@ -88,8 +88,13 @@ class PNet(nn.Module):
         self.score = nn.Conv2d(32, 2, 1)
         self.reg = nn.Conv2d(32, 4, 1)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = _maxpool_same(self.c1(x), 2, 2)
+    def forward(self, x: Tensor, invalid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``invalid``: optional bool (H-2, W-2) first-layer cells set to -inf before pooling,
+        the padding a packed pyramid level gets at its edges (``facenet.detect.pyramid``)."""
+        x = self.c1(x)
+        if invalid is not None:
+            x = x.masked_fill(invalid, float("-inf"))
+        x = _maxpool_same(x, 2, 2)
         x = self.c3(self.c2(x))
         return F.softmax(self.score(x), dim=1)[:, 1], self.reg(x)
 
