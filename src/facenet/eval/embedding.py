@@ -39,6 +39,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -386,38 +387,39 @@ def embed_paths(
     stats.n_cached = len(unique) - len(todo)
 
     since_save = 0
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        crops, ok = [], []
+
+    def crops_of(chunk: list[Path]) -> tuple[list[np.ndarray], list[Path], dict[str, str]]:
+        crops, ok, failed = [], [], {}
         for p in chunk:
             try:
                 crop = degrade(embedder.crop(load_image(p)), degradation)
             except ImageError as e:
-                stats.failures[str(p)] = e.reason
+                failed[str(p)] = e.reason
                 continue
             except (ValueError, RuntimeError) as e:  # e.g. an aligner that found no face
-                stats.failures[str(p)] = str(e)
+                failed[str(p)] = str(e)
                 continue
             crops.append(crop)
             ok.append(p)
-        if crops:
-            if flip and isinstance(embedder, TorchEmbedder):
-                emb = embedder.embed_with_flips(crops, flip_mode)
-            elif flip:
-                emb = embedder.embed_crops(crops)
-                mirrored = embedder.embed_crops([c[:, ::-1].copy() for c in crops])
-                emb = _combine_flips(emb, mirrored, flip_mode, embedder.unit_norm)
-            else:
-                emb = embedder.embed_crops(crops)
-            for p, e in zip(ok, emb, strict=True):
-                cache[keys[p]] = np.asarray(e, dtype=np.float32)
-            stats.n_computed += len(ok)
-            since_save += len(ok)
-        if cache_path and since_save >= SAVE_EVERY:
-            _save_cache(cache_path, cache, prep, embedder.identity)
-            since_save = 0
-        if progress:
-            progress(min(start + batch_size, len(todo)), len(todo))
+        return crops, ok, failed
+
+    chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    # why: one pipeline: the next chunk is decoded (and detected, when aligning on the fly) in a
+    # worker thread while the network embeds this one; decoding and OpenCV release the GIL
+    with ThreadPoolExecutor(1, thread_name_prefix="facenet-eval-crops") as pool:
+        pending = pool.submit(crops_of, chunks[0]) if chunks else None
+        for n in range(len(chunks)):
+            assert pending is not None
+            crops, ok, failed = pending.result()
+            pending = pool.submit(crops_of, chunks[n + 1]) if n + 1 < len(chunks) else None
+            stats.failures.update(failed)
+            since_save = _embed_chunk(embedder, crops, ok, keys, cache, flip, flip_mode, stats,
+                                      since_save)  # fmt: skip
+            if cache_path and since_save >= SAVE_EVERY:
+                _save_cache(cache_path, cache, prep, embedder.identity)
+                since_save = 0
+            if progress:
+                progress(min((n + 1) * batch_size, len(todo)), len(todo))
     if cache_path and since_save:
         _save_cache(cache_path, cache, prep, embedder.identity)
     stats.seconds = time.perf_counter() - t0
@@ -435,6 +437,34 @@ def embed_paths(
         if e is not None:
             out[i] = e
     return out
+
+
+def _embed_chunk(
+    embedder: Any,
+    crops: list[np.ndarray],
+    ok: list[Path],
+    keys: dict[Path, str],
+    cache: dict[str, np.ndarray],
+    flip: bool,
+    flip_mode: FlipMode,
+    stats: EmbeddingStats,
+    since_save: int,
+) -> int:
+    """Embed one chunk's crops into ``cache``; returns the images embedded since the last save."""
+    if not crops:
+        return since_save
+    if flip and isinstance(embedder, TorchEmbedder):
+        emb = embedder.embed_with_flips(crops, flip_mode)
+    elif flip:
+        emb = embedder.embed_crops(crops)
+        mirrored = embedder.embed_crops([c[:, ::-1].copy() for c in crops])
+        emb = _combine_flips(emb, mirrored, flip_mode, embedder.unit_norm)
+    else:
+        emb = embedder.embed_crops(crops)
+    for p, e in zip(ok, emb, strict=True):
+        cache[keys[p]] = np.asarray(e, dtype=np.float32)
+    stats.n_computed += len(ok)
+    return since_save + len(ok)
 
 
 def _combine_flips(a: np.ndarray, b: np.ndarray, mode: str, unit_norm: bool) -> np.ndarray:
