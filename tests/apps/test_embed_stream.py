@@ -134,6 +134,10 @@ def test_the_folder_output_equals_the_file_output(orl_photos, tmp_path, trained_
     np.testing.assert_array_equal(a.embeddings, b.embeddings)
     assert main(["embed", *orl_photos, "--out", f"{tmp_path}/dir/", *model]) == 0
     assert "0 new shard(s); 40 photo(s) already done" in capsys.readouterr().out
+    # the shard folder is an embeddings input like a file
+    assert main(["cluster", "--embeddings", str(tmp_path / "dir"), "--out", str(tmp_path / "c"),
+                 "--link", "none"]) == 0  # fmt: skip
+    assert "40 faces" in capsys.readouterr().out
     code = main(["embed", *orl_photos, "--out", f"{tmp_path}/x.npz", "--engine", "ray", *model])
     assert code == 2 and "--out DIR/" in capsys.readouterr().err
 

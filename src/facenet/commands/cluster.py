@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from facenet.apps.cluster import (
     DEFAULT_K,
@@ -17,6 +18,7 @@ from facenet.apps.embedding_table import EmbeddingTable, load_embeddings
 from facenet.apps.thresholds import DEFAULT_OPERATING_POINT, operating_point
 from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import (
+    existing_dir,
     existing_file,
     int_at_least,
     output_dir,
@@ -26,6 +28,11 @@ from facenet.commands._checks import (
 from facenet.fingerprint import weights_sha256
 from facenet.models.card import card_of
 from facenet.models.loading import load_model, recorded_model_ref
+
+
+def _embeddings_input(text: str) -> Path:
+    """A `facenet embed` file, or a folder of its shards (``--out DIR/``)."""
+    return existing_dir(text) if Path(text).is_dir() else existing_file(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--embeddings",
-        type=existing_file,
-        help="cluster the faces of a `facenet embed` file instead of embedding PHOTOS",
+        type=_embeddings_input,
+        help="cluster the faces of a `facenet embed` file (or shard folder) instead of "
+        "embedding PHOTOS",
     )
     parser.add_argument(
         "--link",
