@@ -15,6 +15,7 @@ probe **unknown** when even the nearest identity is farther than the open-set th
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -241,15 +242,26 @@ class Gallery(ABC):
 
     # ------------------------------------------------------------------ provenance
 
-    @property
     @abstractmethod
-    def model(self) -> ModelFingerprint | None:
-        """The embedding space of this gallery (set by the first enrolment)."""
+    def _meta(self, key: str) -> str | None:
+        """A value of the gallery's own records (``model``, ``thresholds``, ``gallery_id``)."""
 
     @property
-    @abstractmethod
+    def gallery_id(self) -> str:
+        """Random id made with the gallery."""
+        return self._meta("gallery_id") or ""
+
+    @property
+    def model(self) -> ModelFingerprint | None:
+        """The embedding space of this gallery (set by the first enrolment)."""
+        raw = self._meta("model")
+        return None if raw is None else ModelFingerprint.from_dict(json.loads(raw))
+
+    @property
     def thresholds(self) -> dict[str, float]:
         """The thresholds of the model that built the gallery, recorded at its first enrolment."""
+        raw = self._meta("thresholds")
+        return {} if raw is None else {k: float(v) for k, v in json.loads(raw).items()}
 
     def check_model(self, model: ModelFingerprint) -> None:
         """Raise ``IncompatibleModelError`` unless ``model`` may query/extend this gallery."""

@@ -246,22 +246,6 @@ class MilvusGallery(Gallery):
             iterator.close()
         return out
 
-    # ------------------------------------------------------------------ provenance
-
-    @property
-    def gallery_id(self) -> str:
-        return self._meta("gallery_id") or ""
-
-    @property
-    def model(self) -> ModelFingerprint | None:
-        raw = self._meta("model")
-        return None if raw is None else ModelFingerprint.from_dict(json.loads(raw))
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        raw = self._meta("thresholds")
-        return {} if raw is None else {k: float(v) for k, v in json.loads(raw).items()}
-
     # ------------------------------------------------------------------ writes
 
     def enroll(
