@@ -18,6 +18,7 @@ from facenet.fingerprint import weights_sha256
 from facenet.models import create_model, list_models
 from facenet.models.fold import fold_batch_norm, inference_copy
 from facenet.models.inference import check_backend, embed_faces, inference_network
+from facenet.models.loading import save_weights
 from facenet.models.registry import _REGISTRY
 
 PARITY = 1e-4  # why: the bound for embeddings of the folded copy vs today's
@@ -125,9 +126,11 @@ def test_a_conv_whose_output_is_also_used_elsewhere_is_not_folded():
     assert torch.equal(net(x), ref)
 
 
-def test_folding_a_training_model_is_refused():
+def test_folding_a_training_model_is_refused_and_a_folded_copy_is_never_saved(tmp_path):
     with pytest.raises(ValueError, match="eval-mode"):
         fold_batch_norm(create_model("tiny").train())
+    with pytest.raises(ValueError, match="inference copy"):
+        save_weights(inference_copy(create_model("tiny").eval()), tmp_path / "w.safetensors")
 
 
 def test_the_embedders_run_the_folded_copy_and_fingerprint_the_original():

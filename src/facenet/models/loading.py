@@ -100,9 +100,15 @@ def save_weights(
 
     ``dtype`` (e.g. ``torch.float16``) stores floating tensors in that type to halve the file;
     loading casts them back to the model's own dtype.
+
+    Raises:
+        ValueError: ``model`` is an inference copy (``facenet.models.fold``): its folded weights
+            do not fit the architecture its description names.
     """
     from safetensors.torch import save
 
+    if getattr(model, "folded_from", None):
+        raise ValueError("an inference copy (batch norm folded) cannot be saved: save its model")
     info = model_info(model) | (extra or {})
     state = {}
     for k, v in model.state_dict().items():
