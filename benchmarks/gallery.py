@@ -1,15 +1,27 @@
 """Gallery search and clustering at scale, side by side with the plain approaches.
 
-Identification: galleries of 10k / 100k / 1M embeddings (real face embeddings from an
-embeddings file if given, e.g. LFW from ``facenet embed``, topped up with random unit vectors)
-searched by
+Identification: galleries of 100k / 1M embeddings (real face embeddings from an embeddings
+file if given, e.g. LFW from ``facenet embed``, topped up with random unit vectors; probes are
+noisy copies of real faces, searched one at a time: an interactive identify) on each of
+``--backends``, side by side:
 
-- our ``Gallery`` (SQLite + FAISS: exact flat index up to 100k, HNSW above), and
-- a plain NumPy linear scan (``np.linalg.norm(gallery - probe, axis=1)``, what
-  ``face_recognition.face_distance`` does),
+- ``numpy:scan``: a plain linear scan (``np.linalg.norm(gallery - probe, axis=1)``, what
+  ``face_recognition.face_distance`` does), the exact reference for latency;
+- ``embedded:KIND``: our default backend (SQLite + a FAISS index file) with the index forced to
+  ``flat``, ``ivf_flat``, ``ivf_sq8`` or ``hnsw`` (``Gallery(folder, index=KIND)``; default
+  parameters: ``nlist = 4 sqrt(N)``, ``nprobe = max(16, nlist / 64)``). The rows are loaded once
+  (insert rate: SQLite transactions of 50,000 rows, one identity per embedding) and the database
+  copied for each kind; index build = ``rebuild_index()`` (reading the rows from SQLite included);
+- ``milvus-lite:KIND``: Milvus Lite in process (``milvus-lite:///x.db?index=KIND``), rows
+  inserted ``MILVUS_BATCH`` at a time; index build = flush + load + the first search (Milvus
+  builds per sealed segment).
 
-one probe at a time (interactive identify), reporting median latency, queries/s and recall@1 of
-our index against exact search.
+Each cell runs in its own subprocess, killed past ``--cell-timeout`` seconds or
+``--cell-mem-gib`` GiB resident (with its children): the table then says "limit hit" and keeps
+what the cell measured before. Columns: inserts/s, index build s, load s (a fresh process's first
+search), p50/p99 latency of single-probe ``search``, recall@1 against exact search, bytes per face
+on disk of the index file and of the store (SQLite database; Milvus Lite's whole data folder),
+peak resident MiB.
 
 Clustering: 10k / 100k faces, every face labelled (minimum cluster size 1), average linkage cut
 at ``--threshold`` (squared L2) by
@@ -31,7 +43,9 @@ file: the parent folder of each photo; LFW: 13,232 faces) -- a random subset up 
 above it all of them topped up with synthetic identities of the same dimension and spread; the
 BCubed F column then scores the real faces only.
 
-    python benchmarks/gallery.py [--embeddings lfw.npz] [--sizes 10000 100000 1000000]
+    python benchmarks/gallery.py [--embeddings lfw.npz] [--sizes 100000 1000000]
+        [--backends embedded:flat milvus-lite:flat ...] [--skip embedded:hnsw@1000000]
+        [--cell-timeout 900] [--cell-mem-gib 12] [--queries 200]
         [--cluster-sizes 10000 100000] [--cluster-embeddings lfw.npz --threshold 0.981901]
         [--threads 1] [--json out.json]
 
@@ -41,20 +55,23 @@ BCubed F column then scores the real faces only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from facenet.apps.cluster import DEFAULT_K, cluster_embeddings, knn_graph
 from facenet.apps.embedding_table import load_embeddings
-from facenet.apps.gallery import Gallery
-from facenet.apps.gallery_index import index_kind
+from facenet.apps.gallery import FaceRecord, Gallery
+from facenet.apps.gallery_index import INDEX_NAME, index_kind
 from facenet.eval.clustering import clustering_metrics
 from facenet.fingerprint import ModelFingerprint
 
@@ -81,74 +98,326 @@ def make_gallery_vectors(real: np.ndarray | None, n: int, dim: int, seed: int) -
     return np.concatenate(parts).astype(np.float32)
 
 
-def bench_identify(vectors: np.ndarray, queries: np.ndarray, k: int = 5) -> dict:
-    dim = vectors.shape[1]
-    model = ModelFingerprint("bench", "bench", "0" * 64, dim)
-    with tempfile.TemporaryDirectory() as tmp:
-        g = Gallery(tmp)
+BACKENDS = (
+    "numpy:scan",
+    "embedded:flat",
+    "embedded:ivf_flat",
+    "embedded:ivf_sq8",
+    "embedded:hnsw",
+    "milvus-lite:flat",
+    "milvus-lite:ivf_flat",
+    "milvus-lite:ivf_sq8",
+    "milvus-lite:hnsw",
+)
+MILVUS_BATCH = 10_000
+
+
+def _model(dim: int) -> ModelFingerprint:
+    return ModelFingerprint("bench", "bench", "0" * 64, dim)
+
+
+def _disk_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _say(key: str, value: object) -> None:
+    """One result line for the parent (it keeps what came before a kill)."""
+    print(f"{key} {value}", flush=True)
+
+
+def insert_embedded(folder: Path, vectors: np.ndarray) -> None:
+    """Bulk-load ``vectors`` as one identity per embedding (the worst case for identity grouping):
+    SQLite transactions of 50,000 rows, the same rows ``enroll`` writes."""
+    g = Gallery(folder)
+    model = _model(vectors.shape[1])
+    for start in range(0, len(vectors), 50_000):
+        block = np.ascontiguousarray(vectors[start : start + 50_000], np.float32)
+        with g._transaction() as db:
+            if g.model is None:
+                g._set_meta("model", json.dumps(model.to_dict()))
+            for i, v in enumerate(block):
+                j = start + i
+                ident = db.execute(
+                    "INSERT INTO identities (name, created_at) VALUES (?, 0)", (f"id{j}",)
+                ).lastrowid
+                img = db.execute(
+                    "INSERT INTO images (identity_id, path, added_at) VALUES (?, ?, 0)",
+                    (ident, f"{j}.jpg"),
+                ).lastrowid
+                db.execute(
+                    "INSERT INTO embeddings (image_id, identity_id, face_index, vector,"
+                    " model_name, model_version, weights_hash) VALUES (?,?,0,?,?,?,?)",
+                    (img, ident, v.tobytes(), "bench", "bench", "0" * 64),
+                )
+            g._set_meta("generation", str(g.generation + 1))
+    g.close()
+
+
+def insert_milvus(location: str, vectors: np.ndarray) -> Any:
+    """The gallery's first identity through ``enroll`` (creates the collections), the rest as
+    the rows ``enroll`` inserts, ``MILVUS_BATCH`` per ``insert`` call."""
+    g = Gallery(location)
+    model = _model(vectors.shape[1])
+    g.enroll("id0", [FaceRecord(vectors[0], "0.jpg")], model)
+    row = g._client.query(g.collection, filter="id >= 0", output_fields=["*"], limit=1)[0]
+    base = {k: v for k, v in row.items() if k not in ("id", "vector")}
+    for start in range(1, len(vectors), MILVUS_BATCH):
+        block = np.asarray(vectors[start : start + MILVUS_BATCH], np.float32)
+        rows = []
+        for i, v in enumerate(block.tolist()):
+            j = start + i
+            rows.append({**base, "vector": v, "identity": f"id{j}", "identity_id": j,
+                         "image_id": j, "path": f"{j}.jpg"})  # fmt: skip
+        g._client.insert(g.collection, rows)
+    return g
+
+
+def identify_worker(
+    backend: str, n: int, data: str, work: str, template: str | None, sweep: list[int]
+) -> None:
+    """One cell in this process: prints ``insert_s``, ``build_s``, ``load_s``, ``p50_ms``,
+    ``p99_ms``, ``recall_at_1``, ``index_bytes``, ``store_bytes``, ``peak_kib`` lines as it goes;
+    for an IVF index, ``sweep`` lines: recall@1 and p50 at each nprobe of ``sweep``."""
+    import resource
+
+    store, kind = backend.split(":")
+    vectors = np.load(Path(data) / "vectors.npy", mmap_mode="r")
+    queries = np.load(Path(data) / "queries.npy")
+    exact = np.load(Path(data) / "exact.npy")
+    k = 5
+    found: list[int] = []
+    lat: list[float] = []
+    if store == "numpy":
+        x = np.asarray(vectors)
+        for q in queries:
+            t0 = time.perf_counter()
+            d = np.linalg.norm(x - q, axis=1)  # face_recognition.face_distance
+            best = np.argpartition(d, k)[:k]
+            best = best[np.argsort(d[best])]
+            lat.append(time.perf_counter() - t0)
+            found.append(int(best[0]))
+    elif store == "embedded":
+        folder = Path(work) / "g"
+        if template is None:
+            t0 = time.perf_counter()
+            insert_embedded(folder, vectors)
+            _say("insert_s", time.perf_counter() - t0)
+        else:
+            folder.mkdir(parents=True)
+            shutil.copy(Path(template) / "g" / "gallery.sqlite", folder / "gallery.sqlite")
+        g = Gallery(folder, index=kind)
         t0 = time.perf_counter()
-        chunk = 50_000
-        for start in range(0, len(vectors), chunk):
-            # why: one identity per embedding is the worst case for identity grouping
-            block = vectors[start : start + chunk]
-            with g._transaction() as db:
-                if g.model is None:
-                    g._set_meta("model", json.dumps(model.to_dict()))
-                for i, v in enumerate(block):
-                    j = start + i
-                    ident = db.execute(
-                        "INSERT INTO identities (name, created_at) VALUES (?, 0)", (f"id{j}",)
-                    ).lastrowid
-                    img = db.execute(
-                        "INSERT INTO images (identity_id, path, added_at) VALUES (?, ?, 0)",
-                        (ident, f"{j}.jpg"),
-                    ).lastrowid
-                    db.execute(
-                        "INSERT INTO embeddings (image_id, identity_id, face_index, vector,"
-                        " model_name, model_version, weights_hash) VALUES (?,?,0,?,?,?,?)",
-                        (img, ident, v.tobytes(), "bench", "bench", "0" * 64),
-                    )
-                g._set_meta("generation", str(g.generation + 1))
-        t_insert = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        g.search(queries[:1], k)  # builds and saves the index
-        t_index = time.perf_counter() - t0
+        g.rebuild_index()  # reads every embedding from SQLite, builds, writes index.faiss
+        _say("build_s", time.perf_counter() - t0)
         g.close()
-        g = Gallery(tmp)  # a fresh process would load the saved index
+        g = Gallery(folder)  # a fresh process loads the saved index
         t0 = time.perf_counter()
         g.search(queries[:1], k)
-        t_load = time.perf_counter() - t0
-        lat, found = [], []
+        _say("load_s", time.perf_counter() - t0)
+        index = g._fresh_index()
+        _say("index", index_kind(index))
+        if hasattr(index, "nlist"):
+            _say("params", f"nlist={index.nlist},nprobe={index.nprobe}")
+        _say("index_bytes", (folder / INDEX_NAME).stat().st_size)
+        _say("store_bytes", (folder / "gallery.sqlite").stat().st_size)
         for q in queries:
             t0 = time.perf_counter()
             m = g.search(q[None], k)[0]
             lat.append(time.perf_counter() - t0)
             found.append(int(m[0].name[2:]))
-        kind = index_kind(g._fresh_index())
+        for nprobe in sweep if hasattr(index, "nprobe") else ():
+            # why: a search setting (no rebuild): recall and latency of other nprobe values
+            g.set_index(nprobe=nprobe)
+            sweep_lat, sweep_found = [], []
+            for q in queries:
+                t0 = time.perf_counter()
+                m = g.search(q[None], k)[0]
+                sweep_lat.append(time.perf_counter() - t0)
+                sweep_found.append(int(m[0].name[2:]))
+            recall = float(np.mean(np.array(sweep_found) == exact))
+            _say(
+                "sweep",
+                f"nprobe={nprobe}:recall={recall:.3f}:p50_ms={1e3 * np.median(sweep_lat):.2f}",
+            )
         g.close()
-    # numpy linear scan, face_recognition style
-    np_lat, exact = [], []
-    for q in queries:
+    else:
+        path = Path(work) / "m.db"
+        location = f"milvus-lite:///{path}?index={kind}"
         t0 = time.perf_counter()
-        d = np.linalg.norm(vectors - q, axis=1)
-        best = np.argpartition(d, k)[:k]
-        best = best[np.argsort(d[best])]
-        np_lat.append(time.perf_counter() - t0)
-        exact.append(int(best[0]))
-    recall = float(np.mean(np.array(found) == np.array(exact)))
-    return {
-        "n": len(vectors),
-        "index": kind,
-        "ours_ms": 1e3 * float(np.median(lat)),
-        "numpy_ms": 1e3 * float(np.median(np_lat)),
-        "ours_qps": 1.0 / float(np.median(lat)),
-        "numpy_qps": 1.0 / float(np.median(np_lat)),
-        "speedup": float(np.median(np_lat) / np.median(lat)),
-        "recall_at_1": recall,
-        "insert_s": t_insert,
-        "index_build_s": t_index,
-        "index_load_s": t_load,
-    }
+        g = insert_milvus(location, vectors)
+        _say("insert_s", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        # why: Milvus builds its index per sealed segment; flush seals, load makes it searchable
+        g._client.flush(g.collection)
+        g._client.release_collection(g.collection)
+        g._client.load_collection(g.collection)
+        g.search(queries[:1], k)
+        _say("build_s", time.perf_counter() - t0)
+        info = g._client.describe_index(g.collection, "vector")
+        _say("index", info.get("index_type", "?"))
+        g.close()
+        t0 = time.perf_counter()
+        g = Gallery(location)
+        g.search(queries[:1], k)
+        _say("load_s", time.perf_counter() - t0)
+        for q in queries:
+            t0 = time.perf_counter()
+            m = g.search(q[None], k)[0]
+            lat.append(time.perf_counter() - t0)
+            found.append(int(m[0].name[2:]))
+        g.close()
+        _say("store_bytes", _disk_bytes(Path(work)))
+    ms = 1e3 * np.array(lat)
+    _say("p50_ms", float(np.percentile(ms, 50)))
+    _say("p99_ms", float(np.percentile(ms, 99)))
+    _say("recall_at_1", float(np.mean(np.array(found) == exact)))
+    _say("peak_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def run_worker(cmd: list[str], timeout: float, mem_gib: float, threads: int | None) -> dict:
+    """``cmd`` (this script as a worker) in a subprocess, killed past ``timeout`` s or ``mem_gib``
+    GiB resident; its ``key value`` lines, with ``note`` saying why it stopped early."""
+    env = dict(os.environ)
+    if threads:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    t0, killed, seen_kib = time.perf_counter(), "", 0
+    while proc.poll() is None:
+        seen_kib = max(seen_kib, _rss_tree_kib(proc.pid))
+        if time.perf_counter() - t0 > timeout:
+            killed = f"limit hit: did not finish in {timeout:.0f} s"
+        elif seen_kib > mem_gib * 2**20:
+            killed = f"limit hit: over {mem_gib:g} GiB resident"
+        if killed:
+            proc.kill()
+            break
+        time.sleep(0.1)
+    stdout, _ = proc.communicate()
+    row: dict = {"note": killed, "wall_s": time.perf_counter() - t0}
+    for line in stdout.splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("index", "params", "method"):
+            row[key] = value
+        elif key == "sweep":
+            row.setdefault("sweep", []).append(value)
+        elif key:
+            with contextlib.suppress(ValueError):
+                row[key] = float(value)
+    if not killed and proc.returncode != 0:
+        row["note"] = f"failed (exit {proc.returncode})"
+    if "peak_kib" not in row and seen_kib:
+        row["peak_kib"] = float(seen_kib)  # sampled every 0.1 s up to the kill
+    return row
+
+
+def _rss_tree_kib(pid: int) -> int:
+    """Resident memory of a process and its children (Milvus Lite runs a server process)."""
+    total = _rss_kib(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(_rss_tree_kib(int(c)) for c in children)
+
+
+def identify_data(real: np.ndarray | None, n: int, dim: int, queries: int, folder: Path) -> None:
+    """vectors.npy (real faces topped up with random unit vectors), queries.npy (noisy copies of
+    real faces: a new photo of an enrolled person) and exact.npy (their exact nearest rows)."""
+    vectors = make_gallery_vectors(real, n, dim, seed=n)
+    rng = np.random.default_rng(n + 1)
+    pick = rng.choice(min(n, len(real)) if real is not None else n, queries)
+    q = unit(vectors[pick] + 0.03 * rng.normal(size=(queries, dim)))
+    best = np.full(queries, -1)
+    best_sim = np.full(queries, -np.inf)
+    for start in range(0, n, 100_000):
+        sims = vectors[start : start + 100_000] @ q.T
+        top = sims.argmax(0)
+        better = sims[top, np.arange(queries)] > best_sim
+        best[better] = start + top[better]
+        best_sim[better] = sims[top, np.arange(queries)][better]
+    np.save(folder / "vectors.npy", vectors)
+    np.save(folder / "queries.npy", q)
+    np.save(folder / "exact.npy", best)
+
+
+def bench_identify(
+    real: np.ndarray | None,
+    n: int,
+    dim: int,
+    backends: list[str],
+    queries: int,
+    timeout: float,
+    mem_gib: float,
+    threads: int | None,
+    skip: set[str],
+    nprobes: list[int],
+    on_row: Any = None,
+) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir()
+        identify_data(real, n, dim, queries, data)
+        template: str | None = None
+        for backend in backends:
+            if f"{backend}@{n}" in skip:
+                row = {"backend": backend, "n": n, "note": "not run (--skip)"}
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+                continue
+            work = Path(tmp) / backend.replace(":", "_")
+            work.mkdir()
+            cmd = [sys.executable, __file__, "--identify-worker", backend, str(n), str(data)]
+            cmd += [str(work), "--nprobes", *map(str, nprobes)]
+            if backend.startswith("embedded:") and template is not None:
+                cmd += ["--template", template]
+            row = run_worker(cmd, timeout, mem_gib, threads)
+            row.update(backend=backend, n=n, queries=queries)
+            if backend.startswith("embedded:") and template is None and "insert_s" in row:
+                template = str(work)  # the next embedded cells copy this database
+            elif backend.startswith("embedded:"):
+                shutil.rmtree(work, ignore_errors=True)
+            if not backend.startswith("embedded:"):
+                shutil.rmtree(work, ignore_errors=True)
+            if template is not None and backend.startswith("embedded:") and "insert_s" not in row:
+                row["insert_s"] = next(
+                    (r["insert_s"] for r in rows if r.get("n") == n and "insert_s" in r), None
+                )
+                row["insert_shared"] = True
+            rows.append(row)
+            if on_row:
+                on_row(row)
+    return rows
+
+
+def identify_row_text(r: dict) -> str:
+    def num(key: str, fmt: str, scale: float = 1.0) -> str:
+        v = r.get(key)
+        return "–" if v is None else format(v * scale, fmt)
+
+    n = r["n"]
+    rate = f"{n / r['insert_s']:,.0f}" if r.get("insert_s") else "–"
+    if r.get("insert_shared"):
+        rate += " (shared)"
+    index = r.get("index", "–") + (f" ({r['params']})" if r.get("params") else "")
+    per_face = lambda key: "–" if r.get(key) is None else f"{r[key] / n:,.0f}"  # noqa: E731
+    return (
+        f"| {n:,} | {r['backend']} | {index} | {rate} | {num('build_s', '.1f')} | "
+        f"{num('load_s', '.2f')} | {num('p50_ms', '.2f')} | {num('p99_ms', '.2f')} | "
+        f"{num('recall_at_1', '.3f')} | {per_face('index_bytes')} | {per_face('store_bytes')} | "
+        f"{num('peak_kib', ',.0f', 1 / 1024)} | {r.get('note') or ''} |"
+    )
+
+
+IDENTIFY_HEADER = (
+    "| gallery | backend | index | inserts/s | index build s | load s | p50 ms | p99 ms | "
+    "recall@1 | index B/face | store B/face | peak MiB | note |\n"
+    "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+)
 
 
 def synthetic_faces(
@@ -386,6 +655,15 @@ def cluster_row_text(r: dict) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--identify-worker":
+        wp = argparse.ArgumentParser()
+        wp.add_argument("--identify-worker", nargs=4)
+        wp.add_argument("--template")
+        wp.add_argument("--nprobes", type=int, nargs="*", default=[])
+        w = wp.parse_args()
+        backend, n, data, work = w.identify_worker
+        identify_worker(backend, int(n), data, work, w.template, w.nprobes)
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--cluster-worker":
         wp = argparse.ArgumentParser()
         wp.add_argument("--cluster-worker", nargs=3)
@@ -399,7 +677,15 @@ def main() -> None:
         "--embeddings",
         help="real face embeddings to start from (`facenet embed` .npz or a scripts/quality.py cache)",
     )
-    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    ap.add_argument("--skip", nargs="*", default=[], metavar="BACKEND@N", help="cells not to run")
+    ap.add_argument(
+        "--nprobes", type=int, nargs="*", default=[8, 16, 32, 64, 128],
+        help="also measure embedded IVF cells at these nprobe values (search setting)",
+    )  # fmt: skip
+    ap.add_argument("--cell-timeout", type=float, default=900.0, help="seconds per cell")
+    ap.add_argument("--cell-mem-gib", type=float, default=12.0, help="resident GiB per cell")
     ap.add_argument("--cluster-sizes", type=int, nargs="*", default=[10_000, 100_000])
     ap.add_argument(
         "--cluster-embeddings",
@@ -419,26 +705,43 @@ def main() -> None:
 
     real = None if args.embeddings is None else load_real_embeddings(args.embeddings)
     dim = real.shape[1] if real is not None else args.dim
-    rng = np.random.default_rng(0)
     results: dict = {"identify": [], "cluster": []}
     if args.sizes:
         print(
-            "| gallery | index | ours ms | NumPy ms | ours q/s | NumPy q/s | speed-up | recall@1 |"
+            f"identify: {args.queries} probes one at a time, {os.cpu_count()} CPUs, threads "
+            f"{args.threads or 'default'}, cells limited to {args.cell_timeout:.0f} s and "
+            f"{args.cell_mem_gib:g} GiB"
         )
-        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        print(IDENTIFY_HEADER, flush=True)
         for n in args.sizes:
-            vectors = make_gallery_vectors(real, n, dim, seed=n)
-            # probes: noisy copies of gallery faces (a new photo of an enrolled person)
-            pick = rng.choice(min(n, len(real)) if real is not None else n, args.queries)
-            queries = unit(vectors[pick] + 0.03 * rng.normal(size=(args.queries, dim)))
-            r = bench_identify(vectors, queries)
-            results["identify"].append(r)
-            print(
-                f"| {n:,} | {r['index']} | {r['ours_ms']:.2f} | {r['numpy_ms']:.2f} | "
-                f"{r['ours_qps']:,.0f} | {r['numpy_qps']:,.0f} | {r['speedup']:.1f}x | "
-                f"{r['recall_at_1']:.3f} |",
-                flush=True,
+            results["identify"].extend(
+                bench_identify(
+                    real,
+                    n,
+                    dim,
+                    args.backends,
+                    args.queries,
+                    args.cell_timeout,
+                    args.cell_mem_gib,
+                    args.threads,
+                    set(args.skip),
+                    args.nprobes,
+                    on_row=lambda r: print(identify_row_text(r), flush=True),
+                )  # fmt: skip
             )
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2))
+        sweeps = [r for r in results["identify"] if r.get("sweep")]
+        if sweeps:
+            print("\nembedded IVF indexes, nprobe (a search setting) against recall@1 and p50 ms:")
+            print("| gallery | backend | nlist | nprobe: recall@1 (p50 ms) |\n|---:|---|---:|---|")
+        for r in sweeps:
+            cells = []
+            for item in r["sweep"]:
+                parts = dict(kv.split("=") for kv in item.split(":"))
+                cells.append(f"{parts['nprobe']}: {parts['recall']} ({parts['p50_ms']})")
+            nlist = r.get("params", "").split(",")[0].removeprefix("nlist=")
+            print(f"| {r['n']:,} | {r['backend']} | {nlist} | {'; '.join(cells)} |")
     if args.cluster_sizes:
         faces = None if args.cluster_embeddings is None else real_faces(args.cluster_embeddings)
         print(

@@ -1,5 +1,5 @@
 """The embedded gallery backend (SQLite + FAISS): its index file (staleness, binding, checksums),
-the HNSW switch, provenance rows and name checks. What every backend promises is in
+the approximate-index switch, provenance rows and name checks. What every backend promises is in
 ``test_gallery_contract.py``."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_approximate_index_above_threshold_has_high_recall(tmp_path):
         m[0].name == brute_force(vecs, q, 1)[0][0]
         for q, m in zip(queries, g.search(queries, 1), strict=True)
     ]
-    assert index_kind(g._fresh_index()) == "hnsw"
+    assert index_kind(g._fresh_index()) == "ivf_flat"  # auto above approximate_above
     assert np.mean(hits) >= 0.95
 
 

@@ -1,17 +1,33 @@
-"""The FAISS index file of a gallery (``index.faiss``): building the index, writing and reading it.
+"""The FAISS index file of a gallery (``index.faiss``): choosing and building the index, writing
+and reading it.
 
-Search. Embeddings are unit vectors, so squared L2 distance = ``2 - 2 * inner product``; the index
-ranks by inner product. Up to ``approximate_above`` embeddings it is an exact ``IndexFlatIP``;
-above, an HNSW graph (approximate, logarithmic query time). Either is wrapped in an
-``IndexIDMap2`` that answers with the gallery's embedding ids.
+Search. Embeddings are unit vectors, so squared L2 distance = ``2 - 2 * inner product``; every
+index ranks by inner product and answers with the gallery's embedding ids. Four kinds
+(``INDEX_KINDS``):
+
+- ``flat``: exact ``IndexFlatIP`` (in an ``IndexIDMap2``), 4 bytes per dimension;
+- ``hnsw``: an HNSW graph (``IndexHNSWFlat``, M 32), approximate; slow to build at 1M (> 20 min
+  on two cores), so it is only used when asked for;
+- ``ivf_flat``: ``IndexIVFFlat``, k-means cells (``nlist``, default ``4 * sqrt(N)``) trained on
+  a sample, a query scans the ``nprobe`` nearest cells; 4 bytes per dimension;
+- ``ivf_sq8``: ``IndexIVFScalarQuantizer`` (8-bit), the same cells with each dimension in one
+  byte: 128 bytes per 128-d face, the paper's figure.
+
+``IndexSpec`` is a gallery's choice: ``kind="auto"`` is exact up to ``approximate_above``
+embeddings and ``AUTO_APPROXIMATE`` above; ``nlist``/``nprobe`` default by size. The file's
+header records the kind and parameters it was built with (``"index"``), so an index that no longer
+matches the choice (or outgrew its IVF training, ``IVF_REGROW``) is rebuilt rather than appended
+to. ``nprobe`` and HNSW's ``efSearch`` are search settings: applied when an index is used, never a
+reason to rebuild.
 
 File format::
 
     magic "FNGIDX01" | u32 little-endian header length | JSON header | faiss.serialize_index bytes
 
 The header holds what binds the file to its database (``gallery_id``, ``generation``, ``max_id``,
-``weights_hash``; see ``facenet.apps.gallery``). A writer returns the SHA-256 of the bytes it
-wrote, which the database records; a reader given that checksum refuses any other bytes.
+``weights_hash``; see ``facenet.apps.gallery_sqlite``) and the built ``index`` spec. A writer
+returns the SHA-256 of the bytes it wrote, which the database records; a reader given that
+checksum refuses any other bytes.
 
 FAISS is the optional ``gallery`` extra: it is imported when an index is built or read, so this
 module (and the gallery) import without it.
@@ -22,8 +38,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +51,21 @@ from facenet.utils import atomic_write
 
 INDEX_NAME = "index.faiss"
 INDEX_MAGIC = b"FNGIDX01"
-# why: below ~100k vectors an exact scan answers in about a millisecond on one core; above it an
-# HNSW graph keeps queries well under a millisecond at recall ~0.99 (see benchmarks/gallery.py).
+INDEX_KINDS = ("flat", "hnsw", "ivf_flat", "ivf_sq8")
+# why: below ~100k vectors an exact scan answers in about ten milliseconds on one core; above it
+# an approximate index keeps queries at a few milliseconds (see benchmarks/gallery.py).
 DEFAULT_APPROXIMATE_ABOVE = 100_000
+# why: IVF-Flat builds 1M x 512-d in minutes on two cores at recall@1 >= 0.99 (HNSW: over 20
+# minutes); measured in benchmarks/gallery.py.
+AUTO_APPROXIMATE = "ivf_flat"
 HNSW_M = 32  # graph degree: the usual accuracy/memory trade-off for 128-d vectors
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
+IVF_TRAIN_PER_CELL = 40  # k-means training points per cell (FAISS warns below 39)
+IVF_MIN_TRAIN = 1_000  # an IVF kind over fewer vectors is built exact (flat): too few to train
+IVF_DEFAULT_NPROBE_FRACTION = 1 / 64  # cells scanned per query, of nlist
+IVF_MIN_NPROBE = 16
+IVF_REGROW = 2.0  # an IVF index whose gallery has grown past this factor is retrained
 
 
 def _faiss() -> Any:
@@ -67,32 +94,149 @@ def faiss_threads(n: int | None) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def build_index(
-    vectors: np.ndarray, ids: np.ndarray, approximate_above: int = DEFAULT_APPROXIMATE_ABOVE
-) -> Any:
-    """A FAISS inner-product index over (N, D) unit ``vectors`` answering with int64 ``ids``.
+@dataclass(frozen=True)
+class IndexSpec:
+    """A gallery's index choice: ``kind`` (``"auto"`` or one of ``INDEX_KINDS``), IVF cells
+    ``nlist`` and cells searched ``nprobe`` (None: by size), HNSW ``ef_search``."""
 
-    Exact (``IndexFlatIP``) up to ``approximate_above`` vectors, HNSW above.
-    """
+    kind: str = "auto"
+    nlist: int | None = None
+    nprobe: int | None = None
+    approximate_above: int = DEFAULT_APPROXIMATE_ABOVE
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("auto", *INDEX_KINDS):
+            raise ValueError(
+                f"index kind {self.kind!r}: choose one of auto, {', '.join(INDEX_KINDS)}"
+            )
+        for name in ("nlist", "nprobe"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+
+    def kind_for(self, n: int) -> str:
+        """The kind used for ``n`` embeddings: the chosen one, or by size for ``auto``; an IVF
+        kind with too few vectors to train its cells is exact (``flat``) instead."""
+        kind = self.kind
+        if kind == "auto":
+            kind = AUTO_APPROXIMATE if n > self.approximate_above else "flat"
+        if kind.startswith("ivf") and n < IVF_MIN_TRAIN:
+            return "flat"
+        return kind
+
+    def nlist_for(self, n: int) -> int:
+        """IVF cells for ``n`` vectors: the chosen ``nlist`` or ``4 * sqrt(n)``, at most one per
+        ``IVF_TRAIN_PER_CELL`` vectors."""
+        want = self.nlist or int(round(4 * math.sqrt(max(n, 1))))
+        return max(1, min(want, n // IVF_TRAIN_PER_CELL))
+
+    def nprobe_for(self, nlist: int) -> int:
+        want = self.nprobe or max(IVF_MIN_NPROBE, int(round(nlist * IVF_DEFAULT_NPROBE_FRACTION)))
+        return max(1, min(want, nlist))
+
+    def built(self, n: int) -> dict[str, Any]:
+        """What an index built now over ``n`` vectors is (the header's ``index``)."""
+        kind = self.kind_for(n)
+        spec: dict[str, Any] = {"kind": kind, "trained_on": n}
+        if kind.startswith("ivf"):
+            spec["nlist"] = self.nlist_for(n)
+        return spec
+
+    def can_append(self, built: dict[str, Any] | None, n: int) -> bool:
+        """Whether an index built as ``built`` may take appended vectors up to ``n`` in all."""
+        if not built or built.get("kind") != self.kind_for(n):
+            return False
+        if not built["kind"].startswith("ivf"):
+            return True
+        if self.nlist is not None and built.get("nlist") != self.nlist_for(n):
+            return False
+        # why: cells trained on a much smaller gallery get crowded; retrain as it grows
+        return n <= IVF_REGROW * max(int(built.get("trained_on", 0)), 1)
+
+    def to_meta(self) -> dict[str, str]:
+        return {
+            "index_kind": self.kind,
+            "index_nlist": "" if self.nlist is None else str(self.nlist),
+            "index_nprobe": "" if self.nprobe is None else str(self.nprobe),
+        }
+
+
+def _base(index: Any) -> Any:
     faiss = _faiss()
-    d = vectors.shape[1]
-    if len(vectors) > approximate_above:
-        base = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        base.hnsw.efSearch = HNSW_EF_SEARCH
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+
+def build_index(
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    approximate_above: int | IndexSpec = DEFAULT_APPROXIMATE_ABOVE,
+) -> Any:
+    """A FAISS inner-product index over (N, D) unit ``vectors`` answering with int64 ``ids``,
+    of the kind ``spec`` (an ``IndexSpec``, or the ``approximate_above`` of an auto one) gives
+    for N vectors; ready to search (``nprobe``/``efSearch`` set)."""
+    spec = (
+        approximate_above
+        if isinstance(approximate_above, IndexSpec)
+        else IndexSpec(approximate_above=approximate_above)
+    )
+    faiss = _faiss()
+    n, d = vectors.shape
+    kind = spec.kind_for(n)
+    x = np.ascontiguousarray(vectors, np.float32)
+    ids = np.ascontiguousarray(ids, np.int64)
+    if kind.startswith("ivf"):
+        nlist = spec.nlist_for(n)
+        quantizer = faiss.IndexFlatIP(d)
+        if kind == "ivf_flat":
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
+        sample = min(n, IVF_TRAIN_PER_CELL * nlist)
+        if sample < n:  # why: a fixed seed, so a rebuild of the same rows is the same index
+            rows = np.random.default_rng(0).choice(n, sample, replace=False)
+            index.train(x[np.sort(rows)])
+        else:
+            index.train(x)
+        for start in range(0, n, 100_000):  # why: bounded temporary memory while assigning
+            index.add_with_ids(x[start : start + 100_000], ids[start : start + 100_000])
     else:
-        base = faiss.IndexFlatIP(d)
-    index = faiss.IndexIDMap2(base)
-    if len(vectors):
-        index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
+        if kind == "hnsw":
+            base = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        else:
+            base = faiss.IndexFlatIP(d)
+        index = faiss.IndexIDMap2(base)
+        if n:
+            index.add_with_ids(x, ids)
+    configure_search(index, spec)
     return index
 
 
-def index_kind(index: Any) -> str:
-    """``"hnsw"`` or ``"flat"``: the search structure inside ``index`` (ids map unwrapped)."""
+def configure_search(index: Any, spec: IndexSpec) -> None:
+    """Set the search-time parameters of ``spec`` on ``index`` (IVF ``nprobe``, HNSW
+    ``efSearch``); they never need a rebuild."""
     faiss = _faiss()
-    base = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    return "hnsw" if isinstance(base, faiss.IndexHNSW) else "flat"
+    base = _base(index)
+    if isinstance(base, faiss.IndexIVF):
+        base.nprobe = spec.nprobe_for(base.nlist)
+    elif isinstance(base, faiss.IndexHNSW):
+        base.hnsw.efSearch = HNSW_EF_SEARCH
+
+
+def index_kind(index: Any) -> str:
+    """``"flat"``, ``"hnsw"``, ``"ivf_flat"`` or ``"ivf_sq8"``: the search structure of
+    ``index`` (ids map unwrapped)."""
+    faiss = _faiss()
+    base = _base(index)
+    if isinstance(base, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(base, faiss.IndexIVFScalarQuantizer):
+        return "ivf_sq8"
+    if isinstance(base, faiss.IndexIVF):
+        return "ivf_flat"
+    return "flat"
 
 
 def write_index_file(path: Path, index: Any, header: dict[str, Any]) -> str:

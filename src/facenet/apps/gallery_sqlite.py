@@ -24,8 +24,12 @@ Identity names are printable text: control and format characters (newlines, bidi
 refused, so a name cannot spoof a line of ``gallery list``. A photo is stored once: enrolling a
 photo whose bytes (SHA-256) and face are already in the gallery reports it and stores nothing.
 
-Search. The index (``facenet.apps.gallery_index``: how it is built, the file format) ranks unit
-embeddings by inner product, exact up to ``approximate_above`` embeddings and HNSW above.
+Search. The index (``facenet.apps.gallery_index``: the kinds, how they are built, the file
+format) ranks unit embeddings by inner product. Its kind is the gallery's choice, kept in the
+``meta`` table (``index_kind``, ``index_nlist``, ``index_nprobe``; set by ``Gallery(folder,
+index=..., nlist=..., nprobe=...)`` or ``facenet gallery rebuild --index``): ``auto`` (the
+default) is exact up to ``approximate_above`` embeddings and IVF-Flat above; ``flat``, ``hnsw``,
+``ivf_flat`` and ``ivf_sq8`` (int8, a quarter of the bytes) are used whatever the size.
 Identification takes the nearest embeddings, keeps each identity's closest one, and calls the
 probe **unknown** when even the nearest identity is farther than the open-set threshold.
 """
@@ -63,7 +67,9 @@ from facenet.apps.gallery_base import (
 from facenet.apps.gallery_index import (
     DEFAULT_APPROXIMATE_ABOVE,
     INDEX_NAME,
+    IndexSpec,
     build_index,
+    configure_search,
     faiss_threads,
     index_kind,
     read_index_file,
@@ -116,8 +122,13 @@ class SqliteGallery(Gallery):
 
     Args:
         directory: the gallery folder.
-        approximate_above: embeddings count above which the index is approximate (HNSW).
+        approximate_above: embeddings count above which the ``auto`` index is approximate.
         create: create the folder and database if missing; otherwise a missing gallery raises.
+        index: the index kind to use from now on (``auto``, ``flat``, ``hnsw``, ``ivf_flat``,
+            ``ivf_sq8``), stored in the gallery; None keeps the stored choice (default ``auto``).
+            Giving ``index`` resets ``nlist``/``nprobe`` not given to their size-based defaults.
+        nlist: IVF cells (None: ``4 * sqrt(N)``); stored.
+        nprobe: IVF cells searched per query (None: ``max(16, nlist / 64)``); stored.
     """
 
     def __init__(
@@ -125,6 +136,9 @@ class SqliteGallery(Gallery):
         directory: str | os.PathLike,
         approximate_above: int = DEFAULT_APPROXIMATE_ABOVE,
         create: bool = True,
+        index: str | None = None,
+        nlist: int | None = None,
+        nprobe: int | None = None,
     ) -> None:
         self.location = str(directory)
         # why: "sqlite:///abs/folder" and "sqlite://rel/folder" name a folder too
@@ -161,6 +175,8 @@ class SqliteGallery(Gallery):
                 )
         except sqlite3.DatabaseError as e:
             raise GalleryError(f"{db_path}: not a readable gallery database ({e})") from None
+        if index is not None or nlist is not None or nprobe is not None:
+            self.set_index(index, nlist, nprobe)
         self._index: Any = None
         self._index_header: dict[str, Any] | None = None
 
@@ -188,26 +204,45 @@ class SqliteGallery(Gallery):
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     @property
-    def gallery_id(self) -> str:
-        """Random id made with the database; index files record it."""
-        return self._meta("gallery_id") or ""
-
-    @property
     def generation(self) -> int:
         """Counts committed changes; the index file records the one it was built from."""
         return int(self._meta("generation") or 0)
 
     @property
-    def model(self) -> ModelFingerprint | None:
-        """The embedding space of this gallery (set by the first enrolment)."""
-        raw = self._meta("model")
-        return None if raw is None else ModelFingerprint.from_dict(json.loads(raw))
+    def index_spec(self) -> IndexSpec:
+        """The index choice stored in this gallery (``auto`` when none was made)."""
 
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """The thresholds of the model that built the gallery, as recorded at its first enrolment."""
-        raw = self._meta("thresholds")
-        return {} if raw is None else {k: float(v) for k, v in json.loads(raw).items()}
+        def number(key: str) -> int | None:
+            raw = self._meta(key)
+            return int(raw) if raw else None
+
+        return IndexSpec(
+            self._meta("index_kind") or "auto",
+            number("index_nlist"),
+            number("index_nprobe"),
+            self.approximate_above,
+        )
+
+    def set_index(
+        self, kind: str | None = None, nlist: int | None = None, nprobe: int | None = None
+    ) -> IndexSpec:
+        """Store an index choice (see the class); the next search builds the index it names
+        (``nprobe`` alone changes no index). Raises ``GalleryError`` for a bad choice."""
+        old = self.index_spec
+        try:
+            spec = IndexSpec(
+                old.kind if kind is None else kind.lower(),
+                nlist if nlist is not None or kind is not None else old.nlist,
+                nprobe if nprobe is not None or kind is not None else old.nprobe,
+                self.approximate_above,
+            )
+        except (TypeError, ValueError) as e:
+            raise GalleryError(f"{self.directory}: {e}") from None
+        if spec != old:
+            with self._transaction():
+                for key, value in spec.to_meta().items():
+                    self._set_meta(key, value)
+        return spec
 
     # ------------------------------------------------------------------ writes
 
@@ -404,13 +439,23 @@ class SqliteGallery(Gallery):
         return ids, vectors.astype(np.float32)
 
     def _fresh_index(self) -> Any:
-        """The search index, made current with the database (and saved if it changed).
+        """The search index, made current with the database and its index choice (and saved if
+        it changed).
 
         ``index.faiss`` is used only when its bytes have the checksum this database recorded
-        when it was written and it names this gallery; otherwise it is rebuilt from SQLite.
+        when it was written and it names this gallery; otherwise it is rebuilt from SQLite. It is
+        appended to (rows added since it was written) only when nothing was removed since and it
+        is still of the chosen kind (``IndexSpec.can_append``); otherwise rebuilt.
         """
         generation = self.generation
-        if self._index is not None and self._index_header["generation"] == generation:
+        spec = self.index_spec
+        header = self._index_header
+        if (
+            self._index is not None
+            and header["generation"] == generation
+            and spec.can_append(header.get("index"), self._index.ntotal)
+        ):
+            configure_search(self._index, spec)
             return self._index
         model = self.model
         if model is None:
@@ -418,37 +463,44 @@ class SqliteGallery(Gallery):
         weights = model.weights_hash
         recorded = self._meta("index_sha256")
         loaded = read_index_file(self.directory / INDEX_NAME, recorded) if recorded else None
+        count = len(self)
         if loaded is not None:
             header, index = loaded
-            count = len(self)
+            # why: files written before the index choice existed record no spec
+            built = header.get("index") or {"kind": index_kind(index), "trained_on": index.ntotal}
             usable = (
                 header.get("gallery_id") == self.gallery_id
                 and header.get("weights_hash") == weights
                 and header.get("generation", generation + 1) <= generation
                 and index.d == model.embedding_dim
+                and spec.can_append(built, count)
             )
             if usable and header["generation"] == generation and index.ntotal == count:
-                self._index, self._index_header = index, header
+                configure_search(index, spec)
+                self._index, self._index_header = index, {**header, "index": built}
                 return index
             removal = int(self._meta("removal_generation") or 0)
-            kind_ok = (index_kind(index) == "hnsw") == (count > self.approximate_above)
-            if usable and removal <= header["generation"] and kind_ok:
+            if usable and removal <= header["generation"]:
                 ids, vectors = self.embeddings(after_id=header["max_id"])
                 if len(ids):
                     index.add_with_ids(vectors, ids)
                 if index.ntotal == count:
-                    return self._save_index(index, generation, weights)
+                    configure_search(index, spec)
+                    return self._save_index(index, generation, weights, built)
         ids, vectors = self.embeddings()
-        index = build_index(vectors, ids, self.approximate_above)
-        return self._save_index(index, generation, weights)
+        index = build_index(vectors, ids, spec)
+        return self._save_index(index, generation, weights, spec.built(len(ids)))
 
-    def _save_index(self, index: Any, generation: int, weights_hash: str) -> Any:
+    def _save_index(
+        self, index: Any, generation: int, weights_hash: str, built: dict[str, Any]
+    ) -> Any:
         max_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM embeddings").fetchone()[0])
         header = {
             "gallery_id": self.gallery_id,
             "generation": generation,
             "max_id": max_id,
             "weights_hash": weights_hash,
+            "index": built,
         }
         # why: the file is only a cache; a read-only gallery still answers from memory. File and
         # checksum change under the write lock, so two processes cannot pair one's file with the

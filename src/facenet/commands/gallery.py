@@ -1,5 +1,5 @@
 """``facenet gallery enroll NAME IMAGES... | remove NAME | remove --image ID | list [NAME] |
-rebuild`` (``--gallery DIR``)."""
+rebuild [--index KIND] [--nlist N] [--nprobe N]`` (``--gallery DIR``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ import argparse
 import sys
 
 from facenet.apps.embedder import expand_paths
-from facenet.apps.gallery import Gallery, GalleryError, check_identity_name, enroll_files
+from facenet.apps.gallery import (
+    Gallery,
+    GalleryError,
+    SqliteGallery,
+    check_identity_name,
+    enroll_files,
+)
 from facenet.apps.gallery import printable as shown
+from facenet.apps.gallery_index import INDEX_KINDS
 from facenet.commands._apps import (
     add_model_arguments,
     error,
@@ -35,7 +42,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lst = sub.add_parser("list", help="enrolled people with photo counts, or one person's photos")
     lst.add_argument("name", metavar="NAME", nargs="?", help="list this person's photos, with ids")
     lst.add_argument("--json", action="store_true")
-    sub.add_parser("rebuild", help="rebuild the search index from the database")
+    rebuild = sub.add_parser(
+        "rebuild",
+        help="rebuild the search index from the database, optionally of another kind",
+        description="Rebuild the search index of an embedded gallery from its database. "
+        "--index/--nlist/--nprobe are stored in the gallery and used from then on (a Milvus "
+        "location takes them in its query string instead: milvus-lite:///g.db?index=ivf_sq8).",
+    )
+    rebuild.add_argument(
+        "--index",
+        choices=("auto", *INDEX_KINDS),
+        help="auto: exact up to 100,000 faces, IVF-Flat above; flat: exact; hnsw: graph; "
+        "ivf_flat: k-means cells; ivf_sq8: the same cells, one byte per dimension",
+    )
+    rebuild.add_argument("--nlist", type=_positive, metavar="N", help="IVF cells (4*sqrt(N))")
+    rebuild.add_argument(
+        "--nprobe", type=_positive, metavar="N", help="IVF cells searched per query"
+    )
     for p in (enroll, remove, lst, sub.choices["rebuild"]):
         p.add_argument(
             "--gallery",
@@ -56,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
             return error(f"no image files in {' '.join(args.images)}")
     try:
         gallery = Gallery(directory, create=args.action == "enroll")
+        if args.action == "rebuild":
+            _choose_index(gallery, args)
     except (GalleryError, OSError) as e:
         return error(e)
     with gallery:
@@ -84,7 +109,18 @@ def run(args: argparse.Namespace) -> int:
                 return _remove(gallery, args, directory)
             if args.action == "rebuild":
                 gallery.rebuild_index()
-                print(f"rebuilt the index of {directory} ({len(gallery)} faces)")
+                kind = ""
+                if isinstance(gallery, SqliteGallery):
+                    spec = gallery.index_spec
+                    built = gallery.index_spec.built(len(gallery))
+                    kind = f", index {built['kind']}" + (
+                        f" (nlist {built['nlist']}, nprobe {spec.nprobe_for(built['nlist'])})"
+                        if "nlist" in built
+                        else ""
+                    )
+                    if spec.kind != built["kind"]:
+                        kind += f", chosen by {spec.kind}"
+                print(f"rebuilt the index of {directory} ({len(gallery)} faces{kind})")
                 return 0
             if args.name is not None:
                 return _list_images(gallery, args, directory)
@@ -114,6 +150,33 @@ def run(args: argparse.Namespace) -> int:
             return 0
         except (GalleryError, OSError, ValueError) as e:
             return error(e)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
+def _choose_index(gallery: Gallery, args: argparse.Namespace) -> None:
+    """Store ``rebuild``'s index choice in an embedded gallery (the rebuild then uses it)."""
+    if args.index is None and args.nlist is None and args.nprobe is None:
+        return
+    if not isinstance(gallery, SqliteGallery):
+        gallery.close()
+        raise GalleryError(
+            f"{args.gallery}: --index/--nlist/--nprobe are for gallery folders; a Milvus "
+            "location takes them in its query string (?index=ivf_sq8&nlist=1024&nprobe=32)"
+        )
+    try:
+        gallery.set_index(args.index, args.nlist, args.nprobe)
+    except GalleryError:
+        gallery.close()
+        raise
 
 
 def _remove(gallery: Gallery, args: argparse.Namespace, directory: str) -> int:
