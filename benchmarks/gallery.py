@@ -546,36 +546,11 @@ def run_cluster_worker(
     mem_gib: float,
     threads: int | None,
 ) -> dict:
-    """``cluster_worker`` in a subprocess, killed past ``timeout`` s or ``mem_gib`` GiB resident."""
-    env = dict(os.environ)
-    if threads:
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(threads)
+    """``cluster_worker`` in a subprocess (``run_worker``: killed past ``timeout`` s or
+    ``mem_gib`` GiB resident)."""
     cmd = [sys.executable, __file__, "--cluster-worker", method, data, out]
     cmd += ["--threshold", str(threshold), "--k", str(k)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    t0, killed, seen_kib = time.perf_counter(), "", 0
-    while proc.poll() is None:
-        seen_kib = max(seen_kib, _rss_kib(proc.pid))
-        if time.perf_counter() - t0 > timeout:
-            killed = f"did not finish in {timeout:.0f} s"
-        elif seen_kib > mem_gib * 2**20:
-            killed = f"over {mem_gib:g} GiB resident"
-        if killed:
-            proc.kill()
-            break
-        time.sleep(0.1)
-    stdout, _ = proc.communicate()
-    row: dict = {"method": method, "note": killed, "wall_s": time.perf_counter() - t0}
-    for line in stdout.splitlines():
-        key, _, value = line.partition(" ")
-        if key in ("graph_s", "merge_s", "base_kib", "peak_kib"):
-            row[key] = float(value)
-    if not killed and proc.returncode != 0:
-        row["note"] = f"failed (exit {proc.returncode})"
-    if "peak_kib" not in row and seen_kib:
-        row["peak_kib"] = float(seen_kib)  # sampled every 0.1 s up to the kill
-    return row
+    return {**run_worker(cmd, timeout, mem_gib, threads), "method": method}
 
 
 def pair_f1(a: np.ndarray, b: np.ndarray) -> float:
