@@ -241,3 +241,38 @@ def test_cli_rebuild_index_flags_are_refused_for_milvus(tmp_path, capsys):
         g.enroll("a", [FaceRecord(unit(np.ones((1, DIM)))[0], "a.jpg")], MODEL)
     assert main(["gallery", "rebuild", "--gallery", location, "--index", "flat"]) == 1
     assert "query string" in capsys.readouterr().err
+
+
+def test_an_nlist_larger_than_the_gallery_allows_is_clamped_and_still_appended_to(tmp_path):
+    d = tmp_path / "g"
+    g, vecs = make_gallery(d, 600, index="ivf_flat", nlist=4096)
+    g.search(probes(vecs, 1, 0), 1)
+    built = g._index_header["index"]
+    assert built["nlist"] == 1_200 // 40 and built["nlist_asked"] == 4096
+    g.close()
+    make_gallery(d, 30, seed=5)[0].close()
+    g = Gallery(d)
+    g.search(probes(vecs, 1, 0), 1)
+    assert g._index_header["index"]["trained_on"] == 1_200  # appended, not retrained
+    assert g._fresh_index().ntotal == len(g) == 1_260
+    g.close()
+    g = Gallery(d, index="ivf_flat", nlist=8)  # another nlist: rebuilt with it
+    g.search(probes(vecs, 1, 0), 1)
+    assert g._fresh_index().nlist == 8 and g._index_header["index"]["trained_on"] == 1_260
+
+
+def test_a_read_only_gallery_refuses_a_new_choice_clearly(tmp_path):
+    d = tmp_path / "g"
+    make_gallery(d, 3)[0].close()
+    (d / "gallery.sqlite").chmod(0o444)
+    d.chmod(0o555)
+    try:
+        try:
+            Gallery(d, index="ivf_sq8")
+        except GalleryError as e:
+            assert "cannot store the index choice" in str(e)
+        else:  # running as root: permissions do not bind, the choice is stored
+            assert Gallery(d).index_spec.kind == "ivf_sq8"
+    finally:
+        d.chmod(0o755)
+        (d / "gallery.sqlite").chmod(0o644)

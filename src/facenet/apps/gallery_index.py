@@ -140,6 +140,7 @@ class IndexSpec:
         spec: dict[str, Any] = {"kind": kind, "trained_on": n}
         if kind.startswith("ivf"):
             spec["nlist"] = self.nlist_for(n)
+            spec["nlist_asked"] = self.nlist  # None: by size
         return spec
 
     def can_append(self, built: dict[str, Any] | None, n: int) -> bool:
@@ -148,7 +149,7 @@ class IndexSpec:
             return False
         if not built["kind"].startswith("ivf"):
             return True
-        if self.nlist is not None and built.get("nlist") != self.nlist_for(n):
+        if built.get("nlist_asked") != self.nlist:  # another nlist was chosen since
             return False
         # why: cells trained on a much smaller gallery get crowded; retrain as it grows
         return n <= IVF_REGROW * max(int(built.get("trained_on", 0)), 1)

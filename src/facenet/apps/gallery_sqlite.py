@@ -239,9 +239,14 @@ class SqliteGallery(Gallery):
         except (TypeError, ValueError) as e:
             raise GalleryError(f"{self.directory}: {e}") from None
         if spec != old:
-            with self._transaction():
-                for key, value in spec.to_meta().items():
-                    self._set_meta(key, value)
+            try:
+                with self._transaction():
+                    for key, value in spec.to_meta().items():
+                        self._set_meta(key, value)
+            except sqlite3.OperationalError as e:  # a read-only or locked database
+                raise GalleryError(
+                    f"{self.directory}: cannot store the index choice ({e})"
+                ) from None
         return spec
 
     # ------------------------------------------------------------------ writes
