@@ -151,3 +151,61 @@ def test_embed_command_without_onnxruntime_says_what_to_install(tmp_path, capsys
     code = main([*argv, "--out", str(tmp_path / "e.npz"), "--backend", "onnxruntime"])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "pip install" in err
+
+
+def _lfw_like(root, people=6, named=4):
+    """``people`` identity folders of 3 images; a pairs file naming the first ``named`` only."""
+    rng = np.random.default_rng(0)
+    names = [f"Person_{c}" for c in "ABCDEFGH"[:people]]
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        base = rng.integers(0, 255, 3)
+        for i in range(1, 4):
+            img = np.clip(base + rng.normal(0, 30, (64, 64, 3)), 0, 255).astype(np.uint8)
+            img[20:44, 20 + k : 30 + k] = 255 - base
+            Image.fromarray(img).save(root / name / f"{name}_{i:04d}.png")
+    a, b, c, d = names[:named]
+    lines = ["2\t2", f"{a}\t1\t2", f"{b}\t1\t3", f"{a}\t3\t{b}\t1", f"{a}\t2\t{b}\t2"]
+    lines += [f"{c}\t2\t3", f"{d}\t1\t2", f"{c}\t1\t{d}\t2", f"{c}\t3\t{d}\t3"]
+    pairs = root.parent / "pairs.txt"
+    pairs.write_text("\n".join(lines) + "\n")
+    return root, pairs
+
+
+def test_eval_command_backends_and_int8(tmp_path, capsys):
+    import json
+
+    root, pairs = _lfw_like(tmp_path / "lfw")
+    weights = save_weights(_model("tiny"), tmp_path / "tiny.safetensors")
+    base = ["eval", "--model", str(weights), "--data", str(root), "--pairs", str(pairs)]
+    base += ["--no-cache", "--quiet"]
+    results = {}
+    for name, extra in {
+        "torch": [],
+        "onnxruntime": ["--backend", "onnxruntime"],
+        "int8": ["--backend", "onnxruntime", "--quantize", "int8"],
+    }.items():
+        out = tmp_path / f"{name}.json"
+        assert main([*base, *extra, "--json", str(out)]) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["onnxruntime"]["verification"]["accuracy"] == pytest.approx(
+        results["torch"]["verification"]["accuracy"]
+    )
+    meta = results["int8"]["meta"]
+    assert meta["backend"] == "onnxruntime" and meta["quantize"] == "int8"
+    assert "--backend onnxruntime --quantize int8" in meta["command"]
+    capsys.readouterr()
+    assert main([*base, "--quantize", "int8"]) == 2  # int8 runs in ONNX Runtime only
+    assert "onnxruntime" in capsys.readouterr().err
+
+
+def test_int8_calibration_never_uses_the_evaluated_people(tmp_path):
+    from facenet.data.lfw import read_pairs
+    from facenet.eval.suite import calibration_images
+
+    root, pairs = _lfw_like(tmp_path / "lfw")
+    picked = calibration_images(root, read_pairs(pairs))
+    assert picked and {p.parent.name for p in picked} == {"Person_E", "Person_F"}
+    root2, pairs2 = _lfw_like(tmp_path / "all_named", people=4)
+    with pytest.raises(FileNotFoundError, match="outside"):
+        calibration_images(root2, read_pairs(pairs2))
