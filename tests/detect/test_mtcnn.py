@@ -239,3 +239,18 @@ def test_packed_pyramid_gives_each_levels_own_pnet_output(nets):
                 torch.testing.assert_close(
                     reg[0][:, cells[0], cells[1]], alone_reg[0], atol=1e-5, rtol=0
                 )
+
+
+@pytest.mark.data
+def test_gpu_settings_give_the_cpu_settings_faces(detector, lfw_images):
+    """What a GPU runs (the whole pyramid of a batch on one canvas, R-/O-Net over all candidates
+    at once), run here on the CPU: the same faces as the CPU's canvases and slices."""
+    gpu_like = MTCNN(device="cpu")
+    gpu_like._canvas_pixels = None
+    gpu_like._chunk = {"rnet": None, "onet": None}
+    images = [lfw_images[0], lfw_images[1][20:230, 30:200].copy(), lfw_images[2][::2, ::2].copy()]
+    for a, b in zip(detector.detect_batch(images), gpu_like.detect_batch(images), strict=True):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_allclose(x.box, y.box, atol=1e-3)
+            np.testing.assert_allclose(x.landmarks, y.landmarks, atol=1e-3)

@@ -35,12 +35,16 @@ def nms(boxes: Tensor, scores: Tensor, threshold: float, method: str = "union") 
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     b = boxes.detach().cpu().double().numpy()
     s = scores.detach().cpu().double().numpy()
+    return torch.as_tensor(_nms_numpy(b, s, threshold, method), device=boxes.device)
+
+
+def _nms_numpy(b: np.ndarray, s: np.ndarray, threshold: float, method: str) -> np.ndarray:
+    """``nms`` on float64 (N, 4) boxes and (N,) scores: int64 indices of the kept."""
     # why: the reference's own tie order (default argsort, highest taken from the end); many
     # P-Net scores saturate to exactly 1.0, so ties are common and change which box survives.
     order = np.argsort(s)[::-1]
     if order.size <= _NMS_MATRIX_MAX:
-        keep = _greedy_by_matrix(b[order], threshold, method)
-        return torch.as_tensor(order[keep], device=boxes.device)
+        return order[_greedy_by_matrix(b[order], threshold, method)]
     x1, y1, x2, y2 = b.T
     area = (x2 - x1 + 1) * (y2 - y1 + 1)
     keep = []
@@ -56,7 +60,7 @@ def nms(boxes: Tensor, scores: Tensor, threshold: float, method: str = "union") 
         else:
             overlap = inter / (area[i] + area[rest] - inter)
         order = rest[overlap <= threshold]
-    return torch.as_tensor(np.array(keep, dtype=np.int64), device=boxes.device)
+    return np.array(keep, dtype=np.int64)
 
 
 # why: up to this many boxes the (K, K) overlap matrix (8 MB at most) is computed at once, which
@@ -96,12 +100,24 @@ def _greedy_by_matrix(b: np.ndarray, threshold: float, method: str) -> np.ndarra
 def batched_nms(
     boxes: Tensor, scores: Tensor, groups: Tensor, threshold: float, method: str = "union"
 ) -> Tensor:
-    """``nms`` run independently within each group id (e.g. image index) in one call."""
+    """``nms`` run independently within each group id (e.g. photo, or photo and pyramid level).
+
+    Each group's boxes are visited in the order ``nms`` gives them on their own (the reference
+    runs NMS photo by photo, so its score ties are broken within a photo's boxes only).
+
+    Returns:
+        (K,) long indices of the kept boxes: group by group in ascending id, highest score first
+        within a group.
+    """
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
-    # why: shifting each group far apart makes boxes of different groups never overlap.
-    offset = groups.to(boxes.dtype)[:, None] * (boxes.max() - boxes.min() + 2.0)
-    return nms(boxes + offset, scores, threshold, method)
+    b = boxes.detach().cpu().double().numpy()
+    s = scores.detach().cpu().double().numpy()
+    g = groups.detach().cpu().numpy()
+    rows = np.argsort(g, kind="stable")  # group by group, each in its given order
+    starts = np.flatnonzero(np.diff(g[rows])) + 1
+    keep = [r[_nms_numpy(b[r], s[r], threshold, method)] for r in np.split(rows, starts)]
+    return torch.as_tensor(np.concatenate(keep), device=boxes.device)
 
 
 def square(boxes: Tensor) -> Tensor:

@@ -63,6 +63,8 @@ CPU_CHUNK = {"rnet": 32, "onet": 64}
 # why: the pyramid levels of a batch are packed on canvases of at most this many pixels on a CPU
 # (P-Net's first layer: 40 bytes a pixel), so each pass stays in cache; a GPU takes one canvas.
 CPU_CANVAS_PIXELS = 65_536
+# why: shelves wider than one photo's largest level hold several levels side by side
+CANVAS_WIDTH = 0
 
 
 def _chunked(net: torch.nn.Module, x: Tensor, chunk: int | None) -> tuple[Tensor, ...]:
@@ -120,6 +122,7 @@ class MTCNN:
         on_cpu = self.device.type == "cpu"
         self._chunk = {k: (v if on_cpu else None) for k, v in CPU_CHUNK.items()}
         self._canvas_pixels = CPU_CANVAS_PIXELS if on_cpu else None
+        self._canvas_width = CANVAS_WIDTH
 
     def scales(self, height: int, width: int) -> list[float]:
         """The pyramid's scales for an image of this size (reference ``compute_scale_pyramid``)."""
@@ -174,9 +177,8 @@ class MTCNN:
             # why: OpenCV's INTER_AREA on uint8, exactly the reference's pyramid, and fast
             pixels = np.zeros((canvas.height, canvas.width, 3), np.uint8)
             for lv in canvas.levels:
-                pixels[lv.y : lv.y + lv.height, lv.x : lv.x + lv.width] = cv2.resize(
-                    images[lv.image], (lv.width, lv.height), interpolation=cv2.INTER_AREA
-                )
+                place = pixels[lv.y : lv.y + lv.height, lv.x : lv.x + lv.width]
+                cv2.resize(images[lv.image], (lv.width, lv.height), place, 0, 0, cv2.INTER_AREA)
             return torch.from_numpy(pixels).to(self.device).permute(2, 0, 1)[None].float()
         out = torch.zeros(1, 3, canvas.height, canvas.width, device=self.device)
         for lv in canvas.levels:
@@ -229,7 +231,7 @@ class MTCNN:
         ]
         number = {id(v): k for k, v in enumerate(levels)}
         rows, level_ids = [], []
-        for canvas in pack_levels(levels, self._canvas_pixels):
+        for canvas in pack_levels(levels, self._canvas_pixels, self._canvas_width):
             found, lv = self._pnet_canvas(images, tensors, canvas)
             ids = torch.tensor([number[id(v)] for v in canvas.levels], device=self.device)
             rows.append(found)

@@ -93,7 +93,8 @@ class PNet(nn.Module):
         the padding a packed pyramid level gets at its edges (``facenet.detect.pyramid``)."""
         x = self.c1(x)
         if invalid is not None:
-            x = x.masked_fill(invalid, float("-inf"))
+            # why: in place, which keeps channels-last (masked_fill returns contiguous NCHW)
+            x.masked_fill_(invalid, float("-inf"))
         x = _maxpool_same(x, 2, 2)
         x = self.c3(self.c2(x))
         return F.softmax(self.score(x), dim=1)[:, 1], self.reg(x)

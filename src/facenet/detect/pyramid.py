@@ -71,16 +71,19 @@ def _even(n: int) -> int:
     return n + (n & 1)
 
 
-def pack_levels(levels: list[Level], max_pixels: int | None = None) -> list[Canvas]:
+def pack_levels(
+    levels: list[Level], max_pixels: int | None = None, min_width: int = 0
+) -> list[Canvas]:
     """Shelf-pack ``levels`` (their y, x are set) onto canvases of at most ``max_pixels``
     pixels each (None: one canvas; a level larger than the budget gets a canvas of its own).
 
     Levels are sorted tallest first and placed left to right on shelves as wide as the widest
-    level; every offset is even, so each level keeps P-Net's stride-2 grid.
+    level or ``min_width``, whichever is more; every offset is even, so each level keeps
+    P-Net's stride-2 grid.
     """
     if not levels:
         return []
-    width = max(_even(lv.width) for lv in levels)
+    width = _even(max(max(lv.width for lv in levels), min_width))
     canvases: list[Canvas] = []
     canvas: Canvas | None = None
     shelf_y = shelf_h = x = 0
