@@ -7,7 +7,7 @@ per second and the accuracy each reported (which must agree to the reported digi
 
     python benchmarks/eval_speed.py --before /work/wt_before \\
         [--model inception_resnet_v1:casia-webface] [--pairs .../pairs.txt] [--runs 1] \\
-        [-- --align center --backend onnxruntime]
+        [--after-args "--backend onnxruntime"] [-- --align center]
 """
 
 from __future__ import annotations
@@ -51,22 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA / "lfw" / "lfw-deepfunneled")
     ap.add_argument("--pairs", type=Path, default=DATA / "lfw" / "pairs.txt")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--after-args", default="",
+                    help="arguments for this checkout only, e.g. '--backend onnxruntime'")  # fmt: skip
     ap.add_argument("extra", nargs="*", help="more facenet eval arguments (after --)")
     args = ap.parse_args(argv)
     base = ["--model", args.model, "--data", str(args.data), "--pairs", str(args.pairs),
             *args.extra]  # fmt: skip
     images = len({ln for ln in _pair_images(args.pairs)})
     sides = {"before": args.before.resolve() / "src", "after": ROOT / "src"}
+    only = {"before": [], "after": args.after_args.split()}
     walls: dict[str, list[float]] = {k: [] for k in sides}
     reports: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.runs):
             for name, src in sides.items():
-                wall, report = run_eval(src, base, Path(tmp) / f"{name}{r}.json")
+                wall, report = run_eval(src, base + only[name], Path(tmp) / f"{name}{r}.json")
                 walls[name].append(wall)
                 reports[name] = report
                 print(f"  run {r + 1} {name}: {wall:.0f} s, {accuracy_of(report)}", flush=True)
-    print(f"\n`facenet eval {' '.join(base)}`, {images:,} images, median of {args.runs}\n")
+    print(f"\n`facenet eval {' '.join(base)}`, {images:,} images, median of {args.runs}; after "
+          f"also: `{args.after_args or '-'}`\n")  # fmt: skip
     print("| checkout | wall s | images/s | accuracy |")
     print("|---|---|---|---|")
     for name in sides:
