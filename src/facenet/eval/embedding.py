@@ -226,11 +226,22 @@ class TorchEmbedder:
     def network(self) -> Any:
         """The module that runs (``inference_network``), built on first use."""
         if self._network is None:
-            crops = [self.crop(load_image(p)) for p in self.calibration] if self.quantize else None
+            crops = self._calibration_crops() if self.quantize else None
             self._network = inference_network(
                 self.model, self.backend, quantize=self.quantize, calibration=crops
             )
         return self._network
+
+    def _calibration_crops(self) -> list[np.ndarray]:
+        """The calibration images through this embedder's crop step; one that cannot be read
+        or aligned is left out, as ``embed_paths`` leaves it out."""
+        crops = []
+        for p in self.calibration:
+            try:
+                crops.append(self.crop(load_image(p)))
+            except (ImageError, ValueError, RuntimeError):
+                continue
+        return crops
 
     def crop(self, image: np.ndarray) -> np.ndarray:
         if self.align == "center":
