@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import os
 import sys
-from pathlib import Path
 
 from facenet.apps.embed_ray import RayEngine
 from facenet.apps.embed_stream import DEFAULT_SHARD_PHOTOS, embed_to_shards
@@ -18,8 +18,9 @@ from facenet.commands._checks import output_dir, output_file, positive_int
 
 
 def _output(text: str) -> str:
-    """A file (``.npz``/``.parquet``) or, ending in ``/`` or naming a folder, a shard folder
-    (kept as typed: the trailing ``/`` is what says "folder")."""
+    """A file (``.npz``/``.parquet``) or, ending in ``/``, a shard folder (kept as typed: the
+    trailing ``/`` is what says "folder"; an existing folder named without it is refused, so a
+    mistyped file name never writes shards into a folder)."""
     if _is_folder(text):
         output_dir(text)
     else:
@@ -28,7 +29,7 @@ def _output(text: str) -> str:
 
 
 def _is_folder(text: str) -> bool:
-    return text.endswith(("/", "\\")) or Path(text).is_dir()
+    return text.endswith(("/", os.sep))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,10 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--subject-only", action="store_true", help="keep only the main face of each photo"
     )
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    bar = parser.add_mutually_exclusive_group()
+    bar.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="show a progress bar (the default when stderr is a terminal)",
     )
-    parser.add_argument("--progress", action="store_true", help=argparse.SUPPRESS)  # the default
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     g = parser.add_argument_group("folder output (--out DIR/)")
     g.add_argument(
         "--shard-photos",
@@ -90,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         return error(e)
     if not paths:
         return error(f"no image files found in {' '.join(args.paths)}")
+    if args.progress is None:  # why: a bar on a terminal; logs and pipes get the summary only
+        args.progress = sys.stderr.isatty()
     embedder = load_embedder(args)
     if isinstance(embedder, int):
         return embedder
