@@ -183,7 +183,7 @@ def test_eval_command_backends_and_int8(tmp_path, capsys):
     for name, extra in {
         "torch": [],
         "onnxruntime": ["--backend", "onnxruntime"],
-        "int8": ["--backend", "onnxruntime", "--quantize", "int8"],
+        "int8": ["--backend", "onnxruntime", "--quantize-network", "int8"],
     }.items():
         out = tmp_path / f"{name}.json"
         assert main([*base, *extra, "--json", str(out)]) == 0
@@ -193,9 +193,9 @@ def test_eval_command_backends_and_int8(tmp_path, capsys):
     )
     meta = results["int8"]["meta"]
     assert meta["backend"] == "onnxruntime" and meta["quantize"] == "int8"
-    assert "--backend onnxruntime --quantize int8" in meta["command"]
+    assert "--backend onnxruntime --quantize-network int8" in meta["command"]
     capsys.readouterr()
-    assert main([*base, "--quantize", "int8"]) == 2  # int8 runs in ONNX Runtime only
+    assert main([*base, "--quantize-network", "int8"]) == 2  # int8 runs in ONNX Runtime only
     assert "onnxruntime" in capsys.readouterr().err
 
 

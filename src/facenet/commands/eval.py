@@ -100,7 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per pass")
     add_backend_argument(parser)
     parser.add_argument(
-        "--quantize",
+        "--quantize-network",
+        dest="quantize",
         choices=("int8",),
         default=None,
         help="int8: static int8 network in ONNX Runtime (needs --backend onnxruntime), its "

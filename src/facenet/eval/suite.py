@@ -115,7 +115,7 @@ class EvalSettings:
         if self.backend != "torch":
             parts.append(f"--backend {self.backend}")
         if self.quantize:
-            parts.append(f"--quantize {self.quantize}")
+            parts.append(f"--quantize-network {self.quantize}")
         return " ".join(parts)
 
 
@@ -215,7 +215,7 @@ def run_eval(
         )
         embedder.network  # noqa: B018 - build it now: a missing backend fails before any work
     elif settings.backend != "torch" or settings.quantize:
-        raise ValueError("--backend and --quantize apply to our models, not to peers")
+        raise ValueError("--backend and --quantize-network apply to our models, not to peers")
     ev = evaluate_pairs(
         embedder,
         pairs,
