@@ -121,6 +121,14 @@ def test_the_location_picks_the_backend(tmp_path):
             Gallery(bad)
 
 
+@pytest.mark.skipif(not HAVE_MILVUS, reason="needs the 'milvus' extra")
+def test_an_unreachable_milvus_is_one_clear_error(tmp_path):
+    """Port 1 on this machine: nothing listens, so the client is refused; within the client's
+    timeout (CONNECT_TIMEOUT_S), never a hang."""
+    with pytest.raises(GalleryError, match=r"milvus://127.0.0.1:1/faces: cannot open Milvus"):
+        Gallery("milvus://127.0.0.1:1/faces")
+
+
 def test_search_equals_brute_force_and_identify_is_open_set(location):
     rng = np.random.default_rng(0)
     with Gallery(location) as g:

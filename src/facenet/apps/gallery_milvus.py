@@ -74,6 +74,7 @@ _FIELDS = ["id", "identity_id", "identity", "image_id", "path", "sha256", "face_
            "added_at"]  # fmt: skip
 _PAGE = 1000  # rows per query page
 _QUERY_LIMIT = 16384  # rows one Milvus query may return
+CONNECT_TIMEOUT_S = 10.0  # an unreachable server is an error after this, never a hang
 
 
 def _key(text: str) -> int:
@@ -154,7 +155,9 @@ class MilvusGallery(Gallery):
                 path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._client = pymilvus.MilvusClient(
-                uri=spec["uri"], token=os.environ.get("FACENET_MILVUS_TOKEN", "")
+                uri=spec["uri"],
+                token=os.environ.get("FACENET_MILVUS_TOKEN", ""),
+                timeout=CONNECT_TIMEOUT_S,
             )
         except Exception as e:  # noqa: BLE001 - pymilvus raises many kinds; say which store
             raise GalleryError(f"{self.location}: cannot open Milvus ({e})") from None
