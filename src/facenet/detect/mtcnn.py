@@ -8,7 +8,8 @@ FaceNet-standard preprocessing.
 
 The cascade follows the reference step for step (scale pyramid with factor 0.709, thresholds
 0.6/0.7/0.7, NMS 0.5/0.7 union, 0.7 union, 0.7 min, box regression, squaring, 1-based
-pixel-box conventions), but batched: same-sized images share each P-Net pass, and the R-/O-Net
+pixel-box conventions), but batched: the pyramid levels of all images of a batch are packed on
+canvases (``facenet.detect.pyramid``), one P-Net pass per canvas, and the R-/O-Net
 candidates of all images of a batch go through one pass. Resampling (pyramid levels, candidate
 crops) has two implementations, checked against each other and the package in
 ``tests/detect/test_mtcnn.py``:
@@ -57,8 +58,10 @@ def _normalize(x: Tensor) -> Tensor:
 
 
 # why: on a CPU, R- and O-Net over all candidates at once (~1,000 crops for 16 photos) spill
-# their activations (R-Net's first layer: 54 MB) out of the caches; in slices of this many
-# crops they stay in L2, 1.5-2x faster (benchmarks/detect.py profile). A GPU takes them at once.
+# their activations (R-Net's first layer: 54 MB) out of the caches; in slices of this many crops
+# R-Net alone took 0.71 s of CPU instead of 1.53 s on the benchmark's recorded crops (O-Net 0.65
+# instead of 0.95). End to end the cascade was not faster (see benchmarks/detect.py). A GPU takes
+# them at once.
 CPU_CHUNK = {"rnet": 32, "onet": 64}
 # why: the pyramid levels of a batch are packed on canvases of at most this many pixels on a CPU
 # (P-Net's first layer: 40 bytes a pixel), so each pass stays in cache; a GPU takes one canvas.
@@ -142,7 +145,7 @@ class MTCNN:
 
     @torch.inference_mode()
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
-        """Faces in each uint8 RGB (H, W, 3) image; same-sized images share every forward pass."""
+        """Faces in each uint8 RGB (H, W, 3) image; the images share every forward pass."""
         if len(images) == 0:
             return []
         tensors, arrays = [], []
