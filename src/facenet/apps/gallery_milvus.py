@@ -406,11 +406,11 @@ class MilvusGallery(Gallery):
     def search(
         self, queries: np.ndarray, k: int = 5, model: ModelFingerprint | None = None
     ) -> list[list[Match]]:
-        if model is not None:
-            self.check_model(model)
-        gallery_model = self.model
+        gallery_model = self.model  # why: one look-up per search (check_model would make another)
+        if model is not None and gallery_model is not None and not model.can_query(gallery_model):
+            self.check_model(model)  # raises, naming both models
         n = len(np.atleast_2d(queries))
-        if gallery_model is None or not self._has_faces() or len(self) == 0:
+        if gallery_model is None or not self._has_faces():
             return [[] for _ in range(n)]
         q = unit_rows(queries, gallery_model.embedding_dim)
         hits = self._client.search(
