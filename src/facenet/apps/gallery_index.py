@@ -56,8 +56,8 @@ INDEX_KINDS = ("flat", "hnsw", "ivf_flat", "ivf_sq8")
 # an approximate index keeps queries at a few milliseconds (see benchmarks/gallery.py).
 DEFAULT_APPROXIMATE_ABOVE = 100_000
 # why: at 1M x 512-d (LFW + random filler, 2 shared cores, benchmarks/gallery.py) IVF-Flat
-# (nlist 4000, nprobe 62) built in 189 s from SQLite with recall@1 1.000 and 3.6 ms p50; HNSW
-# (M 32, efConstruction 80) took over 20 minutes; int8 IVF: 134 s, recall 1.000, a quarter of
+# (nlist 4000, nprobe 62) built in 124 s from SQLite with recall@1 1.000 and 3.9 ms p50; HNSW
+# (M 32, efConstruction 80) took over 20 minutes; int8 IVF: 122 s, recall 1.000, a quarter of
 # the bytes, kept as a choice (its distances carry a small quantisation error).
 AUTO_APPROXIMATE = "ivf_flat"
 HNSW_M = 32  # graph degree: the usual accuracy/memory trade-off for 128-d vectors
