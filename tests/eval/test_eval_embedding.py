@@ -142,3 +142,29 @@ def test_box_mode_frames_faces_as_the_model_was_trained(mini_lfw, tiny_model):
             np.testing.assert_allclose(e, manual_embedding(tiny_model, p, fraction=0.8), atol=1e-5)
     finally:
         tiny_model.spec = dataclasses.replace(tiny_model.spec, crop_fraction=1.0)
+
+
+def test_the_pipelined_crop_step_may_run_torch_modules_while_the_network_is_built(
+    mini_lfw, tiny_model
+):
+    """An on-the-fly aligner runs a detector's modules in the crop worker thread while the main
+    thread embeds; the inference copy (folding traces the model with torch.fx, which patches
+    nn.Module.__call__ for every thread) must be built before the worker starts."""
+    detector = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+
+    def aligner(image):
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        with torch.no_grad():
+            for _ in range(30):  # a busy detector, so its calls overlap the main thread's work
+                detector(x)
+        return resize(center_crop(image, 0.6), (96, 96))
+
+    root, _ = mini_lfw
+    paths = image_paths(root)
+    from facenet.eval.embedding import TorchEmbedder
+
+    chunked = embed_paths(TorchEmbedder(tiny_model, align="box", aligner=aligner), paths,
+                          batch_size=4, align="box", aligner=aligner, aligner_name="busy")  # fmt: skip
+    whole = embed_paths(tiny_model, paths, batch_size=64, align="box", aligner=aligner,
+                        aligner_name="busy")  # fmt: skip
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)

@@ -415,6 +415,11 @@ def embed_paths(
         return crops, ok, failed
 
     chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    if chunks and isinstance(embedder, TorchEmbedder):
+        # why: built here, before the worker thread starts: folding traces the model with
+        # torch.fx, which patches nn.Module.__call__ for every thread while it runs, and would
+        # capture the worker's detector calls
+        embedder.network  # noqa: B018
     # why: one pipeline: the next chunk is decoded (and detected, when aligning on the fly) in a
     # worker thread while the network embeds this one; decoding and OpenCV release the GIL
     with ThreadPoolExecutor(1, thread_name_prefix="facenet-eval-crops") as pool:
