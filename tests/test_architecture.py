@@ -16,6 +16,7 @@ SRC = ROOT / "src" / "facenet"
 ALLOWED: dict[str, set[str]] = {
     "utils": set(),
     "fingerprint": set(),
+    "quantize": set(),  # NumPy only: int8 codes of embeddings (128-byte faces)
     "config": {"utils"},
     "data": {"utils", "config"},
     "preprocess": {"data"},
