@@ -76,6 +76,7 @@ from facenet.apps.gallery_index import (
     write_index_file,
 )
 from facenet.fingerprint import ModelFingerprint
+from facenet.utils import immediate_transaction
 
 SCHEMA_VERSION = 1
 DB_NAME = "gallery.sqlite"
@@ -185,16 +186,8 @@ class SqliteGallery(Gallery):
     def close(self) -> None:
         self._db.close()
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # why: IMMEDIATE takes the write lock up front, so two enrolling processes serialise.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db)
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

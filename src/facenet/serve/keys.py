@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from facenet.utils import immediate_transaction
+
 Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[str, ...] = ("read", "write", "admin")
 DEFAULT_KEYS = "facenet-keys.sqlite"
@@ -117,14 +119,8 @@ class KeyStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate_transaction(self._db) as db:
+            yield db
 
     # ------------------------------------------------------------------ writes
 
