@@ -27,11 +27,10 @@ from typing import Any
 import numpy as np
 
 from facenet.apps.cluster import DEFAULT_METHOD, cluster_embeddings
-from facenet.apps.embedder import NoFaceError
-from facenet.apps.results import ClusterResult, ImageAnswer, faces_of
+from facenet.apps.results import ClusterResult
 from facenet.apps.thresholds import OperatingPoint
 from facenet.serve.problems import ProblemError, problem_body
-from facenet.serve.service import ImageFaces, Service
+from facenet.serve.service import ImageFaces, Service, all_faces_answers
 
 log = logging.getLogger("facenet.serve")
 
@@ -167,16 +166,7 @@ async def cluster_faces(
         vectors = await svc.embed([f.crop for f in chunk])
         for face, vector in zip(chunk, vectors, strict=True):
             face.embedding = vector
-    crop = svc.embedder.crop_mode
-    images = tuple(
-        ImageAnswer(
-            im.name,
-            faces_of(im.faces, crop),
-            None if im.faces else str(NoFaceError(im.name)),
-            "all",
-        )
-        for im in found
-    )
+    images = all_faces_answers(svc, found)
     if not faces:
         return ClusterResult(images, (), op).to_dict()
     labels = await jobs.in_thread(

@@ -229,17 +229,21 @@ async def embed_images(svc: Service, uploads: Sequence[Upload]) -> EmbedResult:
     """Every face of every upload, embedded: ``facenet.load(...).embed`` over HTTP (an upload
     without a face has no faces and an ``error``, as there)."""
     found = await svc.within_timeout(_all([svc.faces(u) for u in uploads]))
+    return EmbedResult(all_faces_answers(svc, found))
+
+
+def all_faces_answers(svc: Service, found: Sequence[ImageFaces]) -> tuple[ImageAnswer, ...]:
+    """Each upload with every face found in it (the answer of embed and cluster); an upload
+    without a face carries the library's no-face error."""
     crop = svc.embedder.crop_mode
-    return EmbedResult(
-        tuple(
-            ImageAnswer(
-                im.name,
-                faces_of(im.faces, crop),
-                None if im.faces else str(NoFaceError(im.name)),
-                "all",
-            )
-            for im in found
-        )
+    return tuple(
+        ImageAnswer(
+            im.name,
+            faces_of(im.faces, crop),
+            None if im.faces else str(NoFaceError(im.name)),
+            "all",
+        )  # fmt: skip
+        for im in found
     )
 
 
