@@ -72,6 +72,7 @@ INDEXES = {
 _COLLECTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,200}$")
 _FIELDS = ["id", "identity_id", "identity", "image_id", "path", "sha256", "face_index", "box",
            "added_at"]  # fmt: skip
+_IMAGE_FIELDS = ["identity", "image_id", "path", "sha256", "added_at"]  # what ImageInfo needs
 _PAGE = 1000  # rows per query page
 _QUERY_LIMIT = 16384  # rows one Milvus query may return
 CONNECT_TIMEOUT_S = 10.0  # an unreachable server is an error after this, never a hang
@@ -235,10 +236,11 @@ class MilvusGallery(Gallery):
         if not self._has_faces():
             return []
         c, fields = self._client, list(fields)
-        # why: one query answers at most _QUERY_LIMIT rows; past that, Milvus's iterator pages
-        if len(self) < _QUERY_LIMIT:
-            return list(c.query(self.collection, filter=expr, output_fields=fields,
-                                limit=_QUERY_LIMIT))  # fmt: skip
+        # why: one query answers at most _QUERY_LIMIT rows; only a full answer needs the
+        # iterator's pages (asked again from the start: a query's rows come in no set order)
+        rows = c.query(self.collection, filter=expr, output_fields=fields, limit=_QUERY_LIMIT)
+        if len(rows) < _QUERY_LIMIT:
+            return list(rows)
         out: list[dict[str, Any]] = []
         iterator = c.query_iterator(self.collection, batch_size=_PAGE, filter=expr,
                                     output_fields=fields)  # fmt: skip
@@ -341,13 +343,13 @@ class MilvusGallery(Gallery):
         return len(rows)
 
     def remove_image(self, image_id: int) -> RemovedImage:
-        found = self.images(image_id=image_id)
-        if not found:
+        rows = self._rows(f"image_id == {int(image_id)}", ["id", *_IMAGE_FIELDS])
+        if not rows:
             raise UnknownImageError(f"no image {image_id} in gallery {self.location}")
-        rows = self._rows(f"image_id == {int(image_id)}", ["id"])
+        [image] = _images_of(rows)
         self._client.delete(self.collection, ids=[r["id"] for r in rows])
-        left = self._identity_rows(found[0].identity, ["id", "identity"])
-        return RemovedImage(found[0], identity_removed=not left)
+        left = self._identity_rows(image.identity, ["id", "identity"])
+        return RemovedImage(image, identity_removed=not left)
 
     def rebuild_index(self) -> None:
         if not self._has_faces():
@@ -386,7 +388,7 @@ class MilvusGallery(Gallery):
         limit: int | None = None,
         image_id: int | None = None,
     ) -> list[ImageInfo]:
-        fields = ["identity", "image_id", "path", "sha256", "added_at"]
+        fields = _IMAGE_FIELDS
         if image_id is not None:
             rows = self._rows(f"image_id == {int(image_id)}", fields)
         elif name is not None:
