@@ -14,16 +14,13 @@ A local Ray is started for the run (``num_cpus``), or ``address`` joins an exist
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from facenet.apps.embedder import Embedder, Face, PhotoResult
-
-_NO_CROP = np.zeros((0, 0, 3), np.uint8)
+from facenet.apps.embedder import NO_CROP, Embedder, Face, PhotoResult
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,6 @@ class _EmbedPhotos:
         import torch
 
         torch.set_num_threads(1)  # why: one CPU per actor, as Ray schedules it
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
         kwargs = dict(embedder_kwargs)
         self.embedder = Embedder.from_ref(kwargs.pop("ref"), **kwargs)
         self.subject_only = subject_only
@@ -136,7 +132,7 @@ def _unpack(path: str, blob: bytes) -> list[Face]:
             int(h[0]),
             (float(h[1]), float(h[2]), float(h[3]), float(h[4])),
             float(h[5]),
-            _NO_CROP,
+            NO_CROP,
             vectors[i].copy(),
         )  # fmt: skip
         for i, h in enumerate(head)

@@ -58,6 +58,9 @@ class NoFaceError(ValueError):
         )
 
 
+NO_CROP = np.zeros((0, 0, 3), np.uint8)  # a Face's crop once it is no longer needed
+
+
 @dataclass
 class Face:
     """One face of one photo."""

@@ -14,12 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from facenet.apps.embedder import Embedder
+from facenet.apps.embedder import NO_CROP, Embedder
 from facenet.apps.embedding_table import EmbeddingTable
-
-_NO_CROP = np.zeros((0, 0, 3), np.uint8)
 
 
 @dataclass(frozen=True)
@@ -81,7 +77,7 @@ def embed_table(
             problems.append(PhotoProblem(str(result.path), message, unreadable=False))
         for face in result.faces:
             # why: a crop is ~75 KB and the table needs none; a million faces would keep 75 GB
-            face.crop = _NO_CROP
+            face.crop = NO_CROP
         faces.extend(result.faces)
     table = EmbeddingTable.from_faces(faces, embedder.embedding_dim, dict(meta or {}))
     return EmbeddedPhotos(table, len(paths), problems)

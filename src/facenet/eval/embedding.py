@@ -429,8 +429,7 @@ def embed_paths(
             crops, ok, failed = pending.result()
             pending = pool.submit(crops_of, chunks[n + 1]) if n + 1 < len(chunks) else None
             stats.failures.update(failed)
-            since_save = _embed_chunk(embedder, crops, ok, keys, cache, flip, flip_mode, stats,
-                                      since_save)  # fmt: skip
+            since_save += _embed_chunk(embedder, crops, ok, keys, cache, flip, flip_mode, stats)
             if cache_path and since_save >= SAVE_EVERY:
                 _save_cache(cache_path, cache, prep, embedder.identity)
                 since_save = 0
@@ -464,11 +463,10 @@ def _embed_chunk(
     flip: bool,
     flip_mode: FlipMode,
     stats: EmbeddingStats,
-    since_save: int,
 ) -> int:
-    """Embed one chunk's crops into ``cache``; returns the images embedded since the last save."""
+    """Embed one chunk's crops into ``cache``; returns how many were embedded."""
     if not crops:
-        return since_save
+        return 0
     if flip and isinstance(embedder, TorchEmbedder):
         emb = embedder.embed_with_flips(crops, flip_mode)
     elif flip:
@@ -480,7 +478,7 @@ def _embed_chunk(
     for p, e in zip(ok, emb, strict=True):
         cache[keys[p]] = np.asarray(e, dtype=np.float32)
     stats.n_computed += len(ok)
-    return since_save + len(ok)
+    return len(ok)
 
 
 def _combine_flips(a: np.ndarray, b: np.ndarray, mode: str, unit_norm: bool) -> np.ndarray:
