@@ -24,6 +24,13 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # factory kwargs, e.g. embedding_dim
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and tensor cores
     sync_batchnorm: bool = True  # SyncBatchNorm under DDP on CUDA (GPU-only in PyTorch)
+    # fine-tuning: start from these weights ("NAME:PRETRAINED" or a .safetensors/.pt file of
+    # model.name's architecture) instead of the seed's random initialisation; "" = from scratch
+    init: str = ""
+    # fine-tuning: parameter-name prefixes (e.g. [conv1, block35]) kept frozen for the first
+    # freeze_steps steps, so a new head settles before it reshapes the early features
+    freeze: tuple[str, ...] = ()
+    freeze_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,23 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    # the teacher whose embedding geometry the student learns besides the triplet loss (any
+    # model name, "NAME:PRETRAINED" or weights file); "" = no distillation. Its embeddings of
+    # every training face (and of its mirror) are computed once, in the teacher's own framing,
+    # and cached beside the decoded faces (facenet.train.teacher)
+    teacher: str = ""
+    # squared L2 between the student's embedding and the teacher's, projected onto the top
+    # principal directions of the teacher's training embeddings when the dimensions differ
+    embedding_weight: float = 1.0
+    # squared difference of the batch's pairwise cosine similarities, student vs teacher
+    relation_weight: float = 1.0
+    backend: Literal["torch", "onnxruntime"] = "torch"  # what runs the teacher (once)
+    batch_size: int = 64  # faces per teacher forward pass
+    cache: str = ""  # the teacher cache file; "" = keyed by teacher, framing and faces
+
+
+@dataclass(frozen=True)
 class FaultConfig:
     # collapse: all embeddings converging to one point (SPEC §3), seen as the batch's
     # embedding spread (sqrt of total variance: ~1 spread over the sphere, 0 = one point).
@@ -169,6 +193,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
 
 
@@ -396,6 +421,10 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "output.checkpoint_every": (1, math.inf, True, True),
     "output.log_every": (1, math.inf, True, True),
     "faults.collapse_patience": (1, math.inf, True, True),
+    "model.freeze_steps": (0, math.inf, True, True),
+    "distill.embedding_weight": (0, math.inf, True, True),
+    "distill.relation_weight": (0, math.inf, True, True),
+    "distill.batch_size": (1, math.inf, True, True),
 }
 
 

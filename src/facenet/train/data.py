@@ -52,6 +52,7 @@ class TrainData:
     images: np.ndarray  # uint8 (N, S, S, 3)
     labels: np.ndarray  # int64 (N,)
     identities: tuple[str, ...]
+    paths: tuple[str, ...] = ()  # the file of each image; () for synthetic faces
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,11 @@ def build_train_data(
     # why: an identity that lost images to decode errors may fall below the minimum.
     counts = np.bincount(labels, minlength=len(dataset.identities))
     keep = keep[counts[labels] >= d.min_images_per_identity]
+    paths = tuple(str(dataset.paths[i]) for i in keep)
     if len(keep) == len(cached.images):
-        return TrainData(cached.images, dataset.labels, dataset.identities)
-    return TrainData(np.asarray(cached.images[keep]), dataset.labels[keep], dataset.identities)
+        return TrainData(cached.images, dataset.labels, dataset.identities, paths)
+    images = np.asarray(cached.images[keep])
+    return TrainData(images, dataset.labels[keep], dataset.identities, paths)
 
 
 def build_validation(config: Config, input_size: tuple[int, int], progress: bool) -> PairSet:

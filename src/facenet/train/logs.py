@@ -31,6 +31,10 @@ TRAIN_FIELDS = (
     "lr",
     "images_per_s",
     "elapsed_s",
+    # each loss term's part of ``loss`` (facenet.train.terms); empty where a run has no such term
+    "loss_triplet",
+    "loss_distill",
+    "loss_relation",
 )
 # why: with optimiser.ema_decay the metrics are the averaged model's; raw_* are the raw weights'
 VAL_FIELDS = (

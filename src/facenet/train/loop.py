@@ -181,6 +181,7 @@ def _train_row(
         "lr": stats.lr,
         "images_per_s": images_per_s,
         "elapsed_s": state.elapsed_s,
+        **{f"loss_{name}": value for name, value in stats.terms.items()},
     }
 
 

@@ -24,10 +24,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from facenet.config import LAST_COMMIT_WITH_REMOVED, Config, config_to_dict
+from facenet.config import LAST_COMMIT_WITH_REMOVED, Config, ConfigError, config_to_dict
 from facenet.models import create_model
 from facenet.models.card import card_of
-from facenet.models.loading import check_state_fits
+from facenet.models.loading import check_state_fits, load_model
 from facenet.train import distributed as D
 from facenet.train.checkpoint import (
     checkpoint_dict,
@@ -47,6 +47,7 @@ from facenet.train.data import (
 )
 from facenet.train.ema import make_ema
 from facenet.train.offline import OfflineTripletMiner
+from facenet.train.teacher import TeacherTargets, build_targets
 from facenet.train.terms import LossTerm, build_terms
 from facenet.train.validate import PairSet, embed_images
 
@@ -73,6 +74,7 @@ class TrainState:
     terms: list[LossTerm]  # what the step minimises (summed)
     data: TrainData
     pairs: PairSet  # validation pairs
+    teacher: TeacherTargets | None  # distill.teacher's targets for every training face
     autocast: Autocast  # mixed-precision context of forward passes
     step: int = 0  # optimiser steps taken
     best: dict[str, Any] = field(default_factory=dict)  # validation row of best.pt
@@ -229,6 +231,7 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
     model = _build_model(config, info)
     pairs, data = _build_data(config, tuple(model.spec.input_size), info)
+    teacher = _build_teacher(config, data, int(model.spec.embedding_dim), info)
     decay = config.optimiser.ema_decay
     state = TrainState(
         config=config,
@@ -242,9 +245,10 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         ema=make_ema(model, decay) if decay > 0 and info.is_main else None,
         stream=BatchStream(data.labels, config, info.rank, info.world_size),
         miner=_build_miner(config, data),
-        terms=build_terms(config),
+        terms=build_terms(config, teacher.targets.to(info.device) if teacher else None),
         data=data,
         pairs=pairs,
+        teacher=teacher,
         autocast=_autocast(config, info.device),
     )
     if resume:
@@ -282,9 +286,13 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
 
 
 def _build_model(config: Config, info: D.DistInfo) -> nn.Module:
-    """The network, initialised from the seed (the only use of the global RNG besides dropout)."""
+    """The network, initialised from the seed (the only use of the global RNG besides dropout),
+    or from ``model.init``'s weights (fine-tuning)."""
     torch.manual_seed(config.seed)
     model = create_model(config.model.name, **config.model.kwargs)
+    if config.model.init:
+        _load_init(model, config.model.init)
+    _check_freeze(model, config.model.freeze)
     input_size = tuple(model.spec.input_size)
     # why: validation (and so every later use) shows the model the centre input/stored of each
     # cached face, itself the centre data.crop_fraction of the training images; record it.
@@ -295,6 +303,47 @@ def _build_model(config: Config, info: D.DistInfo) -> nn.Module:
     if info.distributed and info.device.type == "cuda" and config.model.sync_batchnorm:
         model = D.convert_sync_batchnorm(model)
     return model
+
+
+def _load_init(model: nn.Module, ref: str) -> None:
+    """Start ``model`` from the weights of ``ref`` (same architecture and kwargs), taking its
+    preprocessing (normalisation) too; the framing is recorded afresh from the data config."""
+    source = load_model(ref)
+    check_state_fits(ref, model, source.state_dict())
+    model.load_state_dict(source.state_dict())
+    model.spec = dataclasses.replace(source.spec, crop_fraction=model.spec.crop_fraction)
+
+
+def frozen(name: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether parameter ``name`` lies under one of ``prefixes`` (module paths, e.g. ``conv1``)."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _check_freeze(model: nn.Module, prefixes: tuple[str, ...]) -> None:
+    """``ConfigError`` for a ``model.freeze`` prefix that names no parameter (a typo would
+    otherwise freeze nothing, silently)."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(frozen(n, (prefix,)) for n in names):
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ConfigError(
+                f"model.freeze: {prefix!r} names no parameter of {model.spec.name}; its "
+                f"top-level modules are {', '.join(tops)}"
+            )
+
+
+def _build_teacher(
+    config: Config, data: TrainData, student_dim: int, info: D.DistInfo
+) -> TeacherTargets | None:
+    """``distill.teacher``'s targets: rank 0 computes (or reuses) the cache, the others read it."""
+    if not config.distill.teacher:
+        return None
+    progress = config.output.progress and info.is_main
+    targets = build_targets(config, data, student_dim, progress) if info.is_main else None
+    D.barrier()
+    if targets is None:
+        targets = build_targets(config, data, student_dim, False, compute=False)
+    return targets
 
 
 def _record_framing(model: nn.Module, crop_fraction: float) -> None:

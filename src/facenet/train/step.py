@@ -20,7 +20,7 @@ from facenet.train.checkpoint import unwrap
 from facenet.train.data import Batch, augment_stream, augmented, mining_seed
 from facenet.train.health import check_finite
 from facenet.train.schedule import lr_at
-from facenet.train.state import TrainState
+from facenet.train.state import TrainState, frozen
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ def train_step(state: TrainState, batch: Batch) -> StepStats:
 
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
+    _drop_frozen_grads(state)
     state.scaler.unscale_(state.optimizer)
     grad_norm = _grad_norm(state.model, config.optimiser.grad_clip)
     loss_value = float(loss.detach())
@@ -124,6 +125,17 @@ def train_step(state: TrainState, batch: Batch) -> StepStats:
         state.ema.update_parameters(unwrap(state.model))
     state.step += 1
     return _stats(loss_value, triplet, grad_norm, lr, losses)
+
+
+def _drop_frozen_grads(state: TrainState) -> None:
+    """Before ``model.freeze_steps``: no gradient for the parameters under ``model.freeze``, so
+    the optimiser leaves them (and their weight decay and moments) untouched this step."""
+    m = state.config.model
+    if not m.freeze or state.step >= m.freeze_steps:
+        return
+    for name, p in unwrap(state.model).named_parameters():
+        if frozen(name, m.freeze):
+            p.grad = None
 
 
 def _grad_norm(model: torch.nn.Module, clip: float) -> float:

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from facenet.config import Config
 from facenet.losses.distances import pairwise_squared_distances
+from facenet.losses.distill import embedding_distillation_loss, relation_distillation_loss
+from facenet.losses.distributed import gather_no_grad
 from facenet.losses.hinge import TripletStats, loss_and_stats
 from facenet.losses.triplet import triplet_loss
 from facenet.train.data import Batch
@@ -69,6 +72,47 @@ class TripletTerm:
         return TermOutput({"triplet": loss}, stats)
 
 
-def build_terms(config: Config) -> list[LossTerm]:
-    """The loss terms ``config`` trains with (today: the triplet loss alone, as the paper)."""
-    return [TripletTerm(config.mining.rule, config.mining.margin)]
+@dataclass(frozen=True)
+class DistillTerm:
+    """A teacher's geometry (``facenet.losses.distill``): each face's embedding against the
+    teacher's target for it, and the batch's pairwise similarities against the teacher's.
+
+    Attributes:
+        targets: (N, D) unit teacher targets of every training face (``facenet.train.teacher``),
+            on the training device; row i is dataset face i.
+        embedding_weight: weight of ``embedding_distillation_loss`` (0 = off).
+        relation_weight: weight of ``relation_distillation_loss`` (0 = off).
+    """
+
+    targets: Tensor
+    embedding_weight: float
+    relation_weight: float
+
+    def __call__(self, embeddings: Tensor, labels: Tensor, batch: Batch) -> TermOutput:
+        index = torch.from_numpy(batch.indices).to(self.targets.device)
+        if dist.is_available() and dist.is_initialized():
+            # why: the embeddings are the global batch, gathered in rank order; so are these
+            index = gather_no_grad(index)
+        teacher = self.targets[index].to(embeddings.dtype)
+        losses = {}
+        if self.embedding_weight > 0:
+            losses["distill"] = self.embedding_weight * embedding_distillation_loss(
+                embeddings, teacher
+            )
+        if self.relation_weight > 0:
+            losses["relation"] = self.relation_weight * relation_distillation_loss(
+                embeddings, teacher
+            )
+        return TermOutput(losses)
+
+
+def build_terms(config: Config, targets: Tensor | None = None) -> list[LossTerm]:
+    """The loss terms ``config`` trains with: the paper's triplet loss, and with
+    ``distill.teacher`` the distillation terms on the teacher's ``targets``."""
+    terms: list[LossTerm] = [TripletTerm(config.mining.rule, config.mining.margin)]
+    d = config.distill
+    if d.teacher:
+        if targets is None:
+            raise ValueError("distill.teacher is set but no teacher targets were built")
+        terms.append(DistillTerm(targets, d.embedding_weight, d.relation_weight))
+    return terms

@@ -1,0 +1,257 @@
+"""Distillation targets: a teacher's embeddings of every training face, computed once, cached.
+
+The teacher sees each training face in its own framing (its ``ModelSpec``: input size and the
+centre fraction of the standard face crop it was made for), from the same files the student's
+faces are decoded from, decoded once into an image cache of its own beside the student's. Each
+face is embedded with its mirror image; a face's target is the normalised mean of the two (the
+flip-invariant view, as evaluation with flips uses), so it does not matter which way round the
+student's augmented copy is.
+
+When the student's embedding is shorter than the teacher's, the targets are projected onto the
+top right-singular vectors of the teacher's (uncentred) training embeddings and re-normalised:
+the subspace of that dimension that best keeps the teacher's cosine similarities (the best
+low-rank approximation of their Gram matrix), with no learnt parameters to checkpoint.
+
+The cache file (``.npz``) holds both embeddings of every face and what made them: the teacher's
+reference and weights hash, its framing, and the key of the face list (paths, sizes and mtimes,
+as the image caches). A file made by another teacher, framing or face list is refused with an
+error naming both, never used; one in progress is continued where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from facenet.config import Config
+from facenet.data.cache import build_cache, cache_key, square_resize
+from facenet.fingerprint import array_sha256, weights_sha256
+from facenet.models.inference import embed_faces, inference_network
+from facenet.models.loading import load_model
+from facenet.train.data import TrainData
+from facenet.utils import atomic_write
+
+CACHE_VERSION = 1
+_SAVE_EVERY = 2048  # faces between two saves of an unfinished cache
+
+
+class TeacherCacheError(ValueError):
+    """A teacher cache file that another teacher, framing or face list made."""
+
+
+@dataclass(frozen=True)
+class TeacherTargets:
+    """What the distillation terms compare the student with.
+
+    Attributes:
+        embeddings: (N, 2, D_teacher) float32: each training face's teacher embedding and its
+            mirror's, rows aligned with ``TrainData``.
+        targets: (N, D_student) float32 unit vectors: the flip mean, projected when needed.
+        kept_energy: the fraction of the flip means' squared norm the projection keeps (1.0
+            without one).
+        meta: what made ``embeddings`` (see ``teacher_meta``).
+        path: the cache file.
+    """
+
+    embeddings: np.ndarray
+    targets: Tensor
+    kept_energy: float
+    meta: dict[str, Any]
+    path: Path
+
+
+def teacher_side(teacher: nn.Module) -> int:
+    """Side of the standard face crops cached for ``teacher``: enough pixels for its input
+    after it takes the centre ``crop_fraction``."""
+    spec = teacher.spec
+    return int(round(max(spec.input_size) / min(1.0, float(spec.crop_fraction))))
+
+
+def faces_key(data: TrainData, side: int) -> str:
+    """The key of the training faces as the teacher's cache sees them: the files (paths, sizes,
+    mtimes, as ``facenet.data.cache``) or, for synthetic faces, the pixels."""
+    if data.paths:
+        return cache_key(data.paths, side)
+    return "pixels:" + array_sha256(np.ascontiguousarray(data.images))[:20]
+
+
+def teacher_meta(ref: str, teacher: nn.Module, faces: str) -> dict[str, Any]:
+    """What a cache of ``teacher``'s embeddings of ``faces`` must record to be reused."""
+    spec = teacher.spec
+    return {
+        "version": CACHE_VERSION,
+        "teacher": ref,
+        "weights_hash": weights_sha256(teacher),
+        "input_size": [int(s) for s in spec.input_size],
+        "crop_fraction": float(spec.crop_fraction),
+        "normalization": spec.normalization,
+        "embedding_dim": int(spec.embedding_dim),
+        "faces": faces,
+        "flip": True,
+    }
+
+
+def default_cache_path(config: Config, meta: dict[str, Any]) -> Path:
+    """``<data.cache_dir>/teacher-<key>.npz``, keyed by everything in ``meta``."""
+    key = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(config.data.cache_dir).expanduser() / f"teacher-{key}.npz"
+
+
+def _describe(meta: dict[str, Any]) -> str:
+    return (
+        f"teacher {meta.get('teacher')!r} (weights {str(meta.get('weights_hash'))[:12]}), "
+        f"input {meta.get('input_size')}, crop_fraction {meta.get('crop_fraction')}, "
+        f"faces {meta.get('faces')}"
+    )
+
+
+def read_cache(path: Path, expected: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """(embeddings (N, 2, D), faces done) of the cache at ``path``, made as ``expected`` says.
+
+    Raises:
+        TeacherCacheError: the file records another teacher, framing or face list.
+        ValueError: the file is not a teacher cache.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            embeddings = np.asarray(z["embeddings"], dtype=np.float32)
+            done = int(z["done"])
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a teacher cache ({e})") from e
+    if meta != expected:
+        raise TeacherCacheError(
+            f"{path} holds the embeddings of {_describe(meta)}; this run's are of "
+            f"{_describe(expected)}. Point distill.cache elsewhere (or leave it empty: the "
+            "default file is keyed by teacher, framing and faces)"
+        )
+    return embeddings, done
+
+
+def _write_cache(path: Path, embeddings: np.ndarray, done: int, meta: dict[str, Any]) -> None:
+    with atomic_write(path) as f:
+        np.savez(f, embeddings=embeddings, done=np.int64(done), meta=json.dumps(meta))
+
+
+def teacher_faces(data: TrainData, side: int, config: Config, progress: bool) -> np.ndarray:
+    """uint8 (N, side, side, 3) standard face crops of the training faces, for the teacher."""
+    if data.paths:
+        d = config.data
+        cached = build_cache(data.paths, side, d.cache_dir, d.decode_threads, progress)
+        return cached.images
+    return np.stack([square_resize(np.asarray(im), side) for im in data.images])
+
+
+def compute_embeddings(
+    teacher: nn.Module,
+    faces: np.ndarray,
+    path: Path,
+    meta: dict[str, Any],
+    config: Config,
+    progress: bool,
+) -> np.ndarray:
+    """(N, 2, D) embeddings of ``faces`` and their mirrors by ``teacher`` in its own framing,
+    saved to ``path`` every few thousand faces (a killed run continues where it stopped)."""
+    n, dim = len(faces), int(teacher.spec.embedding_dim)
+    embeddings, done = np.zeros((n, 2, dim), np.float32), 0
+    if path.is_file():
+        embeddings, done = read_cache(path, meta)
+    if done >= n:
+        return embeddings
+    network = inference_network(teacher, config.distill.backend)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, initial=done, desc="teacher", unit="face", file=sys.stderr)
+    batch = int(config.distill.batch_size)
+    since_save = 0
+    while done < n:
+        stop = min(n, done + batch)
+        e = embed_faces(
+            network,
+            faces[done:stop],
+            batch_size=batch,
+            flip=True,
+            channels_last=config.distill.backend == "torch",
+        )
+        embeddings[done:stop] = e.numpy()
+        since_save += stop - done
+        if bar is not None:
+            bar.update(stop - done)
+        done = stop
+        if since_save >= _SAVE_EVERY or done == n:
+            _write_cache(path, embeddings, done, meta)
+            since_save = 0
+    if bar is not None:
+        bar.close()
+    return embeddings
+
+
+def project_targets(embeddings: np.ndarray, dim: int) -> tuple[Tensor, float]:
+    """(N, 2, D) teacher embeddings -> ((N, dim) unit targets, kept energy).
+
+    The target is the normalised flip mean; when ``dim`` < D it is projected onto the top
+    ``dim`` right-singular vectors of the (uncentred) flip means and normalised again.
+    """
+    mean = torch.nn.functional.normalize(torch.from_numpy(embeddings).sum(dim=1), dim=1)
+    d = mean.shape[1]
+    if dim == d:
+        return mean, 1.0
+    if dim > d:
+        raise ValueError(
+            f"the student's embedding ({dim}-d) is longer than the teacher's ({d}-d); "
+            "distill into a student of the teacher's dimension or less"
+        )
+    # float64: the singular vectors of a 10^4 x 512 matrix are stable there
+    _, s, vh = torch.linalg.svd(mean.double(), full_matrices=False)
+    basis = vh[:dim].T  # (D, dim)
+    kept = float((s[:dim] ** 2).sum() / (s**2).sum())
+    projected = torch.nn.functional.normalize((mean.double() @ basis).float(), dim=1)
+    return projected, kept
+
+
+def build_targets(
+    config: Config, data: TrainData, student_dim: int, progress: bool, compute: bool = True
+) -> TeacherTargets:
+    """The teacher's targets for ``data`` (computed now, or read from the cache).
+
+    ``compute=False`` only reads the cache (ranks other than 0 under torchrun, after rank 0 made
+    it).
+
+    Raises:
+        TeacherCacheError: ``distill.cache`` names a file another teacher, framing or face list
+            made.
+    """
+    ref = config.distill.teacher
+    teacher = load_model(ref).eval()
+    side = teacher_side(teacher)
+    meta = teacher_meta(ref, teacher, faces_key(data, side))
+    path = (
+        Path(config.distill.cache).expanduser()
+        if config.distill.cache
+        else default_cache_path(config, meta)
+    )
+    if compute:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        faces = teacher_faces(data, side, config, progress)
+        embeddings = compute_embeddings(teacher, faces, path, meta, config, progress)
+    else:
+        embeddings, done = read_cache(path, meta)
+        if done < len(embeddings):
+            raise ValueError(f"{path}: unfinished teacher cache ({done} of {len(embeddings)})")
+    if len(embeddings) != len(data.labels):
+        raise ValueError(
+            f"{path}: {len(embeddings)} faces, the training set has {len(data.labels)}"
+        )
+    targets, kept = project_targets(embeddings, student_dim)
+    return TeacherTargets(embeddings, targets, kept, meta, path)
