@@ -192,7 +192,7 @@ def test_eval_command_backends_and_int8(tmp_path, capsys):
         results["torch"]["verification"]["accuracy"]
     )
     meta = results["int8"]["meta"]
-    assert meta["backend"] == "onnxruntime" and meta["quantize"] == "int8"
+    assert meta["backend"] == "onnxruntime" and meta["quantize_network"] == "int8"
     assert "--backend onnxruntime --quantize-network int8" in meta["command"]
     capsys.readouterr()
     assert main([*base, "--quantize-network", "int8"]) == 2  # int8 runs in ONNX Runtime only

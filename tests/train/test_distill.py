@@ -21,6 +21,7 @@ from facenet.cli import main
 from facenet.config import load_config
 from facenet.models import create_model
 from facenet.models.loading import load_weights_file, save_weights
+from facenet.quantize import Int8Codec
 from facenet.train import loop
 from facenet.train.checkpoint import load_checkpoint
 from facenet.train.data import build_train_data
@@ -185,6 +186,11 @@ def test_distillation_is_logged_and_pulls_the_student_to_the_teacher(distill_run
     start = create_model("tiny", input_size=32, width=8)
     trained = load_weights_file(distill_run / "last.safetensors")
     assert distance(trained) < 0.8 * distance(start)
+    # the exported weights carry their 128-byte code: int8 scales from the training faces'
+    # embeddings (all 144 here, fewer than the 2,000 calibration faces), maximum -> 127
+    e = embed_images(trained, data.images, (32, 32), torch.device("cpu")).numpy()
+    codec = Int8Codec.from_dict(trained.card.int8)
+    np.testing.assert_allclose(codec.scale, np.abs(e).max(axis=0) / 127, rtol=1e-5)
 
 
 def test_distillation_resumes_bit_exactly(distill_run, teacher_file, tmp_path, interrupt_training):

@@ -101,12 +101,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_argument(parser)
     parser.add_argument(
         "--quantize-network",
-        dest="quantize",
         choices=("int8",),
         default=None,
         help="int8: static int8 network in ONNX Runtime (needs --backend onnxruntime), its "
         f"activation ranges calibrated on {CALIBRATION_IMAGES} images under --data of people "
         "the pairs file never names",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="int8: also score the pairs with 128-byte embeddings (one int8 per dimension), "
+        "scaled by the model's own calibration (its training faces) or, without one, "
+        "calibrated on images under --data of people the pairs file never names",
     )
     parser.add_argument(
         "--cache",
@@ -154,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         identification=args.identification,
         batch_size=args.batch_size,
         backend=args.backend,
+        quantize_network=args.quantize_network,
         quantize=args.quantize,
         cache_dir=None if args.no_cache else (args.cache or default_cache()),
     )
@@ -178,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nRobustness, {LABELS[kind]}:\n{sweep.markdown()}")
     if result.identification is not None:
         print(f"\nIdentification:\n{result.identification.markdown()}")
+    if result.int8 is not None:
+        print(f"\n128-byte embeddings (int8):\n{result.int8.markdown(report)}")
     try:
         if args.json:
             verification = report.to_dict(include_roc=False)

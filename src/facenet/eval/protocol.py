@@ -27,6 +27,8 @@ class PairsEvaluation:
     folds: np.ndarray  # (N,) fold ids
     distance: str  # "l2" | "cosine" | "cosine-centered"
     stats: EmbeddingStats = field(default_factory=EmbeddingStats)
+    left: np.ndarray | None = None  # (N, D) embeddings of the pairs' left images
+    right: np.ndarray | None = None  # (N, D) of the right images
 
 
 def embed_pairs(
@@ -86,4 +88,4 @@ def evaluate_pairs(
     stats = EmbeddingStats()
     left, right = embed_pairs(model, pairs, root, stats=stats, progress=progress, **embed_kwargs)
     d, report = verify_embeddings(left, right, pairs.issame, pairs.folds, distance, far_target)
-    return PairsEvaluation(report, d, pairs.issame, pairs.folds, distance, stats)
+    return PairsEvaluation(report, d, pairs.issame, pairs.folds, distance, stats, left, right)

@@ -29,11 +29,13 @@ from facenet.eval.identification import (
     gallery_probe_split,
 )
 from facenet.eval.peers import PUBLISHED_LFW, is_peer, load_peer
-from facenet.eval.protocol import PairsEvaluation, evaluate_pairs
+from facenet.eval.protocol import PairsEvaluation, evaluate_pairs, verify_embeddings
 from facenet.eval.robustness import LABELS, SweepResult, run_sweep
+from facenet.eval.verification import VerificationReport
 from facenet.models.card import card_of
 from facenet.models.loading import load_model
 from facenet.models.pretrained import cache_dir
+from facenet.quantize import Int8Codec
 
 
 def default_cache() -> Path:
@@ -88,7 +90,10 @@ class EvalSettings:
     identification: bool = False
     batch_size: int = 64
     backend: str = "torch"  # "torch" (batch norm folded) or "onnxruntime" (our models only)
-    quantize: str | None = None  # "int8" (onnxruntime), calibrated on CALIBRATION_IMAGES images
+    # "int8": the network in ONNX Runtime, calibrated on CALIBRATION_IMAGES images
+    quantize_network: str | None = None
+    # "int8": also score the pairs with 128-byte embeddings (``facenet.quantize.Int8Codec``)
+    quantize: str | None = None
     # None: no cache; default: default_cache() when the run starts
     cache_dir: str | os.PathLike | None = field(default_factory=default_cache)
 
@@ -114,9 +119,64 @@ class EvalSettings:
             parts.append("--identification")
         if self.backend != "torch":
             parts.append(f"--backend {self.backend}")
+        if self.quantize_network:
+            parts.append(f"--quantize-network {self.quantize_network}")
         if self.quantize:
-            parts.append(f"--quantize-network {self.quantize}")
+            parts.append(f"--quantize {self.quantize}")
         return " ".join(parts)
+
+
+# why: each dimension's calibrated maximum settles within a few hundred faces
+CODEC_IMAGES = 500
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    """The pairs scored again with every embedding as its int8 code (``Int8Codec``)."""
+
+    report: VerificationReport
+    dim: int  # bytes per face
+    source: str  # where the codec's scales come from
+
+    def markdown(self, float_report: VerificationReport) -> str:
+        rows = [
+            "| embeddings | bytes per face | accuracy | VAL @ FAR | AUC |",
+            "|---|---|---|---|---|",
+        ]
+        for name, size, r in (
+            ("float32", 4 * self.dim, float_report),
+            ("int8", self.dim, self.report),
+        ):
+            rows.append(
+                f"| {name} | {size} | {100 * r.accuracy:.2f}% ± {100 * r.accuracy_std:.2f} | "
+                f"{100 * r.val:.2f}% @ {r.far:.1e} | {r.auc:.4f} |"
+            )
+        drop = 100 * (float_report.accuracy - self.report.accuracy)
+        return "\n".join(rows) + f"\n\nAccuracy drop: {drop:+.2f} points. Codec: {self.source}."
+
+
+def embedding_codec(
+    recorded: dict[str, Any],
+    embedder: Any,
+    data: Path,
+    pairs: Pairs,
+    dim: int,
+    progress: Callable[[str], Progress | None],
+    embed_kw: dict[str, Any],
+) -> tuple[Int8Codec, str]:
+    """The int8 code of the evaluated embeddings: the model card's (calibrated on its training
+    faces) when it has one of this dimension, else calibrated here on ``CODEC_IMAGES`` images
+    under ``data`` of people the pairs never name (``recorded``: the card's ``int8``)."""
+    if recorded:
+        codec = Int8Codec.from_dict(recorded)
+        if codec.dim == dim:
+            return codec, "the model's own scales, calibrated on its training faces"
+    paths = calibration_images(data, pairs, CODEC_IMAGES)
+    calibration = embed_paths(embedder, paths, progress=progress("int8 calibration"), **embed_kw)
+    return (
+        Int8Codec.calibrate(calibration),
+        f"calibrated on {len(paths)} images under {data} of people the pairs never name",
+    )
 
 
 @dataclass
@@ -129,6 +189,7 @@ class EvalRun:
     sweeps: dict[str, SweepResult] = field(default_factory=dict)
     identification: IdentificationReport | None = None
     notes: list[str] = field(default_factory=list)  # caveats of the result, for people
+    int8: Int8Result | None = None  # the pairs scored with 128-byte embeddings (--quantize)
 
     def extra(self) -> dict[str, Any]:
         """The optional parts as JSON-ready dicts (``sweeps``, ``identification``)."""
@@ -137,6 +198,13 @@ class EvalRun:
             out["sweeps"] = {k: s.to_dict() for k, s in self.sweeps.items()}
         if self.identification is not None:
             out["identification"] = self.identification.to_dict()
+        if self.int8 is not None:
+            out["int8"] = {
+                "bytes_per_face": self.int8.dim,
+                "float32_bytes_per_face": 4 * self.int8.dim,
+                "codec": self.int8.source,
+                "verification": self.int8.report.to_dict(include_roc=False),
+            }
         return out
 
     def sections(self) -> dict[str, str]:
@@ -152,6 +220,8 @@ class EvalRun:
             out[f"Robustness: {LABELS[kind]}"] = sweep.markdown()
         if self.identification is not None:
             out["Identification (LFW gallery/probe split)"] = self.identification.markdown()
+        if self.int8 is not None:
+            out["128-byte embeddings (int8)"] = self.int8.markdown(self.evaluation.report)
         return out
 
 
@@ -210,11 +280,11 @@ def run_eval(
             center_fraction=fraction,
             aligner=embed_kw.get("aligner"),
             backend=settings.backend,  # type: ignore[arg-type]
-            quantize=settings.quantize,
-            calibration=calibration_images(data, pairs) if settings.quantize else None,
+            quantize=settings.quantize_network,
+            calibration=calibration_images(data, pairs) if settings.quantize_network else None,
         )
         embedder.network  # noqa: B018 - build it now: a missing backend fails before any work
-    elif settings.backend != "torch" or settings.quantize:
+    elif settings.backend != "torch" or settings.quantize_network:
         raise ValueError("--backend and --quantize-network apply to our models, not to peers")
     ev = evaluate_pairs(
         embedder,
@@ -227,6 +297,20 @@ def run_eval(
     )
     run = EvalRun(ev, alignment, _meta(settings, model, pairs, alignment, ev, peer, fraction))
     run.notes += list(ev.report.notes)
+    if settings.quantize:
+        recorded = {} if peer else card_of(model).int8
+        codec, source = embedding_codec(
+            recorded, embedder, data, pairs, int(ev.left.shape[1]), progress, embed_kw
+        )
+        _, report = verify_embeddings(
+            codec.roundtrip(ev.left),
+            codec.roundtrip(ev.right),
+            pairs.issame,
+            pairs.folds,
+            settings.distance,
+            settings.far,
+        )
+        run.int8 = Int8Result(report, codec.dim, source)
     if peer and getattr(model, "n_fallback", 0):
         run.notes.append(f"HOG found no face in {model.n_fallback} computed images (centre box)")
     for kind in dict.fromkeys(settings.sweeps):
@@ -270,7 +354,8 @@ def _meta(
     if settings.flip:
         setting += f", flip ({settings.flip_mode})"
     if not peer:
-        setting += f", {settings.backend}" + (f" {settings.quantize}" if settings.quantize else "")
+        q = settings.quantize_network
+        setting += f", {settings.backend}" + (f" {q}" if q else "")
     meta: dict[str, Any] = {
         "model": settings.model,
         "model_identity": model.identity if peer else card_of(model).name,
@@ -283,6 +368,7 @@ def _meta(
         "distance": settings.distance,
         "flip": settings.flip,
         "backend": settings.backend,
+        "quantize_network": settings.quantize_network,
         "quantize": settings.quantize,
         "aligned_folder_config": alignment.folder_config,
         "setting": setting,

@@ -30,6 +30,8 @@ class ModelCard:
             training run), as recorded in the weights file; for people, never for checks.
         compatible_with: weights hashes of other models whose embeddings this model's may be
             compared with (harmonic embeddings, SPEC §6).
+        int8: the 128-byte code of its embeddings (``facenet.quantize.Int8Codec.to_dict()``:
+            per-dimension scales calibrated on training faces); empty when not calibrated.
     """
 
     name: str
@@ -38,6 +40,7 @@ class ModelCard:
     version: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     compatible_with: tuple[str, ...] = ()
+    int8: dict[str, Any] = field(default_factory=dict)
 
     def set_thresholds(self, thresholds: dict[str, Any] | None) -> None:
         """Replace the thresholds (keys as text, values as floats)."""

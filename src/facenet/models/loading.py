@@ -82,12 +82,17 @@ def is_file_ref(ref: str) -> bool:
 def model_info(model: nn.Module) -> dict[str, Any]:
     """The fields that rebuild ``model``: registry name, factory kwargs, spec, thresholds."""
     card = card_of(model)
-    return {
+    info = {
         "model": card.name,
         "model_kwargs": dict(card.kwargs),
         "spec": model.spec.to_dict(),
         "thresholds": dict(card.thresholds),
     }
+    if card.int8:
+        info["int8"] = dict(card.int8)
+    if card.compatible_with:
+        info["compatible_with"] = list(card.compatible_with)
+    return info
 
 
 def save_weights(
@@ -283,8 +288,23 @@ def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> 
         card_of(model).set_thresholds(thresholds)
     except (TypeError, ValueError):
         raise ModelFileError(f"{path}: unreadable thresholds {thresholds!r}") from None
-    card_of(model).provenance = {k: info[k] for k in PROVENANCE_KEYS if k in info}
+    card = card_of(model)
+    card.provenance = {k: info[k] for k in PROVENANCE_KEYS if k in info}
+    card.int8 = _int8_codec(path, info.get("int8"))
+    card.compatible_with = tuple(str(h) for h in info.get("compatible_with") or ())
     return model.eval()
+
+
+def _int8_codec(path: Path, recorded: Any) -> dict[str, Any]:
+    """The recorded int8 codec, checked (an unreadable one names the file)."""
+    if not recorded:
+        return {}
+    from facenet.quantize import Int8Codec
+
+    try:
+        return Int8Codec.from_dict(recorded).to_dict()
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: unreadable int8 codec ({e})") from None
 
 
 def recorded_model_ref(ref: str, where: str) -> str:

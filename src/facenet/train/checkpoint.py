@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from facenet.models.card import card_of
 from facenet.models.loading import (
     ModelFileError,
     load_weights_file,
@@ -112,16 +114,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def export_weights(run_dir: Path) -> None:
+def export_weights(
+    run_dir: Path, int8_codec: Callable[[nn.Module], dict[str, Any]] | None = None
+) -> None:
     """``best.safetensors`` / ``last.safetensors`` beside the run's ``.pt`` checkpoints: the
-    weights, spec and thresholds the applications load, with the training record."""
+    weights, spec and thresholds the applications load, with the training record, and, given
+    ``int8_codec(model)``, the int8 code of the model's embeddings (``ModelCard.int8``)."""
     for name in ("best", "last"):
         path = run_dir / f"{name}.pt"
         if path.exists():
+            model = load_weights_file(path)
+            if int8_codec is not None:
+                card_of(model).int8 = int8_codec(model)
             save_weights(
-                load_weights_file(path),
-                run_dir / f"{name}.safetensors",
-                extra={"training": training_metadata(path)},
+                model, run_dir / f"{name}.safetensors", extra={"training": training_metadata(path)}
             )
 
 

@@ -1,0 +1,106 @@
+"""``facenet eval --quantize int8``: the pairs scored again with 128-byte embeddings, against an
+independent computation (float embeddings -> the codec's round trip -> the same protocol)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from facenet.cli import main
+from facenet.data.lfw import read_pairs
+from facenet.eval.protocol import embed_pairs, verify_embeddings
+from facenet.models import create_model
+from facenet.models.card import card_of
+from facenet.models.loading import load_weights_file, save_weights
+from facenet.quantize import Int8Codec
+
+
+def _lfw_like(root, people=6):
+    """``people`` identity folders of 4 images; a pairs file (2 folds) naming the first 4."""
+    rng = np.random.default_rng(0)
+    names = [f"Person_{c}" for c in "ABCDEFGH"[:people]]
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        base = rng.integers(0, 255, 3)
+        for i in range(1, 5):
+            img = np.clip(base + rng.normal(0, 30, (48, 48, 3)), 0, 255).astype(np.uint8)
+            img[12:36, 12 + k : 20 + k] = 255 - base
+            Image.fromarray(img).save(root / name / f"{name}_{i:04d}.png")
+    lines = ["2\t3"]
+    for a, b in (names[0:2], names[2:4]):
+        lines += [f"{a}\t1\t2", f"{a}\t3\t4", f"{b}\t1\t3"]
+        lines += [f"{a}\t1\t{b}\t2", f"{a}\t2\t{b}\t4", f"{a}\t4\t{b}\t1"]
+    pairs = root.parent / "pairs.txt"
+    pairs.write_text("\n".join(lines) + "\n")
+    return root, pairs
+
+
+@pytest.fixture
+def setup(tmp_path):
+    root, pairs = _lfw_like(tmp_path / "lfw")
+    torch.manual_seed(0)
+    model = create_model("tiny", input_size=32, width=8).eval()
+    return root, pairs, model, tmp_path
+
+
+def _run(tmp_path, weights, root, pairs, capsys) -> dict:
+    out = tmp_path / "r.json"
+    argv = ["eval", "--model", weights, "--data", root, "--pairs", pairs, "--align", "center"]
+    argv += ["--no-cache", "--quiet", "--quantize", "int8", "--json", out]
+    code = main([str(a) for a in argv])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "128-byte embeddings (int8)" in text and "| int8 | 128 |" in text
+    return json.loads(out.read_text())
+
+
+def _expected(weights, root, pairs, codec: Int8Codec) -> dict:
+    model = load_weights_file(weights)
+    p = read_pairs(pairs)
+    left, right = embed_pairs(model, p, root, align="center")
+    _, float_report = verify_embeddings(left, right, p.issame, p.folds)
+    _, report = verify_embeddings(codec.roundtrip(left), codec.roundtrip(right), p.issame, p.folds)
+    return {"float": float_report, "int8": report}
+
+
+def test_eval_scores_int8_with_the_models_own_codec(setup, capsys):
+    root, pairs, model, tmp = setup
+    # a deliberately coarse codec (scale 0.05 per step): int8 must then differ from float
+    card_of(model).int8 = Int8Codec(np.full(128, 0.05, np.float32)).to_dict()
+    weights = save_weights(model, tmp / "tiny.safetensors")
+    result = _run(tmp, weights, root, pairs, capsys)
+    expected = _expected(weights, root, pairs, Int8Codec(np.full(128, 0.05, np.float32)))
+    int8 = result["int8"]
+    assert int8["bytes_per_face"] == 128 and int8["float32_bytes_per_face"] == 512
+    assert "model's own" in int8["codec"]
+    assert result["verification"]["auc"] == pytest.approx(expected["float"].auc)
+    assert int8["verification"]["auc"] == pytest.approx(expected["int8"].auc)
+    assert int8["verification"]["accuracy"] == pytest.approx(expected["int8"].accuracy)
+    assert "--quantize int8" in result["meta"]["command"]
+
+
+def test_eval_without_a_codec_calibrates_on_people_outside_the_pairs(setup, capsys):
+    root, pairs, model, tmp = setup
+    weights = save_weights(model, tmp / "tiny.safetensors")
+    result = _run(tmp, weights, root, pairs, capsys)
+    assert "calibrated on 8 images" in result["int8"]["codec"]  # Person_E and Person_F, 4 each
+    # the oracle: the same calibration, computed here from those 8 images
+    from facenet.eval.embedding import embed_paths
+
+    others = sorted(p for d in ("Person_E", "Person_F") for p in (root / d).iterdir())
+    codec = Int8Codec.calibrate(embed_paths(load_weights_file(weights), others, align="center"))
+    expected = _expected(weights, root, pairs, codec)
+    assert result["int8"]["verification"]["auc"] == pytest.approx(expected["int8"].auc)
+
+
+def test_a_weights_file_with_an_unreadable_codec_is_named(setup, capsys):
+    root, pairs, model, tmp = setup
+    card_of(model).int8 = {"kind": "int8", "scale": [0.0] * 128}  # scales must be positive
+    weights = save_weights(model, tmp / "bad.safetensors")
+    code = main(["eval", "--model", str(weights), "--data", str(root), "--pairs", str(pairs)])
+    err = capsys.readouterr().err
+    assert code != 0 and "bad.safetensors" in err and "int8" in err and "Traceback" not in err
