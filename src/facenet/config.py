@@ -163,9 +163,22 @@ class DistillConfig:
     embedding_weight: float = 1.0
     # squared difference of the batch's pairwise cosine similarities, student vs teacher
     relation_weight: float = 1.0
-    backend: Literal["torch", "onnxruntime"] = "torch"  # what runs the teacher (once)
+    # what runs the teacher (and harmonic.model), once
+    backend: Literal["torch", "onnxruntime"] = "torch"
     batch_size: int = 64  # faces per teacher forward pass
     cache: str = ""  # the teacher cache file; "" = keyed by teacher, framing and faces
+
+
+@dataclass(frozen=True)
+class HarmonicConfig:
+    # harmonic embeddings (SPEC §6): the old model (v1) whose stored embeddings this model's
+    # must be comparable with, e.g. resnet_cpu:lfw-celeba; "" = off. v1 is frozen: its
+    # embeddings of the training faces are computed once and cached (as distill.teacher's), and
+    # triplets mixing them with this model's are trained on (facenet.losses.harmonic). The
+    # weights record v1's hash (ModelCard.compatible_with): v1 galleries accept their probes.
+    model: str = ""
+    weight: float = 1.0  # weight of the mixed triplets' loss
+    cache: str = ""  # v1's embedding cache; "" = keyed by model, framing and faces
 
 
 @dataclass(frozen=True)
@@ -194,6 +207,7 @@ class Config:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    harmonic: HarmonicConfig = field(default_factory=HarmonicConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
 
 
@@ -425,6 +439,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "distill.embedding_weight": (0, math.inf, True, True),
     "distill.relation_weight": (0, math.inf, True, True),
     "distill.batch_size": (1, math.inf, True, True),
+    "harmonic.weight": (0, math.inf, True, True),
 }
 
 

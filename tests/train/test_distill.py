@@ -203,6 +203,56 @@ def test_distillation_resumes_bit_exactly(distill_run, teacher_file, tmp_path, i
     assert all(torch.equal(final["model_state"][k], v) for k, v in ref["model_state"].items())
 
 
+# ---------------------------------------------------------------------------- harmonic
+@pytest.fixture(scope="module")
+def old_model(tmp_path_factory):
+    """v1: a tiny model of the student's architecture and dimension (any frozen weights do)."""
+    torch.manual_seed(5)
+    model = create_model("tiny", input_size=32, width=8)
+    return save_weights(model, tmp_path_factory.mktemp("v1") / "v1.safetensors")
+
+
+def test_harmonic_run_is_declared_compatible_and_resumes_bit_exactly(
+    old_model, tmp_path, interrupt_training
+):
+    from facenet.apps.embedder import Embedder
+
+    extra = (f"harmonic.model={old_model}", "harmonic.weight=1.0")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main(_args(straight, *extra)) == 0
+    with open(straight / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["loss_harmonic"]) >= 0 for r in rows)
+    assert any(float(r["loss_harmonic"]) > 0 for r in rows)
+    interrupt_training(12, main, _args(broken, *extra))
+    assert main([*_args(broken, *extra), "--resume"]) == 0
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(broken / "last.pt")
+    assert all(torch.equal(a["model_state"][k], v) for k, v in b["model_state"].items())
+    # the weights say which old model's galleries they may query; another model's are refused
+    v1 = Embedder.from_ref(str(old_model)).fingerprint
+    v2 = Embedder.from_ref(str(straight / "last.safetensors")).fingerprint
+    plain = Embedder.from_ref(str(init_file_path(tmp_path))).fingerprint
+    assert load_weights_file(straight / "last.safetensors").card.compatible_with == (
+        v1.weights_hash,
+    )
+    assert v2.can_query(v1) and not v1.can_query(v2) and not plain.can_query(v1)
+
+
+def init_file_path(tmp: Path) -> Path:
+    torch.manual_seed(12)
+    return save_weights(create_model("tiny", input_size=32, width=8), tmp / "plain.safetensors")
+
+
+def test_harmonic_model_of_another_dimension_is_refused(tmp_path, capsys):
+    torch.manual_seed(5)
+    wide = save_weights(
+        create_model("tiny", input_size=32, width=8, embedding_dim=64), tmp_path / "v1.safetensors"
+    )
+    code = main(_args(tmp_path / "run", f"harmonic.model={wide}"))
+    err = capsys.readouterr().err
+    assert code == 2 and "64 dimensions" in err and "Traceback" not in err
+
+
 def test_distilling_without_a_teacher_model_is_one_line(tmp_path, capsys):
     code = main(_args(tmp_path / "run", f"distill.teacher={tmp_path / 'missing.safetensors'}"))
     err = capsys.readouterr().err

@@ -108,6 +108,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the pairs file never names",
     )
     parser.add_argument(
+        "--gallery-model",
+        default=None,
+        help="harmonic embeddings: embed each pair's left image with this model (a gallery "
+        "enrolled with it) and its right image with --model (the probe), and score the "
+        "mixed pairs",
+    )
+    parser.add_argument(
         "--quantize",
         choices=("int8",),
         default=None,
@@ -163,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         quantize_network=args.quantize_network,
         quantize=args.quantize,
+        gallery_model=args.gallery_model,
         cache_dir=None if args.no_cache else (args.cache or default_cache()),
     )
 
@@ -179,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, KeyError) as e:
         return fail("facenet eval", e, 2)
     report = result.evaluation.report
-    print(f"{args.model} on {Path(args.pairs).name}: {report.summary()}")
+    who = args.model if not args.gallery_model else f"{args.gallery_model} -> {args.model}"
+    print(f"{who} on {Path(args.pairs).name}: {report.summary()}")
     for note in result.notes:
         print(f"  note: {note}")
     for kind, sweep in result.sweeps.items():

@@ -89,3 +89,37 @@ def evaluate_pairs(
     left, right = embed_pairs(model, pairs, root, stats=stats, progress=progress, **embed_kwargs)
     d, report = verify_embeddings(left, right, pairs.issame, pairs.folds, distance, far_target)
     return PairsEvaluation(report, d, pairs.issame, pairs.folds, distance, stats, left, right)
+
+
+def evaluate_mixed_pairs(
+    gallery_model: Any,
+    probe_model: Any,
+    pairs: Pairs,
+    root: str | os.PathLike,
+    distance: Distance = "l2",
+    far_target: float = DEFAULT_FAR,
+    progress: Callable[[int, int], None] | None = None,
+    gallery_kwargs: dict[str, Any] | None = None,
+    **embed_kwargs: Any,
+) -> PairsEvaluation:
+    """The pairs across two models (harmonic embeddings, SPEC §6): each pair's left image as
+    ``gallery_model`` embeds it (a gallery enrolled with it), its right image as ``probe_model``
+    does (a query). ``gallery_kwargs`` override ``embed_kwargs`` for the gallery model (its own
+    aligner).
+
+    Raises:
+        ValueError: the two models' embeddings differ in dimension.
+    """
+    stats = EmbeddingStats()
+    g_kwargs = embed_kwargs | (gallery_kwargs or {})
+    g_left, _ = embed_pairs(gallery_model, pairs, root, stats=stats, progress=progress, **g_kwargs)
+    _, p_right = embed_pairs(
+        probe_model, pairs, root, stats=stats, progress=progress, **embed_kwargs
+    )
+    if g_left.shape[1] != p_right.shape[1]:
+        raise ValueError(
+            f"the gallery model embeds in {g_left.shape[1]} dimensions, the probe model in "
+            f"{p_right.shape[1]}: their embeddings cannot be compared"
+        )
+    d, report = verify_embeddings(g_left, p_right, pairs.issame, pairs.folds, distance, far_target)
+    return PairsEvaluation(report, d, pairs.issame, pairs.folds, distance, stats, g_left, p_right)

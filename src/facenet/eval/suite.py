@@ -29,7 +29,12 @@ from facenet.eval.identification import (
     gallery_probe_split,
 )
 from facenet.eval.peers import PUBLISHED_LFW, is_peer, load_peer
-from facenet.eval.protocol import PairsEvaluation, evaluate_pairs, verify_embeddings
+from facenet.eval.protocol import (
+    PairsEvaluation,
+    evaluate_mixed_pairs,
+    evaluate_pairs,
+    verify_embeddings,
+)
 from facenet.eval.robustness import LABELS, SweepResult, run_sweep
 from facenet.eval.verification import VerificationReport
 from facenet.models.card import card_of
@@ -94,6 +99,9 @@ class EvalSettings:
     quantize_network: str | None = None
     # "int8": also score the pairs with 128-byte embeddings (``facenet.quantize.Int8Codec``)
     quantize: str | None = None
+    # harmonic embeddings: the pairs' left images embedded by this model (a gallery enrolled
+    # with it), the right ones by ``model`` (its probes); None: one model for both
+    gallery_model: str | None = None
     # None: no cache; default: default_cache() when the run starts
     cache_dir: str | os.PathLike | None = field(default_factory=default_cache)
 
@@ -101,6 +109,8 @@ class EvalSettings:
         """The options that change results, as a reproducible command line."""
         align = align or self.align or "center"
         parts = ["facenet eval", f"--model {self.model}", f"--data {self.data}"]
+        if self.gallery_model:
+            parts.append(f"--gallery-model {self.gallery_model}")
         parts.append(f"--pairs {self.pairs}")
         if align != "center":
             parts.append(f"--align {align}")
@@ -286,15 +296,18 @@ def run_eval(
         embedder.network  # noqa: B018 - build it now: a missing backend fails before any work
     elif settings.backend != "torch" or settings.quantize_network:
         raise ValueError("--backend and --quantize-network apply to our models, not to peers")
-    ev = evaluate_pairs(
-        embedder,
-        pairs,
-        data,
-        settings.distance,
-        settings.far,
-        progress=progress("embedding"),
-        **embed_kw,
-    )
+    if settings.gallery_model:
+        ev = _mixed_pairs(settings, embedder, pairs, data, alignment, fraction, progress, embed_kw)
+    else:
+        ev = evaluate_pairs(
+            embedder,
+            pairs,
+            data,
+            settings.distance,
+            settings.far,
+            progress=progress("embedding"),
+            **embed_kw,
+        )
     run = EvalRun(ev, alignment, _meta(settings, model, pairs, alignment, ev, peer, fraction))
     run.notes += list(ev.report.notes)
     if settings.quantize:
@@ -333,6 +346,52 @@ def run_eval(
     return run
 
 
+def _mixed_pairs(
+    settings: EvalSettings,
+    probe: Any,
+    pairs: Pairs,
+    data: Path,
+    alignment: Alignment,
+    fraction: float,
+    progress: Callable[[str], Progress | None],
+    embed_kw: dict[str, Any],
+) -> PairsEvaluation:
+    """The pairs with their left images embedded by ``settings.gallery_model`` and their right
+    images by ``probe`` (the evaluated model), each in its own framing."""
+    alone = {"--sweep": settings.sweeps, "--identification": settings.identification}
+    alone |= {"--quantize": settings.quantize, "a peer": is_peer(settings.model)}
+    clash = [k for k, v in alone.items() if v]
+    if clash or is_peer(settings.gallery_model or ""):
+        raise ValueError(
+            "--gallery-model scores pairs across two of our models; it does not combine with "
+            + ", ".join(clash or ["a peer gallery model"])
+        )
+    gallery = load_model(settings.gallery_model)
+    gallery_kw: dict[str, Any] = {}
+    if alignment.detector:
+        gallery_kw["aligner"], gallery_kw["aligner_name"] = make_aligner(
+            alignment.detector, alignment.align, gallery
+        )
+    embedder = TorchEmbedder(
+        gallery,
+        align=alignment.align,
+        center_fraction=fraction,
+        aligner=gallery_kw.get("aligner"),
+        backend=settings.backend,  # type: ignore[arg-type]
+    )
+    return evaluate_mixed_pairs(
+        embedder,
+        probe,
+        pairs,
+        data,
+        settings.distance,
+        settings.far,
+        progress=progress("embedding"),
+        gallery_kwargs=gallery_kw,
+        **embed_kw,
+    )
+
+
 def _meta(
     settings: EvalSettings,
     model: Any,
@@ -358,6 +417,7 @@ def _meta(
         setting += f", {settings.backend}" + (f" {q}" if q else "")
     meta: dict[str, Any] = {
         "model": settings.model,
+        "gallery_model": settings.gallery_model,
         "model_identity": model.identity if peer else card_of(model).name,
         "data": str(settings.data),
         "pairs": str(settings.pairs),

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from facenet.models.card import card_of
 from facenet.models.loading import (
     ModelFileError,
     load_weights_file,
@@ -114,18 +113,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def export_weights(
-    run_dir: Path, int8_codec: Callable[[nn.Module], dict[str, Any]] | None = None
-) -> None:
+def export_weights(run_dir: Path, annotate: Callable[[nn.Module], None] | None = None) -> None:
     """``best.safetensors`` / ``last.safetensors`` beside the run's ``.pt`` checkpoints: the
-    weights, spec and thresholds the applications load, with the training record, and, given
-    ``int8_codec(model)``, the int8 code of the model's embeddings (``ModelCard.int8``)."""
+    weights, spec and thresholds the applications load, with the training record, and what
+    ``annotate(model)`` adds to the model's card (the int8 code, harmonic compatibility)."""
     for name in ("best", "last"):
         path = run_dir / f"{name}.pt"
         if path.exists():
             model = load_weights_file(path)
-            if int8_codec is not None:
-                card_of(model).int8 = int8_codec(model)
+            if annotate is not None:
+                annotate(model)
             save_weights(
                 model, run_dir / f"{name}.safetensors", extra={"training": training_metadata(path)}
             )

@@ -35,6 +35,7 @@ TRAIN_FIELDS = (
     "loss_triplet",
     "loss_distill",
     "loss_relation",
+    "loss_harmonic",
 )
 # why: with optimiser.ema_decay the metrics are the averaged model's; raw_* are the raw weights'
 VAL_FIELDS = (

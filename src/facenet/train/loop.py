@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from facenet.config import Config, check_config, dump_config
+from facenet.models.card import card_of
 from facenet.quantize import Int8Codec
 from facenet.train import distributed as D
 from facenet.train.checkpoint import export_weights, unwrap
@@ -214,7 +215,7 @@ def _finish(state: TrainState, stop_reason: str, images_per_s: float) -> TrainRe
     if state.info.is_main:
         plot_curves(state.run_dir)
         if state.config.output.weights:
-            export_weights(state.run_dir, lambda model: _int8_codec(state, model))
+            export_weights(state.run_dir, lambda model: _annotate(state, model))
     return result
 
 
@@ -223,11 +224,16 @@ def _finish(state: TrainState, stop_reason: str, images_per_s: float) -> TrainRe
 INT8_CALIBRATION_FACES = 2000
 
 
-def _int8_codec(state: TrainState, model: torch.nn.Module) -> dict[str, Any]:
-    """The 128-byte code of ``model``'s embeddings: int8 scales calibrated on (up to
-    ``INT8_CALIBRATION_FACES``, seeded) training faces, as validation frames them."""
+def _annotate(state: TrainState, model: torch.nn.Module) -> None:
+    """What the exported weights' card records beside the checkpoint's: the 128-byte code of
+    the model's embeddings (int8 scales calibrated on up to ``INT8_CALIBRATION_FACES`` seeded
+    training faces, as validation frames them) and, for a harmonic model, the old model's
+    weights hash (its galleries accept this model's probes)."""
     images = state.data.images
     rng = np.random.default_rng(state.config.seed)
     pick = np.sort(rng.choice(len(images), min(len(images), INT8_CALIBRATION_FACES), False))
     embeddings = state.embed(model.to(state.info.device), images[pick]).numpy()
-    return Int8Codec.calibrate(embeddings).to_dict()
+    card = card_of(model)
+    card.int8 = Int8Codec.calibrate(embeddings).to_dict()
+    if state.old is not None:
+        card.compatible_with = (state.old.weights_hash,)

@@ -47,7 +47,7 @@ from facenet.train.data import (
 )
 from facenet.train.ema import make_ema
 from facenet.train.offline import OfflineTripletMiner
-from facenet.train.teacher import TeacherTargets, build_targets
+from facenet.train.teacher import TeacherTargets, build_targets, cached_embeddings
 from facenet.train.terms import LossTerm, build_terms
 from facenet.train.validate import PairSet, embed_images
 
@@ -75,6 +75,7 @@ class TrainState:
     data: TrainData
     pairs: PairSet  # validation pairs
     teacher: TeacherTargets | None  # distill.teacher's targets for every training face
+    old: OldEmbeddings | None  # harmonic.model's embeddings of every training face
     autocast: Autocast  # mixed-precision context of forward passes
     step: int = 0  # optimiser steps taken
     best: dict[str, Any] = field(default_factory=dict)  # validation row of best.pt
@@ -232,6 +233,7 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
     model = _build_model(config, info)
     pairs, data = _build_data(config, tuple(model.spec.input_size), info)
     teacher = _build_teacher(config, data, int(model.spec.embedding_dim), info)
+    old = _build_old(config, data, int(model.spec.embedding_dim), info)
     decay = config.optimiser.ema_decay
     state = TrainState(
         config=config,
@@ -245,10 +247,15 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         ema=make_ema(model, decay) if decay > 0 and info.is_main else None,
         stream=BatchStream(data.labels, config, info.rank, info.world_size),
         miner=_build_miner(config, data),
-        terms=build_terms(config, teacher.targets.to(info.device) if teacher else None),
+        terms=build_terms(
+            config,
+            teacher.targets.to(info.device) if teacher else None,
+            old.embeddings.to(info.device) if old else None,
+        ),
         data=data,
         pairs=pairs,
         teacher=teacher,
+        old=old,
         autocast=_autocast(config, info.device),
     )
     if resume:
@@ -344,6 +351,41 @@ def _build_teacher(
     if targets is None:
         targets = build_targets(config, data, student_dim, False, compute=False)
     return targets
+
+
+@dataclass(frozen=True)
+class OldEmbeddings:
+    """``harmonic.model``'s (v1's) embeddings of the training faces, as a gallery stores them
+    (the face itself, not its mirror).
+
+    Attributes:
+        embeddings: (N, D) float32 unit vectors, rows aligned with ``TrainData``.
+        weights_hash: v1's weights hash: what the trained model declares itself compatible with.
+    """
+
+    embeddings: torch.Tensor
+    weights_hash: str
+
+
+def _build_old(config: Config, data: TrainData, dim: int, info: D.DistInfo) -> OldEmbeddings | None:
+    """``harmonic.model``'s embeddings: rank 0 computes (or reuses) the cache, the others read
+    it."""
+    h = config.harmonic
+    if not h.model:
+        return None
+    progress = config.output.progress and info.is_main
+    made = cached_embeddings(h.model, h.cache, config, data, progress) if info.is_main else None
+    D.barrier()
+    if made is None:
+        made = cached_embeddings(h.model, h.cache, config, data, False, compute=False)
+    embeddings, meta, path = made
+    if embeddings.shape[2] != dim:
+        raise ConfigError(
+            f"harmonic.model {h.model} embeds in {embeddings.shape[2]} dimensions, this model in "
+            f"{dim}: a harmonic model must have the old model's dimension"
+        )
+    unit = torch.nn.functional.normalize(torch.from_numpy(embeddings[:, 0]), dim=1)
+    return OldEmbeddings(unit, str(meta["weights_hash"]))
 
 
 def _record_framing(model: nn.Module, crop_fraction: float) -> None:

@@ -220,31 +220,26 @@ def project_targets(embeddings: np.ndarray, dim: int) -> tuple[Tensor, float]:
     return projected, kept
 
 
-def build_targets(
-    config: Config, data: TrainData, student_dim: int, progress: bool, compute: bool = True
-) -> TeacherTargets:
-    """The teacher's targets for ``data`` (computed now, or read from the cache).
+def cached_embeddings(
+    ref: str, cache: str, config: Config, data: TrainData, progress: bool, compute: bool = True
+) -> tuple[np.ndarray, dict[str, Any], Path]:
+    """(embeddings (N, 2, D), meta, cache file) of model ``ref`` for every face of ``data``:
+    computed now (and cached at ``cache``, or at the default keyed file when empty), or read.
 
     ``compute=False`` only reads the cache (ranks other than 0 under torchrun, after rank 0 made
     it).
 
     Raises:
-        TeacherCacheError: ``distill.cache`` names a file another teacher, framing or face list
-            made.
+        TeacherCacheError: ``cache`` names a file another model, framing or face list made.
     """
-    ref = config.distill.teacher
-    teacher = load_model(ref).eval()
-    side = teacher_side(teacher)
-    meta = teacher_meta(ref, teacher, faces_key(data, side))
-    path = (
-        Path(config.distill.cache).expanduser()
-        if config.distill.cache
-        else default_cache_path(config, meta)
-    )
+    model = load_model(ref).eval()
+    side = teacher_side(model)
+    meta = teacher_meta(ref, model, faces_key(data, side))
+    path = Path(cache).expanduser() if cache else default_cache_path(config, meta)
     if compute:
         path.parent.mkdir(parents=True, exist_ok=True)
         faces = teacher_faces(data, side, config, progress)
-        embeddings = compute_embeddings(teacher, faces, path, meta, config, progress)
+        embeddings = compute_embeddings(model, faces, path, meta, config, progress)
     else:
         embeddings, done = read_cache(path, meta)
         if done < len(embeddings):
@@ -253,5 +248,14 @@ def build_targets(
         raise ValueError(
             f"{path}: {len(embeddings)} faces, the training set has {len(data.labels)}"
         )
+    return embeddings, meta, path
+
+
+def build_targets(
+    config: Config, data: TrainData, student_dim: int, progress: bool, compute: bool = True
+) -> TeacherTargets:
+    """``distill.teacher``'s targets for ``data`` (see ``cached_embeddings``)."""
+    d = config.distill
+    embeddings, meta, path = cached_embeddings(d.teacher, d.cache, config, data, progress, compute)
     targets, kept = project_targets(embeddings, student_dim)
     return TeacherTargets(embeddings, targets, kept, meta, path)

@@ -20,6 +20,7 @@ from facenet.config import Config
 from facenet.losses.distances import pairwise_squared_distances
 from facenet.losses.distill import embedding_distillation_loss, relation_distillation_loss
 from facenet.losses.distributed import gather_no_grad
+from facenet.losses.harmonic import harmonic_triplet_loss
 from facenet.losses.hinge import TripletStats, loss_and_stats
 from facenet.losses.triplet import triplet_loss
 from facenet.train.data import Batch
@@ -72,6 +73,15 @@ class TripletTerm:
         return TermOutput({"triplet": loss}, stats)
 
 
+def _global_rows(batch: Batch, device: torch.device) -> Tensor:
+    """The dataset indices of the step's global batch, in the order of its embeddings."""
+    index = torch.from_numpy(batch.indices).to(device)
+    if dist.is_available() and dist.is_initialized():
+        # why: the embeddings are the global batch, gathered in rank order; so are these
+        index = gather_no_grad(index)
+    return index
+
+
 @dataclass(frozen=True)
 class DistillTerm:
     """A teacher's geometry (``facenet.losses.distill``): each face's embedding against the
@@ -89,11 +99,7 @@ class DistillTerm:
     relation_weight: float
 
     def __call__(self, embeddings: Tensor, labels: Tensor, batch: Batch) -> TermOutput:
-        index = torch.from_numpy(batch.indices).to(self.targets.device)
-        if dist.is_available() and dist.is_initialized():
-            # why: the embeddings are the global batch, gathered in rank order; so are these
-            index = gather_no_grad(index)
-        teacher = self.targets[index].to(embeddings.dtype)
+        teacher = self.targets[_global_rows(batch, self.targets.device)].to(embeddings.dtype)
         losses = {}
         if self.embedding_weight > 0:
             losses["distill"] = self.embedding_weight * embedding_distillation_loss(
@@ -106,13 +112,43 @@ class DistillTerm:
         return TermOutput(losses)
 
 
-def build_terms(config: Config, targets: Tensor | None = None) -> list[LossTerm]:
-    """The loss terms ``config`` trains with: the paper's triplet loss, and with
-    ``distill.teacher`` the distillation terms on the teacher's ``targets``."""
+@dataclass(frozen=True)
+class HarmonicTerm:
+    """Harmonic embeddings (``facenet.losses.harmonic``): semi-hard triplets that mix this
+    model's embeddings with an old model's frozen ones of the same faces.
+
+    Attributes:
+        old: (N, D) unit embeddings of every training face by the old model, on the device.
+        margin: alpha.
+        weight: the term's weight.
+    """
+
+    old: Tensor
+    margin: float
+    weight: float
+
+    def __call__(self, embeddings: Tensor, labels: Tensor, batch: Batch) -> TermOutput:
+        old = self.old[_global_rows(batch, self.old.device)]
+        # why: a stream of its own, apart from the triplet term's draws of the same seed
+        generator = torch.Generator().manual_seed(batch.mining_seed ^ 0x5A5A5A5A)
+        loss, _ = harmonic_triplet_loss(embeddings, old, labels, self.margin, generator)
+        return TermOutput({"harmonic": self.weight * loss})
+
+
+def build_terms(
+    config: Config, targets: Tensor | None = None, old: Tensor | None = None
+) -> list[LossTerm]:
+    """The loss terms ``config`` trains with: the paper's triplet loss, with ``distill.teacher``
+    the distillation terms on the teacher's ``targets``, with ``harmonic.model`` the mixed
+    triplets with the old model's embeddings ``old``."""
     terms: list[LossTerm] = [TripletTerm(config.mining.rule, config.mining.margin)]
     d = config.distill
     if d.teacher:
         if targets is None:
             raise ValueError("distill.teacher is set but no teacher targets were built")
         terms.append(DistillTerm(targets, d.embedding_weight, d.relation_weight))
+    if config.harmonic.model:
+        if old is None:
+            raise ValueError("harmonic.model is set but its embeddings were not built")
+        terms.append(HarmonicTerm(old, config.mining.margin, config.harmonic.weight))
     return terms

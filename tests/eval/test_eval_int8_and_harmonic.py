@@ -1,5 +1,5 @@
-"""``facenet eval --quantize int8``: the pairs scored again with 128-byte embeddings, against an
-independent computation (float embeddings -> the codec's round trip -> the same protocol)."""
+"""``facenet eval --quantize int8`` (the pairs scored again with 128-byte embeddings) and
+``--gallery-model`` (pairs across two models), each against an independent computation."""
 
 from __future__ import annotations
 
@@ -104,3 +104,39 @@ def test_a_weights_file_with_an_unreadable_codec_is_named(setup, capsys):
     code = main(["eval", "--model", str(weights), "--data", str(root), "--pairs", str(pairs)])
     err = capsys.readouterr().err
     assert code != 0 and "bad.safetensors" in err and "int8" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- two models (harmonic)
+def test_gallery_model_scores_left_images_with_it_and_right_ones_with_the_probe(setup, capsys):
+    from facenet.eval.protocol import verify_embeddings as verify
+
+    root, pairs, model, tmp = setup
+    probe = save_weights(model, tmp / "probe.safetensors")
+    torch.manual_seed(1)
+    gallery = save_weights(create_model("tiny", input_size=32, width=8), tmp / "g.safetensors")
+    out = tmp / "mixed.json"
+    argv = ["eval", "--model", probe, "--gallery-model", gallery, "--data", root]
+    argv += ["--pairs", pairs, "--align", "center", "--no-cache", "--quiet", "--json", out]
+    assert main([str(a) for a in argv]) == 0
+    assert "g.safetensors -> " in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    p = read_pairs(pairs)
+    g_left, _ = embed_pairs(load_weights_file(gallery), p, root, align="center")
+    _, p_right = embed_pairs(load_weights_file(probe), p, root, align="center")
+    _, expected = verify(g_left, p_right, p.issame, p.folds)
+    assert result["verification"]["auc"] == pytest.approx(expected.auc)
+    assert result["meta"]["gallery_model"] == str(gallery)
+    assert f"--gallery-model {gallery}" in result["meta"]["command"]
+    # one model on both sides is another figure
+    _, same = verify(
+        *embed_pairs(load_weights_file(probe), p, root, align="center"), p.issame, p.folds
+    )
+    assert expected.auc != pytest.approx(same.auc)
+    # what it does not combine with, and models of two dimensions, are one line each
+    assert main([str(a) for a in [*argv, "--identification"]]) == 2
+    assert "--identification" in capsys.readouterr().err
+    torch.manual_seed(1)
+    wide = create_model("tiny", input_size=32, width=8, embedding_dim=64)
+    argv[argv.index(gallery)] = save_weights(wide, tmp / "wide.safetensors")
+    assert main([str(a) for a in argv]) == 2
+    assert "64 dimensions" in capsys.readouterr().err
