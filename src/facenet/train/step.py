@@ -93,6 +93,7 @@ def train_step(state: TrainState, batch: Batch) -> StepStats:
     lr = lr_at(state.step, config.optimiser.lr, config.max_steps, config.schedule)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
+    _set_frozen(state)
     with state.autocast():
         embeddings = state.model(batch.images)
     embeddings, labels = embeddings.float(), batch.labels  # (n, D), (n,): this rank's faces
@@ -125,6 +126,20 @@ def train_step(state: TrainState, batch: Batch) -> StepStats:
         state.ema.update_parameters(unwrap(state.model))
     state.step += 1
     return _stats(loss_value, triplet, grad_norm, lr, losses)
+
+
+def _set_frozen(state: TrainState) -> None:
+    """In one process, ``model.freeze``'s parameters take no gradient before
+    ``model.freeze_steps`` (autograd skips their backward: fine-tuning's first steps are
+    cheaper). Under torchrun every parameter keeps ``requires_grad`` (DDP's reducer expects
+    them all) and ``_drop_frozen_grads`` holds them instead."""
+    m = state.config.model
+    if not m.freeze or state.info.distributed:
+        return
+    hold = state.step < m.freeze_steps
+    for name, p in unwrap(state.model).named_parameters():
+        if frozen(name, m.freeze):
+            p.requires_grad_(not hold)
 
 
 def _drop_frozen_grads(state: TrainState) -> None:
