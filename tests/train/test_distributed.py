@@ -202,3 +202,29 @@ def test_sync_shift_outside_a_process_group_is_the_shift_layer():
     assert grads[0][2].abs().sum() > 0  # the shift does get a gradient
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(converted.state_dict()[key], value)
+
+
+@pytest.mark.slow
+def test_distillation_and_harmonic_terms_under_torchrun_match_one_process(tmp_path, torchrun):
+    """The terms index the teacher's and the old model's embeddings by the gathered global
+    batch's faces: 2 ranks must see the same losses as one process (rank 1 reads the caches
+    rank 0 made)."""
+    from facenet.models import create_model
+    from facenet.models.loading import save_weights
+
+    torch.manual_seed(1)
+    teacher = save_weights(
+        create_model("tiny", input_size=40, width=8, embedding_dim=256), tmp_path / "t.safetensors"
+    )
+    torch.manual_seed(2)
+    old = save_weights(create_model("nns2"), tmp_path / "v1.safetensors")
+    extra = [f"distill.teacher={teacher}", f"harmonic.model={old}"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    base = ["--config", SMOKE, f"data.cache_dir={tmp_path / 'cache'}", *COMMON, *extra]
+    _run([sys.executable, "-m", "facenet", "train", *base, f"output.dir={single}"])
+    _run([*torchrun, "-m", "facenet", "train", *base, f"output.dir={ddp}"])
+    for column in ("loss_distill", "loss_relation", "loss_harmonic"):
+        a, b = _losses(single, column), _losses(ddp, column)
+        assert len(a) == len(b) == 6 and (a > 0).all()
+        rel = np.abs(a - b) / np.maximum(np.abs(a), 1e-6)
+        assert rel[:3].max() < 1e-4, (column, a, b)
