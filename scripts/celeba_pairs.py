@@ -42,7 +42,9 @@ def person_disjoint_pairs(
     out = []
     for f in range(folds):
         mine = sorted(order[f::folds])
-        same = [(p, i, j) for p in mine for i, j in itertools.combinations(range(1, counts[p] + 1), 2)]
+        same = [
+            (p, i, j) for p in mine for i, j in itertools.combinations(range(1, counts[p] + 1), 2)
+        ]
         diff = [
             (a, i, b, j)
             for a, b in itertools.combinations(mine, 2)

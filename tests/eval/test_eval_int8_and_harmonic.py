@@ -140,3 +140,54 @@ def test_gallery_model_scores_left_images_with_it_and_right_ones_with_the_probe(
     argv[argv.index(gallery)] = save_weights(wide, tmp / "wide.safetensors")
     assert main([str(a) for a in argv]) == 2
     assert "64 dimensions" in capsys.readouterr().err
+
+
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_harmonic_table_scores_three_pairings_and_draws_them_in_one_figure(setup, capsys):
+    root, pairs, model, tmp = setup
+    v2 = save_weights(model, tmp / "v2.safetensors")
+    torch.manual_seed(1)
+    v1 = save_weights(create_model("tiny", input_size=32, width=8), tmp / "v1.safetensors")
+    out = tmp / "table"
+    argv = ["--v1", v1, "--v2", v2, "--data", root, "--pairs", pairs, "--out", out]
+    assert _script("harmonic_table").main([str(a) for a in argv]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results) == ["v1 / v1", "v2 / v2", "v1 gallery / v2 probe"]
+    p = read_pairs(pairs)
+    g_left, _ = embed_pairs(load_weights_file(v1), p, root, align="center")
+    _, p_right = embed_pairs(load_weights_file(v2), p, root, align="center")
+    _, mixed = verify_embeddings(g_left, p_right, p.issame, p.folds)
+    assert results["v1 gallery / v2 probe"]["auc"] == pytest.approx(mixed.auc)
+    assert (out / "roc.png").stat().st_size > 10_000
+    assert (out / "table.md").read_text().count("\n") == 5  # head, rule, three rows
+
+
+def test_celeba_pairs_are_person_disjoint_folds_of_the_asked_size():
+    from collections import Counter
+
+    make = _script("celeba_pairs").person_disjoint_pairs
+    counts = {f"{k:05d}": 3 + k % 5 for k in range(23)}
+    folds = make(counts, folds=5, per_fold=6, seed=0)
+    seen: dict[str, int] = {}
+    for f, fold in enumerate(folds):
+        same = [x for x in fold if len(x) == 3]
+        diff = [x for x in fold if len(x) == 4]
+        assert len(same) == len(diff) == 6 and len(set(fold)) == 12
+        for x in same:
+            assert 1 <= x[1] < x[2] <= counts[x[0]]
+        for x in diff:
+            assert x[0] != x[2] and x[1] <= counts[x[0]] and x[3] <= counts[x[2]]
+        for name in {x[0] for x in fold} | {x[2] for x in diff}:
+            assert seen.setdefault(name, f) == f  # every person in one fold only
+    assert len(Counter(seen.values())) == 5
+    assert make(counts, 5, 6, seed=0) == folds and make(counts, 5, 6, seed=1) != folds

@@ -104,6 +104,38 @@ def plot_roc(rep: VerificationReport, path: str | os.PathLike, title: str = "") 
     return _save_figure(fig, path)
 
 
+def plot_rocs(
+    reports: dict[str, VerificationReport], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Several ROC curves on one log-FAR axis (one per named report, e.g. model pairings), each
+    labelled with its accuracy and AUC; FAR = 0 is pinned to the left edge as in ``plot_roc``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110)
+    x_min = min(min(r.far_target, r.far_resolution) for r in reports.values()) / 10
+    for k, (name, rep) in enumerate(reports.items()):
+        far, tar = rep.roc["far"], rep.roc["tar"]
+        label = (
+            f"{name}: {100 * rep.accuracy:.1f}% ± {100 * rep.accuracy_std:.1f}, AUC {rep.auc:.4f}"
+        )
+        ax.step(
+            np.where(far > 0, far, x_min), tar, where="post", color=f"C{k}", lw=1.6, label=label
+        )
+    ax.set_xscale("log")
+    ax.set_xlim(x_min, 1.0)
+    ax.set_ylim(0.0, 1.005)
+    ax.set_xlabel("FAR (false accept rate, log; FAR = 0 at the left edge)")
+    ax.set_ylabel("VAL (true accept rate)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save_figure(fig, path)
+
+
 def plot_histograms(
     distances: np.ndarray,
     issame: np.ndarray,
