@@ -6,6 +6,9 @@ index ranks by inner product and answers with the gallery's embedding ids. Four 
 (``INDEX_KINDS``):
 
 - ``flat``: exact ``IndexFlatIP`` (in an ``IndexIDMap2``), 4 bytes per dimension;
+- ``sq8``: ``IndexScalarQuantizer`` (8-bit, each dimension's range trained on the gallery): an
+  exhaustive scan over one byte per dimension, 128 bytes per 128-d face (SPEC §2), at a quarter
+  of ``flat``'s memory; its distances carry the quantisation error;
 - ``hnsw``: an HNSW graph (``IndexHNSWFlat``, M 32), approximate; slow to build at 1M (> 20 min
   on two cores, 60 s at 100k), so it is only used when asked for;
 - ``ivf_flat``: ``IndexIVFFlat``, k-means cells (``nlist``, default ``4 * sqrt(N)``) trained on
@@ -51,7 +54,7 @@ from facenet.utils import atomic_write
 
 INDEX_NAME = "index.faiss"
 INDEX_MAGIC = b"FNGIDX01"
-INDEX_KINDS = ("flat", "hnsw", "ivf_flat", "ivf_sq8")
+INDEX_KINDS = ("flat", "sq8", "hnsw", "ivf_flat", "ivf_sq8")
 # why: below ~100k vectors an exact scan answers in about ten milliseconds on one core; above it
 # an approximate index keeps queries at a few milliseconds (see benchmarks/gallery.py).
 DEFAULT_APPROXIMATE_ABOVE = 100_000
@@ -122,7 +125,7 @@ class IndexSpec:
         kind = self.kind
         if kind == "auto":
             kind = AUTO_APPROXIMATE if n > self.approximate_above else "flat"
-        if kind.startswith("ivf") and n < IVF_MIN_TRAIN:
+        if _trained(kind) and n < IVF_MIN_TRAIN:
             return "flat"
         return kind
 
@@ -149,11 +152,11 @@ class IndexSpec:
         """Whether an index built as ``built`` may take appended vectors up to ``n`` in all."""
         if not built or built.get("kind") != self.kind_for(n):
             return False
-        if not built["kind"].startswith("ivf"):
+        if not _trained(built["kind"]):
             return True
-        if built.get("nlist_asked") != self.nlist:  # another nlist was chosen since
-            return False
-        # why: cells trained on a much smaller gallery get crowded; retrain as it grows
+        if built["kind"].startswith("ivf") and built.get("nlist_asked") != self.nlist:
+            return False  # another nlist was chosen since
+        # why: cells (or int8 ranges) trained on a much smaller gallery fit it less; retrain
         return n <= IVF_REGROW * max(int(built.get("trained_on", 0)), 1)
 
     def to_meta(self) -> dict[str, str]:
@@ -162,6 +165,12 @@ class IndexSpec:
             "index_nlist": "" if self.nlist is None else str(self.nlist),
             "index_nprobe": "" if self.nprobe is None else str(self.nprobe),
         }
+
+
+def _trained(kind: str) -> bool:
+    """Whether an index of ``kind`` is trained on the gallery's vectors (IVF cells, int8
+    ranges): too few vectors make it flat, a gallery that outgrew it rebuilds it."""
+    return kind.startswith("ivf") or kind == "sq8"
 
 
 def _base(index: Any) -> Any:
@@ -208,6 +217,11 @@ def build_index(
         if kind == "hnsw":
             base = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        elif kind == "sq8":
+            base = faiss.IndexScalarQuantizer(
+                d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+            )
+            base.train(x)  # why: per-dimension min/max, a pass over the vectors
         else:
             base = faiss.IndexFlatIP(d)
         index = faiss.IndexIDMap2(base)
@@ -229,7 +243,7 @@ def configure_search(index: Any, spec: IndexSpec) -> None:
 
 
 def index_kind(index: Any) -> str:
-    """``"flat"``, ``"hnsw"``, ``"ivf_flat"`` or ``"ivf_sq8"``: the search structure of
+    """``"flat"``, ``"sq8"``, ``"hnsw"``, ``"ivf_flat"`` or ``"ivf_sq8"``: the search structure of
     ``index`` (ids map unwrapped)."""
     faiss = _faiss()
     base = _base(index)
@@ -239,6 +253,8 @@ def index_kind(index: Any) -> str:
         return "ivf_sq8"
     if isinstance(base, faiss.IndexIVF):
         return "ivf_flat"
+    if isinstance(base, faiss.IndexScalarQuantizer):
+        return "sq8"
     return "flat"
 
 

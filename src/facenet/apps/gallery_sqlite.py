@@ -29,7 +29,7 @@ format) ranks unit embeddings by inner product. Its kind is the gallery's choice
 ``meta`` table (``index_kind``, ``index_nlist``, ``index_nprobe``; set by ``Gallery(folder,
 index=..., nlist=..., nprobe=...)`` or ``facenet gallery rebuild --index``): ``auto`` (the
 default) is exact up to ``approximate_above`` embeddings and IVF-Flat above; ``flat``, ``hnsw``,
-``ivf_flat`` and ``ivf_sq8`` (int8, a quarter of the bytes) are used whatever the size.
+``ivf_flat``, ``sq8`` and ``ivf_sq8`` (int8, a quarter of the bytes) are used whatever the size.
 Identification takes the nearest embeddings, keeps each identity's closest one, and calls the
 probe **unknown** when even the nearest identity is farther than the open-set threshold.
 """
@@ -125,8 +125,8 @@ class SqliteGallery(Gallery):
         directory: the gallery folder.
         approximate_above: embeddings count above which the ``auto`` index is approximate.
         create: create the folder and database if missing; otherwise a missing gallery raises.
-        index: the index kind to use from now on (``auto``, ``flat``, ``hnsw``, ``ivf_flat``,
-            ``ivf_sq8``), stored in the gallery; None keeps the stored choice (default ``auto``).
+        index: the index kind to use from now on (``auto``, ``flat``, ``sq8``, ``hnsw``,
+            ``ivf_flat``, ``ivf_sq8``), stored in the gallery; None keeps the stored choice (default ``auto``).
             Giving ``index`` resets ``nlist``/``nprobe`` not given to their size-based defaults.
         nlist: IVF cells (None: ``4 * sqrt(N)``); stored.
         nprobe: IVF cells searched per query (None: ``max(16, nlist / 64)``); stored.

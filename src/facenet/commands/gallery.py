@@ -52,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rebuild.add_argument(
         "--index",
         choices=("auto", *INDEX_KINDS),
-        help="auto: exact up to 100,000 faces, IVF-Flat above; flat: exact; hnsw: graph; "
+        help="auto: exact up to 100,000 faces, IVF-Flat above; flat: exact; sq8: exact scan "
+        "over one byte per dimension (int8, a quarter of the memory); hnsw: graph; "
         "ivf_flat: k-means cells; ivf_sq8: the same cells, one byte per dimension",
     )
     rebuild.add_argument("--nlist", type=_positive, metavar="N", help="IVF cells (4*sqrt(N))")
