@@ -8,7 +8,7 @@ noisy copies of real faces, searched one at a time: an interactive identify) on 
 - ``numpy:scan``: a plain linear scan (``np.linalg.norm(gallery - probe, axis=1)``, what
   ``face_recognition.face_distance`` does), the exact reference for latency;
 - ``embedded:KIND``: our default backend (SQLite + a FAISS index file) with the index forced to
-  ``flat``, ``ivf_flat``, ``ivf_sq8`` or ``hnsw`` (``Gallery(folder, index=KIND)``; default
+  ``flat``, ``sq8``, ``ivf_flat``, ``ivf_sq8`` or ``hnsw`` (``Gallery(folder, index=KIND)``; default
   parameters: ``nlist = 4 sqrt(N)``, ``nprobe = max(16, nlist / 64)``). The rows are loaded once
   (insert rate: SQLite transactions of 50,000 rows, one identity per embedding) and the database
   copied for each kind; index build = ``rebuild_index()`` (reading the rows from SQLite included);
@@ -101,6 +101,7 @@ def make_gallery_vectors(real: np.ndarray | None, n: int, dim: int, seed: int) -
 BACKENDS = (
     "numpy:scan",
     "embedded:flat",
+    "embedded:sq8",
     "embedded:ivf_flat",
     "embedded:ivf_sq8",
     "embedded:hnsw",
