@@ -107,9 +107,15 @@ def test_a_weights_file_with_an_unreadable_codec_is_named(setup, capsys):
 
 
 # ---------------------------------------------------------------- two models (harmonic)
-def test_gallery_model_scores_left_images_with_it_and_right_ones_with_the_probe(setup, capsys):
-    from facenet.eval.protocol import verify_embeddings as verify
+def _mixed(gallery, probe, root, pairs):
+    """The oracle: each pair's left image embedded by ``gallery``, its right one by ``probe``."""
+    p = read_pairs(pairs)
+    g_left, _ = embed_pairs(load_weights_file(gallery), p, root, align="center")
+    _, p_right = embed_pairs(load_weights_file(probe), p, root, align="center")
+    return verify_embeddings(g_left, p_right, p.issame, p.folds)[1]
 
+
+def test_gallery_model_scores_left_images_with_it_and_right_ones_with_the_probe(setup, capsys):
     root, pairs, model, tmp = setup
     probe = save_weights(model, tmp / "probe.safetensors")
     torch.manual_seed(1)
@@ -120,18 +126,12 @@ def test_gallery_model_scores_left_images_with_it_and_right_ones_with_the_probe(
     assert main([str(a) for a in argv]) == 0
     assert "g.safetensors -> " in capsys.readouterr().out
     result = json.loads(out.read_text())
-    p = read_pairs(pairs)
-    g_left, _ = embed_pairs(load_weights_file(gallery), p, root, align="center")
-    _, p_right = embed_pairs(load_weights_file(probe), p, root, align="center")
-    _, expected = verify(g_left, p_right, p.issame, p.folds)
+    expected = _mixed(gallery, probe, root, pairs)
     assert result["verification"]["auc"] == pytest.approx(expected.auc)
     assert result["meta"]["gallery_model"] == str(gallery)
     assert f"--gallery-model {gallery}" in result["meta"]["command"]
     # one model on both sides is another figure
-    _, same = verify(
-        *embed_pairs(load_weights_file(probe), p, root, align="center"), p.issame, p.folds
-    )
-    assert expected.auc != pytest.approx(same.auc)
+    assert expected.auc != pytest.approx(_mixed(probe, probe, root, pairs).auc)
     # what it does not combine with, and models of two dimensions, are one line each
     assert main([str(a) for a in [*argv, "--identification"]]) == 2
     assert "--identification" in capsys.readouterr().err
@@ -163,11 +163,8 @@ def test_harmonic_table_scores_three_pairings_and_draws_them_in_one_figure(setup
     assert _script("harmonic_table").main([str(a) for a in argv]) == 0
     results = json.loads((out / "results.json").read_text())
     assert list(results) == ["v1 / v1", "v2 / v2", "v1 gallery / v2 probe"]
-    p = read_pairs(pairs)
-    g_left, _ = embed_pairs(load_weights_file(v1), p, root, align="center")
-    _, p_right = embed_pairs(load_weights_file(v2), p, root, align="center")
-    _, mixed = verify_embeddings(g_left, p_right, p.issame, p.folds)
-    assert results["v1 gallery / v2 probe"]["auc"] == pytest.approx(mixed.auc)
+    for name, (g, p) in {"v1 / v1": (v1, v1), "v1 gallery / v2 probe": (v1, v2)}.items():
+        assert results[name]["auc"] == pytest.approx(_mixed(g, p, root, pairs).auc)
     assert (out / "roc.png").stat().st_size > 10_000
     assert (out / "table.md").read_text().count("\n") == 5  # head, rule, three rows
 
