@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -350,6 +351,11 @@ def _build_teacher(
     D.barrier()
     if targets is None:
         targets = build_targets(config, data, student_dim, False, compute=False)
+    elif progress:
+        dims = f"{targets.embeddings.shape[2]}-d"
+        if targets.embeddings.shape[2] != student_dim:
+            dims += f" -> {student_dim}-d (keeps {100 * targets.kept_energy:.3f}% of the energy)"
+        print(f"teacher {config.distill.teacher}: {dims}, cache {targets.path}", file=sys.stderr)
     return targets
 
 
@@ -373,17 +379,18 @@ def _build_old(config: Config, data: TrainData, dim: int, info: D.DistInfo) -> O
     h = config.harmonic
     if not h.model:
         return None
+    old_dim = int(load_model(h.model).spec.embedding_dim)
+    if old_dim != dim:  # why: before minutes of embedding the training faces with it
+        raise ConfigError(
+            f"harmonic.model {h.model} embeds in {old_dim} dimensions, this model in {dim}: a "
+            "harmonic model must have the old model's dimension"
+        )
     progress = config.output.progress and info.is_main
     made = cached_embeddings(h.model, h.cache, config, data, progress) if info.is_main else None
     D.barrier()
     if made is None:
         made = cached_embeddings(h.model, h.cache, config, data, False, compute=False)
-    embeddings, meta, path = made
-    if embeddings.shape[2] != dim:
-        raise ConfigError(
-            f"harmonic.model {h.model} embeds in {embeddings.shape[2]} dimensions, this model in "
-            f"{dim}: a harmonic model must have the old model's dimension"
-        )
+    embeddings, meta, _ = made
     unit = torch.nn.functional.normalize(torch.from_numpy(embeddings[:, 0]), dim=1)
     return OldEmbeddings(unit, str(meta["weights_hash"]))
 
