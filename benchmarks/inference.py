@@ -16,6 +16,7 @@ Usage:
     python benchmarks/inference.py                              # all models, all variants
     python benchmarks/inference.py --models nn4 nn2 --json out.json
     python benchmarks/inference.py --models nn4 --variants onnxruntime compile --threads 2
+    python benchmarks/inference.py --models runs/distill_nns2/best.safetensors resnet_cpu:lfw-celeba
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from facenet.models import create_model, list_models
 from facenet.models.card import card_of
 from facenet.models.flops import count_multiply_adds
 from facenet.models.inference import inference_network
+from facenet.models.loading import load_model
 
 VARIANTS = ("eager", "channels_last", "folded", "compile", "onnxruntime")
 
@@ -123,6 +125,14 @@ def _no_grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
+def build(ref: str) -> nn.Module:
+    """A registry name (random weights: speed does not depend on them), or a trained model by
+    what ``facenet`` commands take (``NAME:PRETRAINED``, a weights file): its own kwargs."""
+    if ref in list_models():
+        return create_model(ref).eval()
+    return load_model(ref).eval()
+
+
 def benchmark(
     models: list[str],
     variants: list[str],
@@ -139,10 +149,12 @@ def benchmark(
         for name in models:
             peaks.append(sgemm_peak(threads))  # why: load drifts; the machine's peak is the max
             torch.manual_seed(0)
-            model = create_model(name).eval()
+            model = build(name)
             macs = count_multiply_adds(model)
+            params = sum(p.numel() for p in model.parameters())
             for variant in variants:
                 row = {"model": name, "variant": variant, "macs": macs, "batches": {}}
+                row["params"] = params
                 for batch in batch_sizes:
                     try:
                         t0 = time.perf_counter()
@@ -202,12 +214,13 @@ def _row_text(row: dict, peak: float, batch_sizes: list[int]) -> str:
 
 def markdown(result: dict, batch_sizes: list[int]) -> str:
     """The result as a Markdown table (images/s and % of the measured peak)."""
-    head = "| model | GMAC/img | variant | " + " | ".join(
+    head = "| model | params | GMAC/img | variant | " + " | ".join(
         f"b{b} img/s | b{b} % peak" for b in batch_sizes
     )
-    lines = [head + " |", "|---|---|---|" + "---|---|" * len(batch_sizes)]
+    lines = [head + " |", "|---|---|---|---|" + "---|---|" * len(batch_sizes)]
     for row in result["rows"]:
-        cells = [row["model"], f"{row['macs'] / 1e9:.3f}", row["variant"]]
+        params = f"{row['params'] / 1e6:.2f}M" if "params" in row else "-"
+        cells = [row["model"], params, f"{row['macs'] / 1e9:.3f}", row["variant"]]
         for b in batch_sizes:
             c = row["batches"].get(str(b), {})
             if "images_per_s" in c:
@@ -249,9 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
     models = args.models or [m for m in list_models() if m != "tiny"]
-    unknown = set(models) - set(list_models())
+    unknown = {
+        m for m in models if m not in list_models() and ":" not in m and not Path(m).exists()
+    }
     if unknown:
-        print(f"unknown model(s): {sorted(unknown)}; available: {list_models()}", file=sys.stderr)
+        print(
+            f"unknown model(s): {sorted(unknown)}; available: {list_models()}, NAME:PRETRAINED "
+            "or a weights file",
+            file=sys.stderr,
+        )
         return 2
     print(f"load average before: {os.getloadavg()}", flush=True)
     result = benchmark(models, args.variants, args.batch_sizes, args.threads, args.min_time)
