@@ -112,3 +112,22 @@ def test_the_engine_restores_training_mode_and_handles_no_faces(framed_model):
     framed_model.train()
     assert embed_faces(framed_model, []).shape == (0, 128)
     assert framed_model.training
+
+
+def test_a_non_square_model_sees_a_window_of_the_square_crop_never_a_squash():
+    """NNS2 (140x116) trained on random windows of square cached faces is validated on their
+    centre window; eval and the apps must frame a standard crop the same way."""
+    rng = np.random.default_rng(0)
+    spec = dataclasses.replace(ModelSpec(name="x", input_size=(140, 116)), crop_fraction=140 / 160)
+    crop = rng.integers(0, 255, (160, 160, 3), dtype=np.uint8)
+    # the centre 140x116 window of the 160 px crop, exactly what training validation cuts
+    window = crop[10:150, 22:138]
+    np.testing.assert_array_equal(frame(crop, spec), window)
+    # a square crop already at the model's margin (framed): its centre window of the aspect
+    square = crop[10:150, 10:150]
+    got = preprocess([square], spec, framed=True)
+    want = preprocess([square[:, 12:128]], spec, framed=True)
+    torch.testing.assert_close(got, want)
+    # square models are framed as before
+    sq = dataclasses.replace(ModelSpec(name="y", input_size=(96, 96)), crop_fraction=96 / 108)
+    np.testing.assert_array_equal(frame(crop[:108, :108], sq), crop[6:102, 6:102])

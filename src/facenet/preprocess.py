@@ -76,11 +76,39 @@ def model_margin_fraction(spec: ModelSpec) -> float:
     return max(0.0, 1.0 - (1.0 - MARGIN_FRACTION) / fraction)
 
 
+# why: 2 = a non-square input takes the centre window of its own aspect ratio instead of the
+# whole (squashed) square; caches of a non-square model's embeddings record it (square models'
+# framing is unchanged, so their caches stay valid)
+FRAMING_VERSION = 2
+
+
+def window_fractions(spec: ModelSpec) -> tuple[float, float]:
+    """(height, width) fractions of a standard face crop that ``spec``'s model sees: its centre
+    ``crop_fraction`` of the longer input side, and of the shorter side in proportion. A model
+    trained on random (H, W) windows of square cached faces is validated on their centre window,
+    so a non-square input is a window of the square crop, never the square squashed."""
+    h, w = spec.input_size
+    longest = max(h, w)
+    f = float(spec.crop_fraction)
+    return f * h / longest, f * w / longest
+
+
 def frame(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """A standard face crop (uint8 (H, W, 3), any size) -> what the model sees: its centre
-    ``spec.crop_fraction``, at the model's input size."""
-    if spec.crop_fraction < 1.0:
-        image = center_crop(image, spec.crop_fraction)
+    window (``window_fractions``), at the model's input size."""
+    fh, fw = window_fractions(spec)
+    if fh < 1.0 or fw < 1.0:
+        image = center_crop(image, fh, fw)
+    return resize(image, spec.input_size)
+
+
+def _fit(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """A crop already framed for ``spec`` -> the input size; a square crop for a non-square
+    input gives its centre window of the input's aspect ratio (as ``frame``), not a squash."""
+    h, w = spec.input_size
+    if h != w and image.shape[0] == image.shape[1]:
+        longest = max(h, w)
+        image = center_crop(image, h / longest, w / longest)
     return resize(image, spec.input_size)
 
 
@@ -120,9 +148,7 @@ def preprocess(
     ):
         stacked = np.ascontiguousarray(images, dtype=np.uint8)
     else:
-        prepare = (
-            (lambda im: resize(im, spec.input_size)) if framed else (lambda im: frame(im, spec))
-        )
+        prepare = (lambda im: _fit(im, spec)) if framed else (lambda im: frame(im, spec))
         stacked = np.stack([prepare(np.asarray(im, dtype=np.uint8)) for im in images])
     batch = torch.from_numpy(stacked).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
     return normalize(batch, spec)

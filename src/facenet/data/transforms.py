@@ -17,9 +17,11 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (w, h), interpolation=interp)
 
 
-def center_crop(image: np.ndarray, fraction: float) -> np.ndarray:
-    """Keep the central ``fraction`` of height and width."""
+def center_crop(image: np.ndarray, fraction: float, fraction_w: float | None = None) -> np.ndarray:
+    """Keep the central ``fraction`` of the height and ``fraction_w`` (default: the same) of the
+    width."""
     h, w = image.shape[:2]
-    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    fw = fraction if fraction_w is None else fraction_w
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fw))
     top, left = (h - ch) // 2, (w - cw) // 2
     return image[top : top + ch, left : left + cw]

@@ -59,7 +59,7 @@ from facenet.models.inference import (
     embed_faces,
     inference_network,
 )
-from facenet.preprocess import frame
+from facenet.preprocess import FRAMING_VERSION, frame
 from facenet.utils import atomic_write
 
 Align = Literal["center", "box", "similarity"]
@@ -159,11 +159,14 @@ def degrade(crop: np.ndarray, spec: str | None) -> np.ndarray:
 def model_identity(model: Any) -> str:
     """A stable id for a torch model: name, kwargs, spec and a SHA-1 of every weight."""
     h = hashlib.sha1()
+    spec = getattr(model, "spec", None)
     info = {
         "model": card_of(model).name,
         "kwargs": card_of(model).kwargs,
-        "spec": model.spec.to_dict() if hasattr(model, "spec") else None,
+        "spec": spec.to_dict() if spec is not None else None,
     }
+    if spec is not None and spec.input_size[0] != spec.input_size[1]:
+        info["framing"] = FRAMING_VERSION  # why: embeddings cached before the fix are stale
     h.update(json.dumps(info, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -245,7 +248,10 @@ class TorchEmbedder:
 
     def crop(self, image: np.ndarray) -> np.ndarray:
         if self.align == "center":
-            return resize(center_crop(image, self.center_fraction), self.input_size)
+            # a non-square input takes the centre window of its aspect ratio (as ``frame``)
+            h, w = self.input_size
+            f = self.center_fraction / max(h, w)
+            return resize(center_crop(image, f * h, f * w), self.input_size)
         if self.aligner is not None:
             image = self.aligner(image)
         return frame(image, self.spec)  # a standard face crop, framed as the model was trained

@@ -37,6 +37,7 @@ from facenet.data.cache import build_cache, cache_key, square_resize
 from facenet.fingerprint import array_sha256, weights_sha256
 from facenet.models.inference import embed_faces, inference_network
 from facenet.models.loading import load_model
+from facenet.preprocess import FRAMING_VERSION
 from facenet.train.data import TrainData
 from facenet.utils import atomic_write
 
@@ -97,6 +98,7 @@ def teacher_meta(ref: str, teacher: nn.Module, faces: str) -> dict[str, Any]:
         "embedding_dim": int(spec.embedding_dim),
         "faces": faces,
         "flip": True,
+        **({"framing": FRAMING_VERSION} if spec.input_size[0] != spec.input_size[1] else {}),
     }
 
 
