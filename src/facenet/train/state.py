@@ -29,6 +29,8 @@ from facenet.config import LAST_COMMIT_WITH_REMOVED, Config, ConfigError, config
 from facenet.models import create_model
 from facenet.models.card import card_of
 from facenet.models.loading import check_state_fits, load_model
+from facenet.models.unfold import unfold_identity_batchnorm
+from facenet.preprocess import preprocess
 from facenet.train import distributed as D
 from facenet.train.checkpoint import (
     checkpoint_dict,
@@ -233,6 +235,8 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
     model = _build_model(config, info)
     pairs, data = _build_data(config, tuple(model.spec.input_size), info)
+    if config.model.init and not resume:
+        _unfold_batchnorm(model, data, config, info)
     teacher = _build_teacher(config, data, int(model.spec.embedding_dim), info)
     old = _build_old(config, data, int(model.spec.embedding_dim), info)
     decay = config.optimiser.ema_decay
@@ -320,6 +324,36 @@ def _load_init(model: nn.Module, ref: str) -> None:
     check_state_fits(ref, model, source.state_dict())
     model.load_state_dict(source.state_dict())
     model.spec = dataclasses.replace(source.spec, crop_fraction=model.spec.crop_fraction)
+
+
+# why: a few hundred faces pin each channel's mean and variance to a fraction of a percent
+UNFOLD_FACES = 512
+
+
+def _unfold_batchnorm(model: nn.Module, data: TrainData, config: Config, info: D.DistInfo) -> None:
+    """A model converted from a frozen graph (batch norm folded: identity statistics) gets its
+    batch norms' statistics back from (seeded) training faces before fine-tuning, so that train
+    mode normalises as the original was trained (``facenet.models.unfold``); eval is unchanged."""
+    images = data.images
+    rng = np.random.default_rng(config.seed)
+    pick = np.sort(rng.choice(len(images), min(len(images), UNFOLD_FACES), replace=False))
+    h, w = model.spec.input_size
+    top, left = (images.shape[1] - h) // 2, (images.shape[2] - w) // 2
+    fmt = torch.channels_last if config.model.channels_last else torch.contiguous_format
+
+    def batches():
+        for start in range(0, len(pick), 64):
+            crops = images[pick[start : start + 64], top : top + h, left : left + w]
+            x = preprocess(crops, model.spec, framed=True).to(info.device)
+            yield x.contiguous(memory_format=fmt)
+
+    n = unfold_identity_batchnorm(model, batches())
+    if n and info.is_main and config.output.progress:
+        print(
+            f"model.init {config.model.init}: {n} folded batch norms given their statistics "
+            f"back from {len(pick)} training faces (eval unchanged; train mode consistent)",
+            file=sys.stderr,
+        )
 
 
 def frozen(name: str, prefixes: tuple[str, ...]) -> bool:
