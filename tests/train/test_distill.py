@@ -8,6 +8,7 @@ the given weights and ``model.freeze`` holds the named parameters for ``freeze_s
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -318,3 +319,31 @@ def test_fine_tuning_refuses_weights_of_another_shape_or_a_bad_freeze(tmp_path, 
     code = main(_args(tmp_path / "b", "model.freeze=[featurez]"))
     err = capsys.readouterr().err
     assert code == 2 and "featurez" in err and "features" in err
+
+
+def test_fine_tuning_a_converted_model_gives_its_batch_norms_their_statistics_back(tmp_path):
+    """A frozen graph's batch norms load as identities (``facenet.models.unfold``): before the
+    first step they are re-estimated on training faces, the network's eval output unchanged."""
+    from facenet.models.unfold import is_identity_batchnorm
+
+    torch.manual_seed(11)
+    model = create_model("tiny", input_size=32, width=8).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # as a converter loads a folded graph
+            m.running_var.fill_(1 - m.eps)
+            m.bias.data.uniform_(-0.3, 0.3)
+    assert any(is_identity_batchnorm(m) for m in model.modules())
+    init = save_weights(model, tmp_path / "converted.safetensors")
+    seen = {}
+
+    def watch(state) -> None:
+        if state.step == 0:
+            seen["model"] = copy.deepcopy(state.model).eval()
+
+    config = _config(tmp_path, f"model.init={init}", "max_steps=1", "validation.every=0")
+    loop.train(config, hooks=[watch])
+    started = seen["model"]
+    assert not any(is_identity_batchnorm(m) for m in started.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(started(x), load_weights_file(init)(x), rtol=1e-4, atol=1e-5)
