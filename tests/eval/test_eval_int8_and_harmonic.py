@@ -115,11 +115,20 @@ def _mixed(gallery, probe, root, pairs):
     return verify_embeddings(g_left, p_right, p.issame, p.folds)[1]
 
 
-def test_gallery_model_scores_left_images_with_it_and_right_ones_with_the_probe(setup, capsys):
-    root, pairs, model, tmp = setup
-    probe = save_weights(model, tmp / "probe.safetensors")
+@pytest.fixture
+def old_and_new(setup):
+    """(v1, v2) weights files of two different tiny models of the same dimension."""
+    _, _, model, tmp = setup
     torch.manual_seed(1)
-    gallery = save_weights(create_model("tiny", input_size=32, width=8), tmp / "g.safetensors")
+    old = save_weights(create_model("tiny", input_size=32, width=8), tmp / "g.safetensors")
+    return old, save_weights(model, tmp / "probe.safetensors")
+
+
+def test_gallery_model_scores_left_images_with_it_and_right_ones_with_the_probe(
+    setup, old_and_new, capsys
+):
+    root, pairs, _, tmp = setup
+    gallery, probe = old_and_new
     out = tmp / "mixed.json"
     argv = ["eval", "--model", probe, "--gallery-model", gallery, "--data", root]
     argv += ["--pairs", pairs, "--align", "center", "--no-cache", "--quiet", "--json", out]
@@ -153,11 +162,9 @@ def _script(name: str):
     return module
 
 
-def test_harmonic_table_scores_three_pairings_and_draws_them_in_one_figure(setup, capsys):
-    root, pairs, model, tmp = setup
-    v2 = save_weights(model, tmp / "v2.safetensors")
-    torch.manual_seed(1)
-    v1 = save_weights(create_model("tiny", input_size=32, width=8), tmp / "v1.safetensors")
+def test_harmonic_table_scores_three_pairings_and_draws_them_in_one_figure(setup, old_and_new):
+    root, pairs, _, tmp = setup
+    v1, v2 = old_and_new
     out = tmp / "table"
     argv = ["--v1", v1, "--v2", v2, "--data", root, "--pairs", pairs, "--out", out]
     assert _script("harmonic_table").main([str(a) for a in argv]) == 0
