@@ -82,33 +82,28 @@ def model_margin_fraction(spec: ModelSpec) -> float:
 FRAMING_VERSION = 2
 
 
-def window_fractions(spec: ModelSpec) -> tuple[float, float]:
-    """(height, width) fractions of a standard face crop that ``spec``'s model sees: its centre
-    ``crop_fraction`` of the longer input side, and of the shorter side in proportion. A model
-    trained on random (H, W) windows of square cached faces is validated on their centre window,
-    so a non-square input is a window of the square crop, never the square squashed."""
-    h, w = spec.input_size
+def center_window(image: np.ndarray, fraction: float, size: tuple[int, int]) -> np.ndarray:
+    """The centre window of ``image`` (square) with the aspect ratio of ``size`` (H, W), its
+    longer side ``fraction`` of the image's. A model trained on random (H, W) windows of square
+    cached faces is validated on their centre window, so a non-square input is a window of the
+    square crop, never the square squashed; for a square input it is the centre ``fraction``."""
+    h, w = size
     longest = max(h, w)
-    f = float(spec.crop_fraction)
-    return f * h / longest, f * w / longest
+    fh, fw = fraction * h / longest, fraction * w / longest
+    return image if fh >= 1.0 and fw >= 1.0 else center_crop(image, fh, fw)
 
 
 def frame(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """A standard face crop (uint8 (H, W, 3), any size) -> what the model sees: its centre
-    window (``window_fractions``), at the model's input size."""
-    fh, fw = window_fractions(spec)
-    if fh < 1.0 or fw < 1.0:
-        image = center_crop(image, fh, fw)
-    return resize(image, spec.input_size)
+    ``spec.crop_fraction`` window (``center_window``), at the model's input size."""
+    return resize(center_window(image, spec.crop_fraction, spec.input_size), spec.input_size)
 
 
 def _fit(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """A crop already framed for ``spec`` -> the input size; a square crop for a non-square
     input gives its centre window of the input's aspect ratio (as ``frame``), not a squash."""
-    h, w = spec.input_size
-    if h != w and image.shape[0] == image.shape[1]:
-        longest = max(h, w)
-        image = center_crop(image, h / longest, w / longest)
+    if image.shape[0] == image.shape[1]:
+        image = center_window(image, 1.0, spec.input_size)
     return resize(image, spec.input_size)
 
 

@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image
 
 from facenet.data.images import ImageError, load_image
-from facenet.data.transforms import center_crop, resize
+from facenet.data.transforms import resize
 from facenet.models.card import card_of
 from facenet.models.inference import (
     Backend,
@@ -59,7 +59,7 @@ from facenet.models.inference import (
     embed_faces,
     inference_network,
 )
-from facenet.preprocess import FRAMING_VERSION, frame
+from facenet.preprocess import FRAMING_VERSION, center_window, frame
 from facenet.utils import atomic_write
 
 Align = Literal["center", "box", "similarity"]
@@ -249,9 +249,8 @@ class TorchEmbedder:
     def crop(self, image: np.ndarray) -> np.ndarray:
         if self.align == "center":
             # a non-square input takes the centre window of its aspect ratio (as ``frame``)
-            h, w = self.input_size
-            f = self.center_fraction / max(h, w)
-            return resize(center_crop(image, f * h, f * w), self.input_size)
+            window = center_window(image, self.center_fraction, self.input_size)
+            return resize(window, self.input_size)
         if self.aligner is not None:
             image = self.aligner(image)
         return frame(image, self.spec)  # a standard face crop, framed as the model was trained
