@@ -277,19 +277,16 @@ def run_eval(
         "center_fraction": fraction,
         "cache_dir": settings.cache_dir,
     }
-    if alignment.detector:
-        embed_kw["aligner"], embed_kw["aligner_name"] = make_aligner(
-            alignment.detector, alignment.align, model
-        )
+    embed_kw |= _aligner_kw(alignment, model)
     embedder = model
     if not peer:
         # why: one inference-ready network for the whole run (pairs, sweeps, identification)
-        embedder = TorchEmbedder(
+        embedder = _torch_embedder(
             model,
-            align=alignment.align,
-            center_fraction=fraction,
-            aligner=embed_kw.get("aligner"),
-            backend=settings.backend,  # type: ignore[arg-type]
+            alignment,
+            fraction,
+            embed_kw,
+            settings.backend,
             quantize=settings.quantize_network,
             calibration=calibration_images(data, pairs) if settings.quantize_network else None,
         )
@@ -346,6 +343,35 @@ def run_eval(
     return run
 
 
+def _aligner_kw(alignment: Alignment, model: Any) -> dict[str, Any]:
+    """``embed_paths``' on-the-fly aligner for ``model`` (its crop size), when the folder is
+    aligned on the fly; else nothing."""
+    if not alignment.detector:
+        return {}
+    aligner, name = make_aligner(alignment.detector, alignment.align, model)
+    return {"aligner": aligner, "aligner_name": name}
+
+
+def _torch_embedder(
+    model: Any,
+    alignment: Alignment,
+    fraction: float,
+    aligner_kw: dict[str, Any],
+    backend: str,
+    **network: Any,
+) -> TorchEmbedder:
+    """One of our models as the run embeds it: its crops (``alignment``), its aligner, its
+    inference network (``backend``; ``network``: int8 quantisation and calibration)."""
+    return TorchEmbedder(
+        model,
+        align=alignment.align,
+        center_fraction=fraction,
+        aligner=aligner_kw.get("aligner"),
+        backend=backend,  # type: ignore[arg-type]
+        **network,
+    )
+
+
 def _mixed_pairs(
     settings: EvalSettings,
     probe: Any,
@@ -367,18 +393,8 @@ def _mixed_pairs(
             + ", ".join(clash or ["a peer gallery model"])
         )
     gallery = load_model(settings.gallery_model)
-    gallery_kw: dict[str, Any] = {}
-    if alignment.detector:
-        gallery_kw["aligner"], gallery_kw["aligner_name"] = make_aligner(
-            alignment.detector, alignment.align, gallery
-        )
-    embedder = TorchEmbedder(
-        gallery,
-        align=alignment.align,
-        center_fraction=fraction,
-        aligner=gallery_kw.get("aligner"),
-        backend=settings.backend,  # type: ignore[arg-type]
-    )
+    gallery_kw = _aligner_kw(alignment, gallery)
+    embedder = _torch_embedder(gallery, alignment, fraction, gallery_kw, settings.backend)
     return evaluate_mixed_pairs(
         embedder,
         probe,
