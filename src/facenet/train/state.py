@@ -413,17 +413,22 @@ def _build_old(config: Config, data: TrainData, dim: int, info: D.DistInfo) -> O
     h = config.harmonic
     if not h.model:
         return None
-    old_dim = int(load_model(h.model).spec.embedding_dim)
+    v1 = load_model(h.model)
+    old_dim = int(v1.spec.embedding_dim)
     if old_dim != dim:  # why: before minutes of embedding the training faces with it
         raise ConfigError(
             f"harmonic.model {h.model} embeds in {old_dim} dimensions, this model in {dim}: a "
             "harmonic model must have the old model's dimension"
         )
     progress = config.output.progress and info.is_main
-    made = cached_embeddings(h.model, h.cache, config, data, progress) if info.is_main else None
+    made = (
+        cached_embeddings(h.model, h.cache, config, data, progress, model=v1)
+        if info.is_main
+        else None
+    )
     D.barrier()
     if made is None:
-        made = cached_embeddings(h.model, h.cache, config, data, False, compute=False)
+        made = cached_embeddings(h.model, h.cache, config, data, False, compute=False, model=v1)
     embeddings, meta, _ = made
     unit = torch.nn.functional.normalize(torch.from_numpy(embeddings[:, 0]), dim=1)
     return OldEmbeddings(unit, str(meta["weights_hash"]))

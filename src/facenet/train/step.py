@@ -134,7 +134,8 @@ def _set_frozen(state: TrainState) -> None:
     cheaper). Under torchrun every parameter keeps ``requires_grad`` (DDP's reducer expects
     them all) and ``_drop_frozen_grads`` holds them instead."""
     m = state.config.model
-    if not m.freeze or state.info.distributed:
+    # why: past freeze_steps nothing changes (the step at freeze_steps hands gradients back)
+    if not m.freeze or state.info.distributed or state.step > m.freeze_steps:
         return
     hold = state.step < m.freeze_steps
     for name, p in unwrap(state.model).named_parameters():
@@ -143,10 +144,11 @@ def _set_frozen(state: TrainState) -> None:
 
 
 def _drop_frozen_grads(state: TrainState) -> None:
-    """Before ``model.freeze_steps``: no gradient for the parameters under ``model.freeze``, so
-    the optimiser leaves them (and their weight decay and moments) untouched this step."""
+    """Under torchrun, before ``model.freeze_steps``: no gradient for the parameters under
+    ``model.freeze``, so the optimiser leaves them (and their weight decay and moments)
+    untouched this step. (In one process ``_set_frozen`` already kept them out of backward.)"""
     m = state.config.model
-    if not m.freeze or state.step >= m.freeze_steps:
+    if not m.freeze or not state.info.distributed or state.step >= m.freeze_steps:
         return
     for name, p in unwrap(state.model).named_parameters():
         if frozen(name, m.freeze):

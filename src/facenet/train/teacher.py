@@ -223,10 +223,17 @@ def project_targets(embeddings: np.ndarray, dim: int) -> tuple[Tensor, float]:
 
 
 def cached_embeddings(
-    ref: str, cache: str, config: Config, data: TrainData, progress: bool, compute: bool = True
+    ref: str,
+    cache: str,
+    config: Config,
+    data: TrainData,
+    progress: bool,
+    compute: bool = True,
+    model: nn.Module | None = None,
 ) -> tuple[np.ndarray, dict[str, Any], Path]:
-    """(embeddings (N, 2, D), meta, cache file) of model ``ref`` for every face of ``data``:
-    computed now (and cached at ``cache``, or at the default keyed file when empty), or read.
+    """(embeddings (N, 2, D), meta, cache file) of model ``ref`` (``model``, when the caller
+    already loaded it) for every face of ``data``: computed now (and cached at ``cache``, or at
+    the default keyed file when empty), or read.
 
     ``compute=False`` only reads the cache (ranks other than 0 under torchrun, after rank 0 made
     it).
@@ -234,7 +241,7 @@ def cached_embeddings(
     Raises:
         TeacherCacheError: ``cache`` names a file another model, framing or face list made.
     """
-    model = load_model(ref).eval()
+    model = (model if model is not None else load_model(ref)).eval()
     side = teacher_side(model)
     meta = teacher_meta(ref, model, faces_key(data, side))
     path = Path(cache).expanduser() if cache else default_cache_path(config, meta)
