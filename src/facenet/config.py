@@ -159,7 +159,9 @@ class DistillConfig:
     # and cached beside the decoded faces (facenet.train.teacher)
     teacher: str = ""
     # squared L2 between the student's embedding and the teacher's, projected onto the top
-    # principal directions of the teacher's training embeddings when the dimensions differ
+    # principal directions of the teacher's training embeddings when the dimensions differ (and,
+    # with harmonic.model, rotated into the old model's frame: the same distances, oriented as
+    # close to v1's embeddings as a rotation gets, so the two terms do not pull apart)
     embedding_weight: float = 1.0
     # squared difference of the batch's pairwise cosine similarities, student vs teacher
     relation_weight: float = 1.0

@@ -28,6 +28,7 @@ from facenet.train.checkpoint import load_checkpoint
 from facenet.train.data import build_train_data
 from facenet.train.teacher import (
     TeacherCacheError,
+    align_targets,
     build_targets,
     project_targets,
     read_cache,
@@ -95,6 +96,28 @@ def test_projection_matches_an_svd_oracle_and_keeps_a_low_rank_geometry():
     assert kept == pytest.approx(float((s[:4] ** 2).sum() / (s**2).sum()), rel=1e-6)
     with pytest.raises(ValueError, match="longer than the teacher"):
         project_targets(e, 9)
+
+
+def test_alignment_undoes_a_rotation_and_matches_scipys_procrustes():
+    from scipy.linalg import orthogonal_procrustes
+
+    rng = np.random.default_rng(2)
+    reference = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(40, 6))), dim=1)
+    q = torch.from_numpy(np.linalg.qr(rng.normal(size=(6, 6)))[0])
+    rotated, agreement = align_targets((reference @ q).float(), reference.float())
+    torch.testing.assert_close(rotated, reference.float(), atol=1e-5, rtol=0)
+    assert agreement == pytest.approx(1.0, abs=1e-6)
+    # unrelated targets: scipy's rotation, and every distance between targets kept
+    targets = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(40, 6))), dim=1)
+    rotated, agreement = align_targets(targets.float(), reference.float())
+    r, _ = orthogonal_procrustes(targets.numpy(), reference.numpy())
+    np.testing.assert_allclose(rotated.numpy(), targets.numpy() @ r, atol=1e-5)
+    np.testing.assert_allclose(
+        (rotated @ rotated.T).numpy(), (targets @ targets.T).numpy(), atol=1e-5
+    )
+    assert agreement == pytest.approx(float((rotated.double() * reference).sum(1).mean()), abs=1e-6)
+    with pytest.raises(ValueError, match="reference"):
+        align_targets(targets[:5].float(), reference.float())
 
 
 # ---------------------------------------------------------------------------- the cache
@@ -237,6 +260,27 @@ def test_harmonic_run_is_declared_compatible_and_resumes_bit_exactly(
         v1.weights_hash,
     )
     assert v2.can_query(v1) and not v1.can_query(v2) and not plain.can_query(v1)
+
+
+def test_with_a_harmonic_model_the_teachers_targets_are_rotated_into_its_frame(old_model, tmp_path):
+    from facenet.train.distributed import DistInfo
+    from facenet.train.state import build_state
+    from facenet.train.terms import DistillTerm
+
+    teacher = _teacher(tmp_path / "t.safetensors", seed=3, dim=128)
+    config = _config(tmp_path, f"distill.teacher={teacher}", f"harmonic.model={old_model}")
+    state = build_state(config, DistInfo(0, 1, 0, torch.device("cpu")), resume=False)
+    targets = next(t for t in state.terms if isinstance(t, DistillTerm)).targets
+    old = state.old.embeddings
+    plain = state.teacher.targets  # as distillation alone would learn them...
+    unrotated = build_targets(config, state.data, 128, False).targets
+    torch.testing.assert_close(targets, plain)
+    # ...but a rotation of them: the same distances, closer to v1's embeddings of the faces
+    np.testing.assert_allclose(
+        (targets @ targets.T).numpy(), (unrotated @ unrotated.T).numpy(), atol=1e-5
+    )
+    closer = (targets * old).sum(1).mean()
+    assert closer > (unrotated * old).sum(1).mean() + 0.05
 
 
 def init_file_path(tmp: Path) -> Path:

@@ -50,7 +50,12 @@ from facenet.train.data import (
 )
 from facenet.train.ema import make_ema
 from facenet.train.offline import OfflineTripletMiner
-from facenet.train.teacher import TeacherTargets, build_targets, cached_embeddings
+from facenet.train.teacher import (
+    TeacherTargets,
+    align_targets,
+    build_targets,
+    cached_embeddings,
+)
 from facenet.train.terms import LossTerm, build_terms
 from facenet.train.validate import PairSet, embed_images
 
@@ -239,6 +244,8 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         _unfold_batchnorm(model, data, config, info)
     teacher = _build_teacher(config, data, int(model.spec.embedding_dim), info)
     old = _build_old(config, data, int(model.spec.embedding_dim), info)
+    if teacher is not None and old is not None:
+        teacher = _align_teacher(teacher, old, config.output.progress and info.is_main)
     decay = config.optimiser.ema_decay
     state = TrainState(
         config=config,
@@ -391,6 +398,20 @@ def _build_teacher(
             dims += f" -> {student_dim}-d (keeps {100 * targets.kept_energy:.3f}% of the energy)"
         print(f"teacher {config.distill.teacher}: {dims}, cache {targets.path}", file=sys.stderr)
     return targets
+
+
+def _align_teacher(teacher: TeacherTargets, old: OldEmbeddings, progress: bool) -> TeacherTargets:
+    """The teacher's targets rotated into the harmonic v1's frame (``align_targets``): the same
+    geometry, oriented so that learning it does not fight the mixed triplets."""
+    before = float((teacher.targets * old.embeddings).sum(dim=1).mean())
+    rotated, after = align_targets(teacher.targets, old.embeddings)
+    if progress:
+        print(
+            f"teacher targets rotated into {old.weights_hash[:12]}'s frame: mean cosine with "
+            f"v1 {before:.3f} -> {after:.3f}",
+            file=sys.stderr,
+        )
+    return dataclasses.replace(teacher, targets=rotated)
 
 
 @dataclass(frozen=True)

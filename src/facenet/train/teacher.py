@@ -222,6 +222,25 @@ def project_targets(embeddings: np.ndarray, dim: int) -> tuple[Tensor, float]:
     return projected, kept
 
 
+def align_targets(targets: Tensor, reference: Tensor) -> tuple[Tensor, float]:
+    """Rotate the (N, D) unit ``targets`` into the frame of the (N, D) unit ``reference``
+    embeddings of the same faces (orthogonal Procrustes): the rotation ``R`` minimising
+    ``||targets @ R - reference||``. A rotation keeps every distance between targets, so the
+    teacher's geometry is unchanged; only its orientation follows the reference (a harmonic
+    model's v1), which the student can then learn both from.
+
+    Returns:
+        (rotated targets, mean cosine between the rotated targets and the reference).
+    """
+    if targets.shape != reference.shape:
+        raise ValueError(f"targets {tuple(targets.shape)} vs reference {tuple(reference.shape)}")
+    t, r = targets.double(), reference.double()
+    u, _, vh = torch.linalg.svd(t.T @ r)
+    rotated = (t @ (u @ vh)).float()
+    agreement = float((rotated.double() * r).sum(dim=1).mean())
+    return rotated, agreement
+
+
 def cached_embeddings(
     ref: str,
     cache: str,
