@@ -20,6 +20,7 @@ import torch
 
 from facenet.cli import main
 from facenet.config import load_config
+from facenet.eval.protocol import verify_embeddings
 from facenet.models import create_model
 from facenet.models.loading import load_weights_file, save_weights
 from facenet.quantize import Int8Codec
@@ -33,7 +34,7 @@ from facenet.train.teacher import (
     project_targets,
     read_cache,
 )
-from facenet.train.validate import embed_images
+from facenet.train.validate import embed_images, synthetic_pairs
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
 
@@ -260,6 +261,22 @@ def test_harmonic_run_is_declared_compatible_and_resumes_bit_exactly(
         v1.weights_hash,
     )
     assert v2.can_query(v1) and not v1.can_query(v2) and not plain.can_query(v1)
+    # v2's probes against v1's galleries: thresholds of mixed validation pairs (v1 embeds the
+    # left face, as its gallery stored it, v2 the right one); the oracle recomputes them
+    card = load_weights_file(straight / "last.safetensors").card
+    config = load_config(SMOKE, [f"output.dir={straight}"])
+    cpu = torch.device("cpu")
+    v1_pairs = synthetic_pairs(32, config.seed)  # v1 frames the whole 32 px face
+    pairs = synthetic_pairs(37, config.seed)  # v2 trained on 32 px windows of 37 px faces
+    e1 = embed_images(load_weights_file(old_model), v1_pairs.images, (32, 32), cpu)
+    e2 = embed_images(load_weights_file(straight / "last.safetensors"), pairs.images, (32, 32), cpu)
+    _, report = verify_embeddings(
+        e1.numpy()[pairs.left], e2.numpy()[pairs.right], pairs.issame, pairs.folds
+    )
+    assert card.mixed_thresholds.keys() == {v1.weights_hash}
+    mixed = card.mixed_thresholds[v1.weights_hash]
+    assert mixed.keys() == card.thresholds.keys()
+    assert mixed == pytest.approx(dict(report.thresholds), abs=1e-5)
 
 
 def test_with_a_harmonic_model_the_teachers_targets_are_rotated_into_its_frame(old_model, tmp_path):

@@ -58,7 +58,16 @@ def gallery_operating_point(
     name: str | None = None,
 ) -> OperatingPoint:
     """The operating point identification uses: the model's calibration, else the one the
-    gallery recorded at its first enrolment."""
+    gallery recorded at its first enrolment. A harmonic model probing a gallery another model
+    enrolled (SPEC §6) compares its embeddings with that model's, whose distances neither
+    model's own thresholds describe: it uses the thresholds calibrated on such mixed pairs
+    (``ModelCard.mixed_thresholds``), else the gallery's."""
+    enrolled = gallery.model
+    if enrolled is not None and enrolled.weights_hash != embedder.fingerprint.weights_hash:
+        mixed = embedder.card.mixed_thresholds.get(enrolled.weights_hash)
+        if mixed:
+            return operating_point(mixed, threshold, far, name, "model (mixed pairs)")
+        return operating_point(gallery.thresholds, threshold, far, name, "gallery")
     where = "model" if embedder.thresholds else "gallery"
     return operating_point(embedder.thresholds or gallery.thresholds, threshold, far, name, where)
 

@@ -30,6 +30,9 @@ class ModelCard:
             training run), as recorded in the weights file; for people, never for checks.
         compatible_with: weights hashes of other models whose embeddings this model's may be
             compared with (harmonic embeddings, SPEC §6).
+        mixed_thresholds: for each of those hashes, the thresholds calibrated on mixed pairs
+            (that model's embedding of one face, this model's of the other): what a probe of
+            this model uses against a gallery that model enrolled. Empty when not calibrated.
         int8: the 128-byte code of its embeddings (``facenet.quantize.Int8Codec.to_dict()``:
             per-dimension scales calibrated on training faces); empty when not calibrated.
     """
@@ -40,6 +43,7 @@ class ModelCard:
     version: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     compatible_with: tuple[str, ...] = ()
+    mixed_thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     int8: dict[str, Any] = field(default_factory=dict)
 
     def set_thresholds(self, thresholds: dict[str, Any] | None) -> None:

@@ -92,6 +92,8 @@ def model_info(model: nn.Module) -> dict[str, Any]:
         info["int8"] = dict(card.int8)
     if card.compatible_with:
         info["compatible_with"] = list(card.compatible_with)
+    if card.mixed_thresholds:
+        info["mixed_thresholds"] = {h: dict(t) for h, t in card.mixed_thresholds.items()}
     return info
 
 
@@ -292,7 +294,19 @@ def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> 
     card.provenance = {k: info[k] for k in PROVENANCE_KEYS if k in info}
     card.int8 = _int8_codec(path, info.get("int8"))
     card.compatible_with = tuple(str(h) for h in info.get("compatible_with") or ())
+    card.mixed_thresholds = _mixed_thresholds(path, info.get("mixed_thresholds"))
     return model.eval()
+
+
+def _mixed_thresholds(path: Path, recorded: Any) -> dict[str, dict[str, float]]:
+    """The recorded thresholds against other models' galleries, checked."""
+    try:
+        return {
+            str(h): {str(k): float(v) for k, v in dict(t).items()}
+            for h, t in dict(recorded or {}).items()
+        }
+    except (TypeError, ValueError):
+        raise ModelFileError(f"{path}: unreadable mixed_thresholds {recorded!r}") from None
 
 
 def _int8_codec(path: Path, recorded: Any) -> dict[str, Any]:

@@ -141,9 +141,12 @@ def build_train_data(
     return TrainData(images, dataset.labels[keep], dataset.identities, paths)
 
 
-def build_validation(config: Config, input_size: tuple[int, int], progress: bool) -> PairSet:
-    """The validation pairs named by ``config.validation``."""
-    size = stored_size(config, input_size)
+def build_validation(
+    config: Config, input_size: tuple[int, int], progress: bool, side: int | None = None
+) -> PairSet:
+    """The validation pairs named by ``config.validation``; with ``side``, their images as the
+    standard ``side`` px face crops another model frames itself (``facenet.train.teacher``)."""
+    size = stored_size(config, input_size) if side is None else side
     v = config.validation
     if v.pairs == "synthetic" or (not v.pairs and config.data.synthetic_identities > 0):
         return synthetic_pairs(size, config.seed)
@@ -158,7 +161,7 @@ def build_validation(config: Config, input_size: tuple[int, int], progress: bool
         config.data.cache_dir,
         v.folds,
         progress,
-        config.data.crop_fraction,
+        config.data.crop_fraction if side is None else 1.0,
     )
 
 

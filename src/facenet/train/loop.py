@@ -34,6 +34,7 @@ from facenet.train.health import CollapseWatch
 from facenet.train.logs import RunLogs, Throughput, plot_curves
 from facenet.train.state import TrainState, build_state
 from facenet.train.step import StepStats, next_batch, train_step
+from facenet.train.teacher import mixed_thresholds
 from facenet.train.validate import ValidationResult, score_validation
 
 #: Called with the state at the start of every step, before its batch is drawn and after the
@@ -237,3 +238,9 @@ def _annotate(state: TrainState, model: torch.nn.Module) -> None:
     card.int8 = Int8Codec.calibrate(embeddings).to_dict()
     if state.old is not None:
         card.compatible_with = (state.old.weights_hash,)
+        own = state.embed(model, state.pairs.images)
+        card.mixed_thresholds = {
+            state.old.weights_hash: mixed_thresholds(
+                state.config.harmonic.model, state.config, state.pairs, own, state.info.device
+            )
+        }
