@@ -179,7 +179,7 @@ def test_harmonic_table_scores_three_pairings_and_draws_them_in_one_figure(setup
 def test_celeba_pairs_are_person_disjoint_folds_of_the_asked_size():
     from collections import Counter
 
-    make = _script("celeba_pairs").person_disjoint_pairs
+    make = _script("held_out_pairs").person_disjoint_pairs
     counts = {f"{k:05d}": 3 + k % 5 for k in range(23)}
     folds = make(counts, folds=5, per_fold=6, seed=0)
     seen: dict[str, int] = {}

@@ -1,13 +1,15 @@
-"""An LFW-style verification protocol on the held-out CelebA-wild people, for ``facenet eval``.
+"""An LFW-style verification protocol on held-out people (``scripts/split_people.py``), for
+``facenet eval`` and training validation.
 
-CelebA-wild names its photos by CelebA file number, not ``Name_NNNN``; this writes, under OUT:
+Collections rarely name photos ``Name_NNNN`` as LFW does (CelebA-wild uses CelebA file numbers);
+this writes, under OUT:
 - ``<id>/<id>_NNNN.png``: links to the aligned crops of every held-out identity (``facenet align``
   output), numbered in file-name order, and ``align_config.json`` copied from the aligned folder
   so that ``facenet eval`` knows their framing;
 - ``pairs.txt``: 10 person-disjoint folds (each identity in one fold), each with ``--pairs``
   same-person and as many different-person pairs drawn with ``--seed`` from its own people.
 
-    python scripts/celeba_pairs.py aligned/celeba_box160 configs/splits/celeba_wild_test.txt \\
+    python scripts/held_out_pairs.py aligned/celeba_box160 configs/splits/celeba_wild_test.txt \\
         aligned/celeba_test
     facenet eval --model MODEL --data aligned/celeba_test --pairs aligned/celeba_test/pairs.txt
 """
@@ -66,7 +68,7 @@ def write_pairs(path: Path, folds: Sequence[Sequence[tuple]], per_fold: int) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("aligned", type=Path, help="facenet align output of celeba-wild/images")
+    ap.add_argument("aligned", type=Path, help="facenet align output of the collection")
     ap.add_argument("people", type=Path, help="people list of the held-out identities")
     ap.add_argument("out", type=Path)
     ap.add_argument("--folds", type=int, default=10)
