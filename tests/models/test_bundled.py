@@ -1,4 +1,5 @@
-"""The project's own triplet-trained model, shipped in the package (``resnet_cpu:lfw-celeba``)."""
+"""The project's own models, shipped in the package (``resnet_cpu:lfw-celeba`` and every other
+entry with a ``bundled`` file): small, fp16, self-described, checksummed, and working end to end."""
 
 from __future__ import annotations
 
@@ -13,40 +14,48 @@ from facenet.models.loading import load_model, read_metadata
 
 ENTRY = pt.PUBLISHED[("resnet_cpu", "lfw-celeba")]
 FILE = pt.BUNDLED_DIR / ENTRY.bundled
+BUNDLED = [e for e in pt.list_pretrained() if e.bundled]
 
 
-def test_the_file_ships_small_half_precision_and_self_described():
-    assert FILE.is_file(), FILE
-    assert FILE.stat().st_size <= 20e6  # the issue's bar for shipping in the package
-    meta = read_metadata(FILE)
-    assert meta["model"] == "resnet_cpu"
+def test_every_bundled_file_ships_small_half_precision_and_self_described():
+    assert ENTRY in BUNDLED
+    for entry in BUNDLED:
+        _check_file(entry, pt.BUNDLED_DIR / entry.bundled)
+
+
+def _check_file(entry: pt.PublishedWeights, path) -> None:
+    assert path.is_file(), path
+    assert path.stat().st_size <= 20e6  # the issue's bar for shipping in the package
+    meta = read_metadata(path)
+    assert meta["model"] == entry.model
     assert "research" in meta["data_terms"]
     training = meta["training"]
-    assert training["config"]["model"]["name"] == "resnet_cpu"
+    assert training["config"]["model"]["name"] == entry.model
     assert training["config"]["data"]["split"] == "lfw_view1"  # pairsDevTest people held out
     assert training["best"]["accuracy"] >= 0.88  # 90.x% measured (README); a wrong file fails
     assert set(meta["thresholds"]) == {"accuracy", "far_1e-3"}
     assert 0 < meta["spec"]["crop_fraction"] < 1
     from safetensors import safe_open
 
-    with safe_open(str(FILE), framework="pt") as f:
+    with safe_open(str(path), framework="pt") as f:
         names = [k for k in f.keys() if not k.endswith("num_batches_tracked")]  # noqa: SIM118 (not a dict)
         dtypes = {f.get_tensor(k).dtype for k in names}
     assert dtypes == {torch.float16}
 
 
-def test_loads_by_name_checksummed_in_fp32():
-    model = create_model("resnet_cpu", pretrained="lfw-celeba")
-    assert card_of(model).version == "resnet_cpu:lfw-celeba" and not model.training
+@pytest.mark.parametrize("entry", BUNDLED, ids=lambda e: e.ref)
+def test_loads_by_name_checksummed_in_fp32(entry):
+    model = create_model(entry.model, pretrained=entry.tag)
+    assert card_of(model).version == entry.ref and not model.training
     assert next(model.parameters()).dtype == torch.float32
-    assert card_of(model).thresholds == read_metadata(FILE)["thresholds"]
-    x = torch.rand(2, 3, 96, 96) * 2 - 1
+    assert card_of(model).thresholds == read_metadata(pt.BUNDLED_DIR / entry.bundled)["thresholds"]
+    x = torch.rand(2, 3, *model.spec.input_size) * 2 - 1
     with torch.no_grad():
         out = model(x)
     assert out.shape == (2, 128)
     assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
     # the same file through every resolver
-    assert torch.equal(load_model("resnet_cpu:lfw-celeba")(x), out)
+    assert torch.equal(load_model(entry.ref)(x), out)
 
 
 def _file_metadata() -> str:
@@ -71,7 +80,8 @@ def test_a_changed_file_fails_the_checksum(tmp_path, monkeypatch):
         create_model("resnet_cpu", pretrained="lfw-celeba")
 
 
-def test_verifies_held_out_lfw_people_through_the_apps_pipeline(lfw_dir):
+@pytest.mark.parametrize("entry", BUNDLED, ids=lambda e: e.ref)
+def test_verifies_held_out_lfw_people_through_the_apps_pipeline(lfw_dir, entry):
     # end to end as an application uses it: raw photos -> MTCNN -> crop framed by the model's
     # spec -> embedding -> the stored accuracy threshold; people of pairsDevTest were never
     # trained on. 40 pairs (20 same, 20 different): chance is 50%, the model scores ~90% on
@@ -85,7 +95,7 @@ def test_verifies_held_out_lfw_people_through_the_apps_pipeline(lfw_dir):
     diff = np.flatnonzero(~pairs.issame)[:20]
     chosen = np.concatenate([same, diff])
     left, right = pairs.resolve(lfw_dir / "lfw-deepfunneled")
-    embedder = Embedder.from_ref("resnet_cpu:lfw-celeba", detector="mtcnn")
+    embedder = Embedder.from_ref(entry.ref, detector="mtcnn")
     a = np.stack([embedder.subject_of_file(left[i]).embedding for i in chosen])
     b = np.stack([embedder.subject_of_file(right[i]).embedding for i in chosen])
     d = ((a - b) ** 2).sum(1)
