@@ -392,3 +392,17 @@ def test_recrop_from_a_box_run_matches_a_fresh_similarity_run(lfw_dir, tmp_path)
         a = np.asarray(Image.open(tmp_path / "fresh" / row["output"]), dtype=np.int16)
         b = np.asarray(Image.open(tmp_path / "recrop" / row["output"]), dtype=np.int16)
         assert np.abs(a - b).mean() < 0.5, source
+
+
+def test_linked_person_folders_are_followed_and_a_loop_is_walked_once(tmp_path):
+    from facenet.detect.pipeline import find_images
+
+    store, src = tmp_path / "store", tmp_path / "src"
+    (store / "ann").mkdir(parents=True)
+    Image.fromarray(_photo(1)).save(store / "ann" / "1.jpg")
+    (src / "bob").mkdir(parents=True)
+    Image.fromarray(_photo(2)).save(src / "bob" / "1.jpg")
+    os.symlink(store / "ann", src / "ann")  # a collection of links to people's folders
+    os.symlink(src, src / "bob" / "up")  # a link back up the tree
+    files, errors, _ = find_images(src)
+    assert files == ["ann/1.jpg", "bob/1.jpg"] and errors == []

@@ -109,17 +109,27 @@ class AlignSummary:
 
 def find_images(src: Path) -> tuple[list[str], list[dict[str, Any]], int]:
     """Image files under ``src`` as sorted relative POSIX paths, plus error records for
-    unreadable folders and the count of ignored non-image files."""
+    unreadable folders and the count of ignored non-image files.
+
+    Linked folders are followed (a collection of per-person links is a common layout), each
+    real folder once: a link back up the tree is not walked again.
+    """
     files: list[str] = []
     errors: list[dict[str, Any]] = []
     ignored = 0
+    seen: set[str] = set()
 
     def onerror(e: OSError) -> None:
         rel = os.path.relpath(e.filename, src) if e.filename else "."
         errors.append(record(rel, "error", reason=f"cannot list folder ({e.strerror or e})"))
 
-    for root, dirs, names in os.walk(src, onerror=onerror):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for root, dirs, names in os.walk(src, onerror=onerror, followlinks=True):
+        seen.add(os.path.realpath(root))
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) not in seen
+        )
         for name in names:
             if name.startswith("."):
                 continue
