@@ -66,15 +66,17 @@ def write_pairs(path: Path, folds: Sequence[Sequence[tuple]], per_fold: int) -> 
     path.write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("aligned", type=Path, help="facenet align output of the collection")
     ap.add_argument("people", type=Path, help="people list of the held-out identities")
     ap.add_argument("out", type=Path)
-    ap.add_argument("--folds", type=int, default=10)
-    ap.add_argument("--pairs", type=int, default=150, help="same (and different) pairs per fold")
+    ap.add_argument("--folds", type=int, default=10, help="at most this many (2 people a fold)")
+    ap.add_argument(
+        "--pairs", type=int, default=150, help="same (and different) pairs per fold, at most"
+    )
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     counts = {}
     for person in read_people_list(args.people):
         photos = sorted(
@@ -90,12 +92,22 @@ def main() -> None:
     for name in ("align_config.json",):
         if (args.aligned / name).is_file():
             shutil.copyfile(args.aligned / name, args.out / name)
-    folds = person_disjoint_pairs(counts, args.folds, args.pairs, args.seed)
-    if any(len(f) != 2 * args.pairs for f in folds):
-        raise SystemExit(f"some fold has fewer than {args.pairs} same or different pairs")
-    write_pairs(args.out / "pairs.txt", folds, args.pairs)
-    print(f"{args.out / 'pairs.txt'}: {len(counts)} people, {args.folds} folds x "
-          f"{args.pairs} same + {args.pairs} different pairs")  # fmt: skip
+    # why: a fold needs two people for its different pairs, and LFW's format one pair count for
+    # every fold: a small held-out group gets fewer folds and as many pairs as its smallest fold has
+    n_folds = min(args.folds, len(counts) // 2)
+    if n_folds < 2:
+        raise SystemExit(
+            f"{args.people}: {len(counts)} held-out people; person-disjoint folds need at least 4"
+        )
+    folds = person_disjoint_pairs(counts, n_folds, args.pairs, args.seed)
+    per_fold = min(min(sum(len(p) == 3 for p in f), sum(len(p) == 4 for p in f)) for f in folds)
+    if per_fold < 1:
+        raise SystemExit(f"{args.people}: a fold has no same-person pair (one photo per person?)")
+    if per_fold < args.pairs:
+        folds = person_disjoint_pairs(counts, n_folds, per_fold, args.seed)
+    write_pairs(args.out / "pairs.txt", folds, per_fold)
+    print(f"{args.out / 'pairs.txt'}: {len(counts)} people, {n_folds} folds x "
+          f"{per_fold} same + {per_fold} different pairs")  # fmt: skip
 
 
 if __name__ == "__main__":

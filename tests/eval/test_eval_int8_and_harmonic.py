@@ -195,3 +195,26 @@ def test_celeba_pairs_are_person_disjoint_folds_of_the_asked_size():
             assert seen.setdefault(name, f) == f  # every person in one fold only
     assert len(Counter(seen.values())) == 5
     assert make(counts, 5, 6, seed=0) == folds and make(counts, 5, 6, seed=1) != folds
+
+
+def test_a_small_held_out_group_gets_fewer_folds_not_an_error(tmp_path, capsys):
+    from facenet.data.lfw import read_pairs
+
+    aligned = tmp_path / "aligned"
+    photos = {"ann": 3, "bob": 2, "cy": 4, "dee": 2, "eve": 1}
+    for person, n in photos.items():
+        (aligned / person).mkdir(parents=True)
+        for k in range(n):
+            (aligned / person / f"{k:06d}.png").write_bytes(b"")
+    people = tmp_path / "people.txt"
+    people.write_text(f"{len(photos)}\n" + "".join(f"{p}\t{n}\n" for p, n in photos.items()))
+    _script("held_out_pairs").main([str(aligned), str(people), str(tmp_path / "out")])
+    pairs = read_pairs(tmp_path / "out" / "pairs.txt")
+    # 5 people: 2 folds (2 people at least in each), one pair count for both, half same
+    assert ": 5 people, 2 folds x " in capsys.readouterr().out
+    assert len(pairs) >= 4 and pairs.issame.sum() * 2 == len(pairs)
+    assert np.bincount(pairs.folds).tolist() == [len(pairs) // 2] * 2
+    with pytest.raises(SystemExit, match="at least 4"):
+        _script("held_out_pairs").main(
+            [str(aligned), str(people), str(tmp_path / "o2"), "--folds", "1"]
+        )
