@@ -131,3 +131,18 @@ def test_a_non_square_model_sees_a_window_of_the_square_crop_never_a_squash():
     # square models are framed as before
     sq = dataclasses.replace(ModelSpec(name="y", input_size=(96, 96)), crop_fraction=96 / 108)
     np.testing.assert_array_equal(frame(crop[:108, :108], sq), crop[6:102, 6:102])
+
+
+def test_a_read_only_batch_is_taken_without_a_warning(tmp_path):
+    import warnings
+
+    from facenet.preprocess import ModelSpec, preprocess
+
+    spec = ModelSpec(name="t", input_size=(8, 8), crop_fraction=1.0)
+    data = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    np.save(tmp_path / "faces.npy", data)
+    faces = np.load(tmp_path / "faces.npy", mmap_mode="r")  # as training's face cache
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = preprocess(faces, spec, framed=True)
+    torch.testing.assert_close(out, preprocess(data, spec, framed=True))

@@ -142,6 +142,8 @@ def preprocess(
         and (framed or spec.crop_fraction == 1.0)
     ):
         stacked = np.ascontiguousarray(images, dtype=np.uint8)
+        if not stacked.flags.writeable:  # why: a read-only cache memmap; from_numpy warns on it
+            stacked = stacked.copy()
     else:
         prepare = (lambda im: _fit(im, spec)) if framed else (lambda im: frame(im, spec))
         stacked = np.stack([prepare(np.asarray(im, dtype=np.uint8)) for im in images])
