@@ -139,3 +139,17 @@ def test_resnet_gallery_faces_and_nn4_probes_verify_held_out_people(lfw_dir):
     threshold = v2.card.mixed_thresholds[ENTRY.weights_sha256]["accuracy"]
     accuracy = float(((((a - b) ** 2).sum(1) <= threshold) == pairs.issame[chosen]).mean())
     assert accuracy >= 0.75, accuracy
+
+
+def test_factory_arguments_keep_everything_the_file_says():
+    plain = load_model(HARMONIC.ref)
+    again = create_model("nn4", pretrained="lfw-celeba-distilled", norm="batchnorm")
+    a, b = card_of(plain), card_of(again)
+    assert (b.thresholds, b.int8, b.compatible_with, b.mixed_thresholds, b.provenance) == (
+        a.thresholds,
+        a.int8,
+        a.compatible_with,
+        a.mixed_thresholds,
+        a.provenance,
+    )
+    assert again.spec == plain.spec and b.version == HARMONIC.ref and not again.training

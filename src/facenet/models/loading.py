@@ -280,6 +280,13 @@ def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> 
         raise ModelFileError(f"{path}: cannot build its model {name!r} ({reason})") from None
     check_state_fits(path, model, state, name)
     model = _with_state(model, state, lambda: create_model(name, **kwargs))
+    return describe(model, path, info).eval()
+
+
+def describe(model: nn.Module, path: Path, info: dict[str, Any]) -> nn.Module:
+    """Give ``model`` what the weights file's metadata ``info`` says of it: its spec and card
+    (thresholds, provenance, int8 code, harmonic compatibility and mixed-pair thresholds);
+    errors name ``path``."""
     if "spec" in info:
         try:
             model.spec = ModelSpec.from_dict(info["spec"])
@@ -295,7 +302,7 @@ def _build(path: Path, info: dict[str, Any], state: dict[str, torch.Tensor]) -> 
     card.int8 = _int8_codec(path, info.get("int8"))
     card.compatible_with = tuple(str(h) for h in info.get("compatible_with") or ())
     card.mixed_thresholds = _mixed_thresholds(path, info.get("mixed_thresholds"))
-    return model.eval()
+    return model
 
 
 def _mixed_thresholds(path: Path, recorded: Any) -> dict[str, dict[str, float]]:

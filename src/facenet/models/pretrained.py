@@ -32,9 +32,8 @@ from torch import nn
 
 from facenet.fingerprint import file_sha256, state_sha256
 from facenet.models.card import card_of
-from facenet.models.loading import load_weights_file, read_metadata
+from facenet.models.loading import describe, load_weights_file, read_metadata
 from facenet.models.registry import create_model
-from facenet.preprocess import ModelSpec
 
 PRETRAINED_EXTRA = "facenet-triplet[pretrained]"
 
@@ -299,9 +298,7 @@ def load_pretrained(name: str, tag: str, **kwargs: Any) -> nn.Module:
             model.load_state_dict(load_file(str(path)))
         except RuntimeError as e:
             raise ValueError(f"{path}: weights do not fit {name}({kwargs}): {e}") from None
-        model.spec = ModelSpec.from_dict(meta["spec"])
-        card_of(model).set_thresholds(meta.get("thresholds"))
-        model.eval()
+        describe(model, path, meta).eval()
     else:
         model = load_weights_file(path)
     if entry is not None:
