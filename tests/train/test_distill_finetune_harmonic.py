@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _smoke import SMOKE, smoke_args
 
 from facenet.cli import main
 from facenet.config import load_config
@@ -36,25 +37,12 @@ from facenet.train.teacher import (
 )
 from facenet.train.validate import embed_images, synthetic_pairs
 
-SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
-
 
 def _teacher(path: Path, seed: int, crop_fraction: float = 1.0, dim: int = 64) -> Path:
     torch.manual_seed(seed)
     model = create_model("tiny", input_size=40, width=8, embedding_dim=dim)
     model.spec = dataclasses.replace(model.spec, crop_fraction=crop_fraction)
     return save_weights(model, path)
-
-
-def _args(run: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--config",
-        SMOKE,
-        f"output.dir={run}",
-        f"data.cache_dir={run.parent / 'cache'}",
-        *extra,
-    ]
 
 
 def _config(tmp: Path, *extra: str):
@@ -184,7 +172,7 @@ DISTILL = ("distill.embedding_weight=2.0", "distill.relation_weight=1.0")
 @pytest.fixture(scope="module")
 def distill_run(tmp_path_factory, teacher_file):
     run = tmp_path_factory.mktemp("distill") / "run"
-    assert main(_args(run, f"distill.teacher={teacher_file}", *DISTILL)) == 0
+    assert main(smoke_args(run, f"distill.teacher={teacher_file}", *DISTILL)) == 0
     return run
 
 
@@ -220,7 +208,7 @@ def test_distillation_is_logged_and_pulls_the_student_to_the_teacher(distill_run
 
 def test_distillation_resumes_bit_exactly(distill_run, teacher_file, tmp_path, interrupt_training):
     run = tmp_path / "run"
-    args = _args(run, f"distill.teacher={teacher_file}", *DISTILL)
+    args = smoke_args(run, f"distill.teacher={teacher_file}", *DISTILL)
     interrupt_training(12, main, args)
     assert main([*args, "--resume"]) == 0
     final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(distill_run / "last.pt")
@@ -244,13 +232,13 @@ def test_harmonic_run_is_declared_compatible_and_resumes_bit_exactly(
 
     extra = (f"harmonic.model={old_model}", "harmonic.weight=1.0")
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert main(_args(straight, *extra)) == 0
+    assert main(smoke_args(straight, *extra)) == 0
     with open(straight / "train_log.csv") as f:
         rows = list(csv.DictReader(f))
     assert all(float(r["loss_harmonic"]) >= 0 for r in rows)
     assert any(float(r["loss_harmonic"]) > 0 for r in rows)
-    interrupt_training(12, main, _args(broken, *extra))
-    assert main([*_args(broken, *extra), "--resume"]) == 0
+    interrupt_training(12, main, smoke_args(broken, *extra))
+    assert main([*smoke_args(broken, *extra), "--resume"]) == 0
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(broken / "last.pt")
     assert all(torch.equal(a["model_state"][k], v) for k, v in b["model_state"].items())
     # the weights say which old model's galleries they may query; another model's are refused
@@ -310,13 +298,13 @@ def test_harmonic_model_of_another_dimension_is_refused(tmp_path, capsys):
     wide = save_weights(
         create_model("tiny", input_size=32, width=8, embedding_dim=64), tmp_path / "v1.safetensors"
     )
-    code = main(_args(tmp_path / "run", f"harmonic.model={wide}"))
+    code = main(smoke_args(tmp_path / "run", f"harmonic.model={wide}"))
     err = capsys.readouterr().err
     assert code == 2 and "64 dimensions" in err and "Traceback" not in err
 
 
 def test_distilling_without_a_teacher_model_is_one_line(tmp_path, capsys):
-    code = main(_args(tmp_path / "run", f"distill.teacher={tmp_path / 'missing.safetensors'}"))
+    code = main(smoke_args(tmp_path / "run", f"distill.teacher={tmp_path / 'missing.safetensors'}"))
     err = capsys.readouterr().err
     assert code != 0 and "missing.safetensors" in err and "Traceback" not in err
 
@@ -366,18 +354,18 @@ def test_fine_tuning_resumes_bit_exactly_across_the_unfreeze(
 ):
     extra = (f"model.init={init_file}", *FREEZE)
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert main(_args(straight, *extra)) == 0
-    interrupt_training(4, main, _args(broken, *extra))  # killed while still frozen
-    assert main([*_args(broken, *extra), "--resume"]) == 0
+    assert main(smoke_args(straight, *extra)) == 0
+    interrupt_training(4, main, smoke_args(broken, *extra))  # killed while still frozen
+    assert main([*smoke_args(broken, *extra), "--resume"]) == 0
     a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(broken / "last.pt")
     assert all(torch.equal(a["model_state"][k], v) for k, v in b["model_state"].items())
 
 
 def test_fine_tuning_refuses_weights_of_another_shape_or_a_bad_freeze(tmp_path, capsys, init_file):
-    code = main(_args(tmp_path / "a", f"model.init={init_file}", "model.kwargs.width=16"))
+    code = main(smoke_args(tmp_path / "a", f"model.init={init_file}", "model.kwargs.width=16"))
     err = capsys.readouterr().err
     assert code == 2 and "init.safetensors" in err and "do not fit" in err
-    code = main(_args(tmp_path / "b", "model.freeze=[featurez]"))
+    code = main(smoke_args(tmp_path / "b", "model.freeze=[featurez]"))
     err = capsys.readouterr().err
     assert code == 2 and "featurez" in err and "features" in err
 

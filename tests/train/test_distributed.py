@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _smoke import SMOKE
 from torch import nn
 
 from facenet.models.layers import BatchNormShift, SyncBatchNormShift
 from facenet.train.checkpoint import load_checkpoint
 from facenet.train.distributed import convert_sync_batchnorm
 
-SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
 COMMON = [
     "model.name=nns2",
     "model.kwargs={}",

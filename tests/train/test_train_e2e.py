@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _smoke import SMOKE, smoke_args
 
 from facenet.cli import main
 from facenet.config import load_config
@@ -26,19 +27,6 @@ from facenet.train.distributed import DistInfo
 from facenet.train.offline import OfflineTripletMiner
 from facenet.train.validate import embed_images
 
-SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
-
-
-def _args(run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--config",
-        SMOKE,
-        f"output.dir={run_dir}",
-        f"data.cache_dir={run_dir.parent / 'cache'}",
-        *extra,
-    ]
-
 
 def _states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -47,7 +35,7 @@ def _states_equal(a: dict, b: dict) -> bool:
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("ref") / "run"
-    assert main(_args(run, "output.tensorboard=true")) == 0
+    assert main(smoke_args(run, "output.tensorboard=true")) == 0
     return run
 
 
@@ -87,14 +75,14 @@ def test_run_writes_everything_a_user_needs(reference_run):
 
 
 def test_existing_run_needs_resume(reference_run, capsys):
-    assert main(_args(reference_run)) == 2
+    assert main(smoke_args(reference_run)) == 2
     assert "--resume" in capsys.readouterr().err
 
 
 def test_resume_after_sigkill_is_bit_exact(reference_run, tmp_path):
     """Kill a real training process with SIGKILL mid-run, resume, compare final weights."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "facenet", *_args(run)]
+    cmd = [sys.executable, "-m", "facenet", *smoke_args(run)]
     env = dict(os.environ, PYTHONHASHSEED="0")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -135,7 +123,9 @@ def test_resume_after_sigkill_is_bit_exact(reference_run, tmp_path):
 
 def test_collapse_stops_with_a_clear_message(tmp_path, capsys):
     # spread is always < 2, so every step counts as collapsed: the run must stop at step 3
-    code = main(_args(tmp_path / "run", "faults.collapse_spread=2.0", "faults.collapse_patience=3"))
+    code = main(
+        smoke_args(tmp_path / "run", "faults.collapse_spread=2.0", "faults.collapse_patience=3")
+    )
     assert code == 5
     err = capsys.readouterr().err
     assert "collapsed at step 3" in err and "embedding spread" in err
@@ -154,7 +144,7 @@ def test_divergence_stops_before_the_weights_are_touched(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(terms, "triplet_loss", poisoned)
     run = tmp_path / "run"
-    assert main(_args(run)) == 4
+    assert main(smoke_args(run)) == 4
     err = capsys.readouterr().err
     assert "diverged at step 7" in err and str(run / "last.pt") in err
     ckpt = load_checkpoint(run / "last.pt")
@@ -166,7 +156,7 @@ def test_divergence_stops_before_the_weights_are_touched(tmp_path, monkeypatch, 
 
 
 def test_bad_override_is_exit_code_2(tmp_path, capsys):
-    assert main(_args(tmp_path / "run", "optimiser.lrr=1")) == 2
+    assert main(smoke_args(tmp_path / "run", "optimiser.lrr=1")) == 2
     assert "optimiser.lrr" in capsys.readouterr().err
 
 
@@ -174,7 +164,7 @@ def test_bad_override_is_exit_code_2(tmp_path, capsys):
 def test_other_optimisers_train(tmp_path, name):
     lr = 0.05 if name == "adagrad" else 0.01
     run = tmp_path / "run"
-    assert main(_args(run, "max_steps=6", f"optimiser.name={name}", f"optimiser.lr={lr}")) == 0
+    assert main(smoke_args(run, "max_steps=6", f"optimiser.name={name}", f"optimiser.lr={lr}")) == 0
     assert load_checkpoint(run / "last.pt")["optimizer"]["state"]
 
 
@@ -209,7 +199,7 @@ def test_hooks_see_every_step_and_can_stop_the_run(tmp_path):
 
 
 def test_removed_options_are_one_line_naming_the_last_commit_with_them(tmp_path, capsys):
-    assert main(_args(tmp_path / "run", "optimiser.sam_rho=0.05")) == 2
+    assert main(smoke_args(tmp_path / "run", "optimiser.sam_rho=0.05")) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "optimiser.sam_rho" in err and "b0f95e6" in err
     assert not (tmp_path / "run").exists()
@@ -222,7 +212,7 @@ def test_a_checkpoint_with_the_removed_classifier_is_refused(reference_run, tmp_
     ckpt["classifier"] = {"weight": torch.zeros(24, 128)}  # as a classifier.weight run saved it
     ckpt["config"]["classifier"] = {"weight": 0.5, "scale": 30.0, "margin": 0.2}
     write_checkpoint(run / "last.pt", ckpt)
-    assert main([*_args(run, "max_steps=30"), "--resume"]) == 2
+    assert main([*smoke_args(run, "max_steps=30"), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "classifier.weight=0.5" in err and "b0f95e6" in err
 
@@ -236,7 +226,7 @@ def test_a_run_logged_with_removed_columns_resumes_without_them(reference_run, t
         w = csv.DictWriter(f, fieldnames=[*rows[0], "classifier_loss", "consistency"])
         w.writeheader()
         w.writerows({**r, "classifier_loss": "1.5", "consistency": "nan"} for r in rows)
-    assert main([*_args(run, "max_steps=26"), "--resume"]) == 0
+    assert main([*smoke_args(run, "max_steps=26"), "--resume"]) == 0
     with open(run / "train_log.csv") as f:
         rows = list(csv.DictReader(f))
     assert "classifier_loss" not in rows[0] and [int(r["step"]) for r in rows[-2:]] == [24, 26]
@@ -248,16 +238,16 @@ EMA = ("optimiser.ema_decay=0.9",)
 
 def _finished_run(tmp_path_factory, name: str, *extra: str) -> Path:
     run = tmp_path_factory.mktemp(name) / "run"
-    assert main(_args(run, *extra)) == 0
+    assert main(smoke_args(run, *extra)) == 0
     return run
 
 
 def _resume_matches(reference: Path, run: Path, interrupt_training, *extra: str) -> dict:
     """Kill an EMA run of ``extra`` after step 12's checkpoint, resume it, and check that it ends
     with ``reference``'s weights (averaged and trained); returns the final checkpoint."""
-    interrupt_training(12, main, _args(run, *extra))
+    interrupt_training(12, main, smoke_args(run, *extra))
     assert load_checkpoint(run / "last.pt")["ema_updates"] == 12
-    assert main([*_args(run, *extra), "--resume"]) == 0
+    assert main([*smoke_args(run, *extra), "--resume"]) == 0
     final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(reference / "last.pt")
     assert final["step"] == ref["step"] == 24
     assert _states_equal(final["model_state"], ref["model_state"])
@@ -300,13 +290,13 @@ def test_ema_run_resumes_bit_exactly(ema_run, tmp_path, interrupt_training):
 def test_resume_with_a_different_ema_setting_is_refused(ema_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(ema_run, run)
-    assert main([*_args(run, "max_steps=30"), "--resume"]) == 2
+    assert main([*smoke_args(run, "max_steps=30"), "--resume"]) == 2
     assert "optimiser.ema_decay=0.9" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("decay", ["1.0", "-0.5"])
 def test_ema_decay_outside_its_range_is_refused(tmp_path, capsys, decay):
-    assert main(_args(tmp_path / "run", f"optimiser.ema_decay={decay}")) == 2
+    assert main(smoke_args(tmp_path / "run", f"optimiser.ema_decay={decay}")) == 2
     assert "optimiser.ema_decay" in capsys.readouterr().err
 
 
@@ -323,7 +313,7 @@ OFFLINE = (
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("offline") / "run"
-    assert main(_args(run, *OFFLINE)) == 0
+    assert main(smoke_args(run, *OFFLINE)) == 0
     return run
 
 
@@ -349,7 +339,7 @@ def test_offline_mining_mines_with_the_current_weights_and_resumes_bit_exactly(
     read from the checkpoint, gives the triplet pool the loop trained on; two resumes, one on
     each side of that mining, end on the uninterrupted run's weights."""
     run = tmp_path / "run"
-    interrupt_training(8, main, _args(run, *OFFLINE))
+    interrupt_training(8, main, smoke_args(run, *OFFLINE))
     at8 = load_checkpoint(run / "last.pt")
     assert at8["step"] == 8 and at8["offline_miner"]["refreshes"] == 1
     config = load_config(run / "config.yaml")
@@ -359,13 +349,13 @@ def test_offline_mining_mines_with_the_current_weights_and_resumes_bit_exactly(
     model = load_weights_file(run / "last.pt")
     miner.refresh(lambda i: embed_images(model, data.images[i], (32, 32), torch.device("cpu")), 8)
 
-    interrupt_training(12, main, [*_args(run, *OFFLINE), "--resume"])
+    interrupt_training(12, main, [*smoke_args(run, *OFFLINE), "--resume"])
     at12 = load_checkpoint(run / "last.pt")["offline_miner"]
     assert at12["refreshes"] == 2 and at12["mined_at"] == 8
     # the loop's pool may have been reshuffled once used up: compare the triplets as sets
     assert np.array_equal(np.unique(at12["pool"], axis=0), np.unique(miner._pool, axis=0))
 
-    assert main([*_args(run, *OFFLINE), "--resume"]) == 0
+    assert main([*smoke_args(run, *OFFLINE), "--resume"]) == 0
     final, ref = load_checkpoint(run / "last.pt"), load_checkpoint(offline_run / "last.pt")
     assert final["step"] == ref["step"] == 24
     assert _states_equal(final["model_state"], ref["model_state"])
@@ -374,23 +364,23 @@ def test_offline_mining_mines_with_the_current_weights_and_resumes_bit_exactly(
 def test_resume_with_another_mining_strategy_is_refused(offline_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(offline_run, run)
-    assert main([*_args(run, "max_steps=30"), "--resume"]) == 2
+    assert main([*smoke_args(run, "max_steps=30"), "--resume"]) == 2
     assert "mining.strategy=offline" in capsys.readouterr().err
 
 
 def test_offline_mining_refuses_bad_sizes_and_torchrun(tmp_path, capsys, monkeypatch):
-    assert main(_args(tmp_path / "a", *OFFLINE, "mining.triplets_per_batch=0")) == 2
+    assert main(smoke_args(tmp_path / "a", *OFFLINE, "mining.triplets_per_batch=0")) == 2
     assert "mining.triplets_per_batch=0" in capsys.readouterr().err
     # as a rank of a 2-process torchrun would see it (refused before any collective call)
     monkeypatch.setattr(loop.D, "setup", lambda device: DistInfo(0, 2, 0, torch.device("cpu")))
-    assert main(_args(tmp_path / "b", *OFFLINE)) == 2
+    assert main(smoke_args(tmp_path / "b", *OFFLINE)) == 2
     assert "runs in one process" in capsys.readouterr().err
 
 
 def test_offline_mining_takes_each_face_of_a_small_identity_once(tmp_path):
     # 3 faces per identity, 4 asked for: a face drawn twice would pair an image with itself
     run = tmp_path / "run"
-    args = _args(run, *OFFLINE, "data.synthetic_images_per_identity=3", "max_steps=2")
+    args = smoke_args(run, *OFFLINE, "data.synthetic_images_per_identity=3", "max_steps=2")
     assert main(args) == 0
     pool = load_checkpoint(run / "last.pt")["offline_miner"]["pool"]
     assert len(pool) > 0
@@ -400,7 +390,7 @@ def test_offline_mining_takes_each_face_of_a_small_identity_once(tmp_path):
 def test_offline_mining_that_finds_no_triplet_falls_back_to_online_batches(tmp_path):
     # margin 0: the semi-hard band (d_ap, d_ap + 0) is empty, so every mining finds nothing
     run = tmp_path / "run"
-    assert main(_args(run, *OFFLINE, "mining.margin=0.0", "max_steps=4")) == 0
+    assert main(smoke_args(run, *OFFLINE, "mining.margin=0.0", "max_steps=4")) == 0
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["step"] == 4 and len(ckpt["offline_miner"]["pool"]) == 0
     assert ckpt["sampler"]["position"] == 4  # the four batches came from the online sampler
@@ -415,7 +405,7 @@ def test_a_run_in_a_longer_process_leaves_the_thread_count_as_it_found_it(tmp_pa
     before = torch.get_num_threads()
     wanted = 1 if before != 1 else 2
     run = tmp_path / "run"
-    args = _args(run, f"threads={wanted}", "max_steps=1", "validation.every=0")
+    args = smoke_args(run, f"threads={wanted}", "max_steps=1", "validation.every=0")
     config = load_config(args[2], args[3:])
     loop.train(config)
     assert torch.get_num_threads() == before

@@ -34,7 +34,6 @@ from facenet.train.health import CollapseWatch
 from facenet.train.logs import RunLogs, Throughput, plot_curves
 from facenet.train.state import TrainState, build_state
 from facenet.train.step import StepStats, next_batch, train_step
-from facenet.train.teacher import mixed_thresholds
 from facenet.train.validate import ValidationResult, score_validation
 
 #: Called with the state at the start of every step, before its batch is drawn and after the
@@ -238,9 +237,8 @@ def _annotate(state: TrainState, model: torch.nn.Module) -> None:
     card.int8 = Int8Codec.calibrate(embeddings).to_dict()
     if state.old is not None:
         card.compatible_with = (state.old.weights_hash,)
+        # v1 embeds each pair's left face (as its gallery stored it), this model the right one
         own = state.embed(model, state.pairs.images)
-        card.mixed_thresholds = {
-            state.old.weights_hash: mixed_thresholds(
-                state.config.harmonic.model, state.config, state.pairs, own, state.info.device
-            )
-        }
+        far = state.config.validation.far_target
+        mixed = score_validation(state.old.pairs, state.pairs, far, right=own)
+        card.mixed_thresholds = {state.old.weights_hash: mixed.thresholds}

@@ -55,6 +55,7 @@ from facenet.train.teacher import (
     align_targets,
     build_targets,
     cached_embeddings,
+    pair_embeddings,
 )
 from facenet.train.terms import LossTerm, build_terms
 from facenet.train.validate import PairSet, embed_images
@@ -243,7 +244,7 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
     if config.model.init and not resume:
         _unfold_batchnorm(model, data, config, info)
     teacher = _build_teacher(config, data, int(model.spec.embedding_dim), info)
-    old = _build_old(config, data, int(model.spec.embedding_dim), info)
+    old = _build_old(config, data, pairs, int(model.spec.embedding_dim), info)
     if teacher is not None and old is not None:
         teacher = _align_teacher(teacher, old, config.output.progress and info.is_main)
     decay = config.optimiser.ema_decay
@@ -422,15 +423,20 @@ class OldEmbeddings:
     Attributes:
         embeddings: (N, D) float32 unit vectors, rows aligned with ``TrainData``.
         weights_hash: v1's weights hash: what the trained model declares itself compatible with.
+        pairs: (M, D) v1's embeddings of the validation pairs' images (``pair_embeddings``), for
+            the mixed-pair thresholds the export records; rank 0 only (None elsewhere).
     """
 
     embeddings: torch.Tensor
     weights_hash: str
+    pairs: torch.Tensor | None = None
 
 
-def _build_old(config: Config, data: TrainData, dim: int, info: D.DistInfo) -> OldEmbeddings | None:
+def _build_old(
+    config: Config, data: TrainData, pairs: PairSet, dim: int, info: D.DistInfo
+) -> OldEmbeddings | None:
     """``harmonic.model``'s embeddings: rank 0 computes (or reuses) the cache, the others read
-    it."""
+    it; rank 0 also embeds the validation pairs with it."""
     h = config.harmonic
     if not h.model:
         return None
@@ -452,7 +458,8 @@ def _build_old(config: Config, data: TrainData, dim: int, info: D.DistInfo) -> O
         made = cached_embeddings(h.model, h.cache, config, data, False, compute=False, model=v1)
     embeddings, meta, _ = made
     unit = torch.nn.functional.normalize(torch.from_numpy(embeddings[:, 0]), dim=1)
-    return OldEmbeddings(unit, str(meta["weights_hash"]))
+    on_pairs = pair_embeddings(v1, config, pairs, info.device) if info.is_main else None
+    return OldEmbeddings(unit, str(meta["weights_hash"]), on_pairs)
 
 
 def _record_framing(model: nn.Module, crop_fraction: float) -> None:

@@ -34,7 +34,6 @@ from torch import Tensor, nn
 
 from facenet.config import Config
 from facenet.data.cache import build_cache, cache_key, square_resize
-from facenet.eval.protocol import verify_embeddings
 from facenet.fingerprint import array_sha256, weights_sha256
 from facenet.models.inference import embed_faces, inference_network
 from facenet.models.loading import load_model
@@ -291,27 +290,14 @@ def build_targets(
     return TeacherTargets(embeddings, targets, kept, meta, path)
 
 
-def mixed_thresholds(
-    ref: str, config: Config, pairs: PairSet, embeddings: Tensor, device: torch.device
-) -> dict[str, float]:
-    """Thresholds calibrated on mixed validation pairs: model ``ref``'s embedding of each
-    pair's left face (as a gallery it enrolled stores it: the face in ``ref``'s own framing, no
-    mirror) against ``embeddings``, this model's (M, D) embeddings of ``pairs.images``, of its
-    right face. What a harmonic model's probes use against ``ref``'s galleries.
-    """
-    old = load_model(ref).eval()
-    framed = build_validation(config, tuple(old.spec.input_size), False, side=teacher_side(old))
+def pair_embeddings(
+    model: nn.Module, config: Config, pairs: PairSet, device: torch.device
+) -> Tensor:
+    """A frozen model's (M, D) embeddings of the validation pairs' images in its own framing
+    (the face itself, no mirror: as a gallery it enrolled stores it), rows as ``pairs.images``;
+    harmonic training scores mixed pairs with them (``score_validation(..., right=)``)."""
+    size = tuple(model.spec.input_size)
+    framed = build_validation(config, size, False, side=teacher_side(model))
     if not (np.array_equal(framed.left, pairs.left) and np.array_equal(framed.right, pairs.right)):
-        raise ValueError(f"{ref}: the validation pairs differ at its framing")
-    batch = config.validation.batch_size
-    e_old = embed_images(old, framed.images, tuple(old.spec.input_size), device, batch).numpy()
-    e_new = embeddings.numpy()
-    _, report = verify_embeddings(
-        e_old[pairs.left],
-        e_new[pairs.right],
-        pairs.issame.astype(bool),
-        pairs.folds,
-        "l2",
-        config.validation.far_target,
-    )
-    return dict(report.thresholds)
+        raise ValueError(f"{model.spec.name}: the validation pairs differ at its framing")
+    return embed_images(model.eval(), framed.images, size, device, config.validation.batch_size)

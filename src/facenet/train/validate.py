@@ -158,13 +158,16 @@ def embed_images(
 
 
 def score_validation(
-    embeddings: Tensor, pairs: PairSet, far_target: float = 1e-3
+    embeddings: Tensor, pairs: PairSet, far_target: float = 1e-3, right: Tensor | None = None
 ) -> ValidationResult:
     """Verification scores of ``embeddings`` (M, D) on ``pairs`` (squared L2 distances), by
-    the evaluation suite's protocol (``facenet.eval.protocol.verify_embeddings``)."""
+    the evaluation suite's protocol (``facenet.eval.protocol.verify_embeddings``). ``right``:
+    another model's (M, D) embeddings for the pairs' right images (mixed pairs, harmonic
+    embeddings); by default the same ``embeddings``."""
     e = embeddings.numpy()
+    r = e if right is None else right.numpy()
     _, report = verify_embeddings(
-        e[pairs.left], e[pairs.right], pairs.issame.astype(bool), pairs.folds, "l2", far_target
+        e[pairs.left], r[pairs.right], pairs.issame.astype(bool), pairs.folds, "l2", far_target
     )
     return ValidationResult(
         accuracy=report.accuracy,
