@@ -206,6 +206,19 @@ def test_distillation_is_logged_and_pulls_the_student_to_the_teacher(distill_run
     np.testing.assert_allclose(codec.scale, np.abs(e).max(axis=0) / 127, rtol=1e-5)
 
 
+def test_too_few_identities_for_the_batch_is_said_before_the_teacher_embeds_a_face(
+    teacher_file, tmp_path, capsys
+):
+    # 24 synthetic identities, batches of 30: refused at once, before the teacher's cache
+    run = tmp_path / "run"
+    args = smoke_args(run, f"distill.teacher={teacher_file}", "sampler.identities_per_batch=30")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "only 24 identities have enough images" in err
+    assert "Traceback" not in err
+    assert not list(tmp_path.rglob("teacher-*.npz"))
+
+
 def test_distillation_resumes_bit_exactly(distill_run, teacher_file, tmp_path, interrupt_training):
     run = tmp_path / "run"
     args = smoke_args(run, f"distill.teacher={teacher_file}", *DISTILL)

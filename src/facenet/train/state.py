@@ -10,8 +10,6 @@ everything that continues the run bit for bit.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -25,12 +23,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from facenet.config import LAST_COMMIT_WITH_REMOVED, Config, ConfigError, config_to_dict
-from facenet.models import create_model
+from facenet.config import LAST_COMMIT_WITH_REMOVED, Config, config_to_dict
 from facenet.models.card import card_of
-from facenet.models.loading import check_state_fits, load_model
-from facenet.models.unfold import unfold_identity_batchnorm
-from facenet.preprocess import preprocess
+from facenet.models.loading import check_state_fits
 from facenet.train import distributed as D
 from facenet.train.checkpoint import (
     checkpoint_dict,
@@ -46,17 +41,17 @@ from facenet.train.data import (
     TrainData,
     build_train_data,
     build_validation,
-    stored_size,
 )
 from facenet.train.ema import make_ema
+from facenet.train.model_setup import build_model, unfold_batchnorm
 from facenet.train.offline import OfflineTripletMiner
-from facenet.train.teacher import (
-    TeacherTargets,
-    align_targets,
-    build_targets,
-    cached_embeddings,
-    pair_embeddings,
+from facenet.train.reference_models import (
+    OldEmbeddings,
+    align_teacher,
+    build_old,
+    build_teacher,
 )
+from facenet.train.teacher import TeacherTargets
 from facenet.train.terms import LossTerm, build_terms
 from facenet.train.validate import PairSet, embed_images
 
@@ -239,14 +234,16 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         )
     if resume and not last_path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-    model = _build_model(config, info)
+    model = build_model(config, info)
     pairs, data = _build_data(config, tuple(model.spec.input_size), info)
+    # why: too few identities for the batch is said now, not after minutes of teacher embeddings
+    stream = BatchStream(data.labels, config, info.rank, info.world_size)
     if config.model.init and not resume:
-        _unfold_batchnorm(model, data, config, info)
-    teacher = _build_teacher(config, data, int(model.spec.embedding_dim), info)
-    old = _build_old(config, data, pairs, int(model.spec.embedding_dim), info)
+        unfold_batchnorm(model, data, config, info)
+    teacher = build_teacher(config, data, int(model.spec.embedding_dim), info)
+    old = build_old(config, data, pairs, int(model.spec.embedding_dim), info)
     if teacher is not None and old is not None:
-        teacher = _align_teacher(teacher, old, config.output.progress and info.is_main)
+        teacher = align_teacher(teacher, old, config.output.progress and info.is_main)
     decay = config.optimiser.ema_decay
     state = TrainState(
         config=config,
@@ -258,7 +255,7 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         ),
         # why: only rank 0 validates and saves, and every rank's weights are the same
         ema=make_ema(model, decay) if decay > 0 and info.is_main else None,
-        stream=BatchStream(data.labels, config, info.rank, info.world_size),
+        stream=stream,
         miner=_build_miner(config, data),
         terms=build_terms(
             config,
@@ -303,168 +300,6 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
     raise ValueError(f"unknown optimiser {o.name!r}; choose adagrad, sgd or adamw")
-
-
-def _build_model(config: Config, info: D.DistInfo) -> nn.Module:
-    """The network, initialised from the seed (the only use of the global RNG besides dropout),
-    or from ``model.init``'s weights (fine-tuning)."""
-    torch.manual_seed(config.seed)
-    model = create_model(config.model.name, **config.model.kwargs)
-    if config.model.init:
-        _load_init(model, config.model.init)
-    _check_freeze(model, config.model.freeze)
-    input_size = tuple(model.spec.input_size)
-    # why: validation (and so every later use) shows the model the centre input/stored of each
-    # cached face, itself the centre data.crop_fraction of the training images; record it.
-    framing = config.data.crop_fraction * max(input_size) / stored_size(config, input_size)
-    _record_framing(model, round(framing, 6))
-    fmt = torch.channels_last if config.model.channels_last else torch.contiguous_format
-    model = model.to(device=info.device, memory_format=fmt)
-    if info.distributed and info.device.type == "cuda" and config.model.sync_batchnorm:
-        model = D.convert_sync_batchnorm(model)
-    return model
-
-
-def _load_init(model: nn.Module, ref: str) -> None:
-    """Start ``model`` from the weights of ``ref`` (same architecture and kwargs), taking its
-    preprocessing (normalisation) too; the framing is recorded afresh from the data config."""
-    source = load_model(ref)
-    check_state_fits(ref, model, source.state_dict())
-    model.load_state_dict(source.state_dict())
-    model.spec = dataclasses.replace(source.spec, crop_fraction=model.spec.crop_fraction)
-
-
-# why: a few hundred faces pin each channel's mean and variance to a fraction of a percent
-UNFOLD_FACES = 512
-
-
-def _unfold_batchnorm(model: nn.Module, data: TrainData, config: Config, info: D.DistInfo) -> None:
-    """A model converted from a frozen graph (batch norm folded: identity statistics) gets its
-    batch norms' statistics back from (seeded) training faces before fine-tuning, so that train
-    mode normalises as the original was trained (``facenet.models.unfold``); eval is unchanged."""
-    images = data.images
-    rng = np.random.default_rng(config.seed)
-    pick = np.sort(rng.choice(len(images), min(len(images), UNFOLD_FACES), replace=False))
-    h, w = model.spec.input_size
-    top, left = (images.shape[1] - h) // 2, (images.shape[2] - w) // 2
-    fmt = torch.channels_last if config.model.channels_last else torch.contiguous_format
-
-    def batches():
-        for start in range(0, len(pick), 64):
-            crops = images[pick[start : start + 64], top : top + h, left : left + w]
-            x = preprocess(crops, model.spec, framed=True).to(info.device)
-            yield x.contiguous(memory_format=fmt)
-
-    n = unfold_identity_batchnorm(model, batches())
-    if n and info.is_main and config.output.progress:
-        print(
-            f"model.init {config.model.init}: {n} folded batch norms given their statistics "
-            f"back from {len(pick)} training faces (eval unchanged; train mode consistent)",
-            file=sys.stderr,
-        )
-
-
-def frozen(name: str, prefixes: tuple[str, ...]) -> bool:
-    """Whether parameter ``name`` lies under one of ``prefixes`` (module paths, e.g. ``conv1``)."""
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
-def _check_freeze(model: nn.Module, prefixes: tuple[str, ...]) -> None:
-    """``ConfigError`` for a ``model.freeze`` prefix that names no parameter (a typo would
-    otherwise freeze nothing, silently)."""
-    names = [n for n, _ in model.named_parameters()]
-    for prefix in prefixes:
-        if not any(frozen(n, (prefix,)) for n in names):
-            tops = sorted({n.split(".")[0] for n in names})
-            raise ConfigError(
-                f"model.freeze: {prefix!r} names no parameter of {model.spec.name}; its "
-                f"top-level modules are {', '.join(tops)}"
-            )
-
-
-def _build_teacher(
-    config: Config, data: TrainData, student_dim: int, info: D.DistInfo
-) -> TeacherTargets | None:
-    """``distill.teacher``'s targets: rank 0 computes (or reuses) the cache, the others read it."""
-    if not config.distill.teacher:
-        return None
-    progress = config.output.progress and info.is_main
-    targets = build_targets(config, data, student_dim, progress) if info.is_main else None
-    D.barrier()
-    if targets is None:
-        targets = build_targets(config, data, student_dim, False, compute=False)
-    elif progress:
-        dims = f"{targets.embeddings.shape[2]}-d"
-        if targets.embeddings.shape[2] != student_dim:
-            dims += f" -> {student_dim}-d (keeps {100 * targets.kept_energy:.3f}% of the energy)"
-        print(f"teacher {config.distill.teacher}: {dims}, cache {targets.path}", file=sys.stderr)
-    return targets
-
-
-def _align_teacher(teacher: TeacherTargets, old: OldEmbeddings, progress: bool) -> TeacherTargets:
-    """The teacher's targets rotated into the harmonic v1's frame (``align_targets``): the same
-    geometry, oriented so that learning it does not fight the mixed triplets."""
-    before = float((teacher.targets * old.embeddings).sum(dim=1).mean())
-    rotated, after = align_targets(teacher.targets, old.embeddings)
-    if progress:
-        print(
-            f"teacher targets rotated into {old.weights_hash[:12]}'s frame: mean cosine with "
-            f"v1 {before:.3f} -> {after:.3f}",
-            file=sys.stderr,
-        )
-    return dataclasses.replace(teacher, targets=rotated)
-
-
-@dataclass(frozen=True)
-class OldEmbeddings:
-    """``harmonic.model``'s (v1's) embeddings of the training faces, as a gallery stores them
-    (the face itself, not its mirror).
-
-    Attributes:
-        embeddings: (N, D) float32 unit vectors, rows aligned with ``TrainData``.
-        weights_hash: v1's weights hash: what the trained model declares itself compatible with.
-        pairs: (M, D) v1's embeddings of the validation pairs' images (``pair_embeddings``), for
-            the mixed-pair thresholds the export records; rank 0 only (None elsewhere).
-    """
-
-    embeddings: torch.Tensor
-    weights_hash: str
-    pairs: torch.Tensor | None = None
-
-
-def _build_old(
-    config: Config, data: TrainData, pairs: PairSet, dim: int, info: D.DistInfo
-) -> OldEmbeddings | None:
-    """``harmonic.model``'s embeddings: rank 0 computes (or reuses) the cache, the others read
-    it; rank 0 also embeds the validation pairs with it."""
-    h = config.harmonic
-    if not h.model:
-        return None
-    v1 = load_model(h.model)
-    old_dim = int(v1.spec.embedding_dim)
-    if old_dim != dim:  # why: before minutes of embedding the training faces with it
-        raise ConfigError(
-            f"harmonic.model {h.model} embeds in {old_dim} dimensions, this model in {dim}: a "
-            "harmonic model must have the old model's dimension"
-        )
-    progress = config.output.progress and info.is_main
-    made = (
-        cached_embeddings(h.model, h.cache, config, data, progress, model=v1)
-        if info.is_main
-        else None
-    )
-    D.barrier()
-    if made is None:
-        made = cached_embeddings(h.model, h.cache, config, data, False, compute=False, model=v1)
-    embeddings, meta, _ = made
-    unit = torch.nn.functional.normalize(torch.from_numpy(embeddings[:, 0]), dim=1)
-    on_pairs = pair_embeddings(v1, config, pairs, info.device) if info.is_main else None
-    return OldEmbeddings(unit, str(meta["weights_hash"]), on_pairs)
-
-
-def _record_framing(model: nn.Module, crop_fraction: float) -> None:
-    """Write the face framing training validated with into the model's spec."""
-    model.spec = dataclasses.replace(model.spec, crop_fraction=crop_fraction)
 
 
 def _build_data(

@@ -19,8 +19,9 @@ from facenet.losses.hinge import TripletStats
 from facenet.train.checkpoint import unwrap
 from facenet.train.data import Batch, augment_stream, augmented, mining_seed
 from facenet.train.health import check_finite
+from facenet.train.model_setup import frozen
 from facenet.train.schedule import lr_at
-from facenet.train.state import TrainState, frozen
+from facenet.train.state import TrainState
 
 
 @dataclass(frozen=True)
