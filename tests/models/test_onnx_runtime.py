@@ -201,7 +201,7 @@ def test_eval_command_backends_and_int8(tmp_path, capsys):
 
 def test_int8_calibration_never_uses_the_evaluated_people(tmp_path):
     from facenet.data.lfw import read_pairs
-    from facenet.eval.suite import calibration_images
+    from facenet.eval.int8 import calibration_images
 
     root, pairs = _lfw_like(tmp_path / "lfw")
     picked = calibration_images(root, read_pairs(pairs))

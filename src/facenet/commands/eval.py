@@ -30,9 +30,10 @@ from facenet.data.images import ImageError
 from facenet.data.lfw import ProtocolFileError
 from facenet.eval.alignment import Alignment
 from facenet.eval.embedding import EmbeddingError
+from facenet.eval.int8 import CALIBRATION_IMAGES
 from facenet.eval.report import write_report
 from facenet.eval.robustness import LABELS
-from facenet.eval.suite import CALIBRATION_IMAGES, EvalSettings, default_cache, run_eval
+from facenet.eval.suite import EvalSettings, default_cache, run_eval
 from facenet.utils import write_json
 
 
