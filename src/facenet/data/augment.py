@@ -25,12 +25,17 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, step, stream]))
 
 
+def center_windows(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (B, S, S, 3) -> their central h x w windows (B, h, w, 3), a view: a memmap stays
+    on disk."""
+    h, w = size
+    top, left = (images.shape[1] - h) // 2, (images.shape[2] - w) // 2
+    return images[:, top : top + h, left : left + w]
+
+
 def center_crops(images: np.ndarray, size: tuple[int, int]) -> Tensor:
     """uint8 (B, S, S, 3) -> float (B, 3, h, w) in [0, 255]: the central h x w window."""
-    h, w = size
-    top = (images.shape[1] - h) // 2
-    left = (images.shape[2] - w) // 2
-    crop = np.ascontiguousarray(images[:, top : top + h, left : left + w])
+    crop = np.ascontiguousarray(center_windows(images, size))
     return torch.from_numpy(crop).permute(0, 3, 1, 2).float()
 
 

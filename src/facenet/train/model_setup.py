@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from facenet.config import Config, ConfigError
+from facenet.data.augment import center_windows
 from facenet.models import create_model
 from facenet.models.loading import check_state_fits, load_model
 from facenet.models.unfold import unfold_identity_batchnorm
@@ -60,13 +61,11 @@ def unfold_batchnorm(model: nn.Module, data: TrainData, config: Config, info: D.
     images = data.images
     rng = np.random.default_rng(config.seed)
     pick = np.sort(rng.choice(len(images), min(len(images), UNFOLD_FACES), replace=False))
-    h, w = model.spec.input_size
-    top, left = (images.shape[1] - h) // 2, (images.shape[2] - w) // 2
     fmt = torch.channels_last if config.model.channels_last else torch.contiguous_format
 
     def batches():
         for start in range(0, len(pick), 64):
-            crops = images[pick[start : start + 64], top : top + h, left : left + w]
+            crops = center_windows(images[pick[start : start + 64]], model.spec.input_size)
             x = preprocess(crops, model.spec, framed=True).to(info.device)
             yield x.contiguous(memory_format=fmt)
 

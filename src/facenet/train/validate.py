@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from facenet.data.augment import center_windows
 from facenet.data.cache import build_cache
 from facenet.data.lfw import ImageResolver, read_pairs
 from facenet.data.synthetic import make_synthetic_pairs
@@ -141,12 +142,9 @@ def embed_images(
 
     ``flip`` adds the embedding of the mirrored crop before re-normalising.
     """
-    h, w = input_size
-    top, left = (images.shape[1] - h) // 2, (images.shape[2] - w) // 2
-    windows = images[:, top : top + h, left : left + w]  # a view: memmaps stay on disk
     e = embed_faces(
         model,
-        windows,
+        center_windows(images, input_size),
         framed=True,
         batch_size=batch_size,
         device=device,
