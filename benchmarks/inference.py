@@ -2,8 +2,11 @@
 
 For each model and each way of running it (PyTorch eager NCHW, eager channels_last, ``folded``:
 what the embedders run, batch norm folded into the convolutions + channels_last, see
-``facenet.models.inference.inference_network``; torch.compile, ONNX Runtime) this prints images/s at batch 1 and 32 and the fraction of the
-machine's fp32 peak it reaches:
+``facenet.models.inference.inference_network``; ``torchscript``: the folded network traced and
+frozen; torch.compile; ONNX Runtime) this prints images/s at batch 1 and 32, the fraction of the
+machine's fp32 peak it reaches, and how far its output is from the eager model's on the same
+input (max |diff|; above 1e-4 the cell is marked WRONG: a fast variant that computes something
+else is no result):
 
     fraction = 2 x multiply-adds per image x images/s / peak FLOP/s
 
@@ -42,7 +45,9 @@ from facenet.models.flops import count_multiply_adds
 from facenet.models.inference import inference_network
 from facenet.models.loading import load_model
 
-VARIANTS = ("eager", "channels_last", "folded", "compile", "onnxruntime")
+VARIANTS = ("eager", "channels_last", "folded", "torchscript", "compile", "onnxruntime")
+# why: the parity bar the library holds its own backends to (tests/models/test_fold.py)
+PARITY_TOLERANCE = 1e-4
 
 
 def median_seconds(fn: Callable[[], object], min_time: float, min_runs: int = 3) -> float:
@@ -80,8 +85,7 @@ def make_runner(
     model: nn.Module, variant: str, batch: int, threads: int, workdir: Path
 ) -> Callable[[], object]:
     """A zero-argument function that embeds one (batch, 3, H, W) input with ``variant``."""
-    h, w = model.spec.input_size
-    x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
+    x = _input(model, batch)
     if variant == "eager":
         return lambda: _no_grad(model, x)
     if variant == "channels_last":
@@ -92,6 +96,12 @@ def make_runner(
         m = inference_network(model, "torch")
         xc = x.contiguous(memory_format=torch.channels_last)
         return lambda: _no_grad(m, xc)
+    if variant == "torchscript":
+        folded = inference_network(model, "torch")
+        xc = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            frozen = torch.jit.freeze(torch.jit.trace(folded, xc, check_trace=False).eval())
+        return lambda: _no_grad(frozen, xc)
     if variant == "compile":
         import torch._inductor.config as inductor_config
 
@@ -118,6 +128,20 @@ def make_runner(
         xn = np.ascontiguousarray(x.numpy())
         return lambda: session.run(None, {name: xn})
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+
+
+def _input(model: nn.Module, batch: int) -> torch.Tensor:
+    """The benchmark's (batch, 3, H, W) input for ``model``: the same for every variant."""
+    h, w = model.spec.input_size
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch))
+
+
+def max_abs_diff(out: object, reference: torch.Tensor) -> float:
+    """Largest |difference| between a runner's output (a tensor, or ONNX Runtime's list of
+    arrays) and the eager model's."""
+    got = out[0] if isinstance(out, (list, tuple)) else out
+    got = torch.as_tensor(np.asarray(got) if not isinstance(got, torch.Tensor) else got)
+    return float((got.float() - reference).abs().max())
 
 
 def _no_grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -160,13 +184,16 @@ def benchmark(
                         t0 = time.perf_counter()
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore")
+                            reference = _no_grad(model, _input(model, batch))
                             run = make_runner(model, variant, batch, threads, Path(tmp))
+                            diff = max_abs_diff(run(), reference)
                             seconds = median_seconds(run, min_time)
                         setup = time.perf_counter() - t0
                         row["batches"][str(batch)] = {
                             "seconds": seconds,
                             "images_per_s": batch / seconds,
                             "wall_incl_setup_s": setup,
+                            "max_abs_diff": diff,
                         }
                     except Exception as e:  # a variant that fails is reported, not fatal
                         row["batches"][str(batch)] = {"error": f"{type(e).__name__}: {e}"[:200]}
@@ -206,7 +233,9 @@ def _row_text(row: dict, peak: float, batch_sizes: list[int]) -> str:
         cell = row["batches"].get(str(b), {})
         if "images_per_s" in cell:
             frac = 2 * row["macs"] * cell["images_per_s"] / peak
-            parts.append(f"b{b}: {cell['images_per_s']:9.1f} img/s {100 * frac:5.1f}%")
+            parts.append(
+                f"b{b}: {cell['images_per_s']:9.1f} img/s {100 * frac:5.1f}% |diff| {_parity(cell)}"
+            )
         else:
             parts.append(f"b{b}: {cell.get('error', '-')[:60]}")
     return "  ".join(parts)
@@ -215,20 +244,32 @@ def _row_text(row: dict, peak: float, batch_sizes: list[int]) -> str:
 def markdown(result: dict, batch_sizes: list[int]) -> str:
     """The result as a Markdown table (images/s and % of the measured peak)."""
     head = "| model | params | GMAC/img | variant | " + " | ".join(
-        f"b{b} img/s | b{b} % peak" for b in batch_sizes
+        f"b{b} img/s | b{b} % peak | b{b} max abs diff" for b in batch_sizes
     )
-    lines = [head + " |", "|---|---|---|---|" + "---|---|" * len(batch_sizes)]
+    lines = [head + " |", "|---|---|---|---|" + "---|---|---|" * len(batch_sizes)]
     for row in result["rows"]:
         params = f"{row['params'] / 1e6:.2f}M" if "params" in row else "-"
         cells = [row["model"], params, f"{row['macs'] / 1e9:.3f}", row["variant"]]
         for b in batch_sizes:
             c = row["batches"].get(str(b), {})
             if "images_per_s" in c:
-                cells += [f"{c['images_per_s']:.1f}", f"{100 * c['fraction_of_peak']:.1f}%"]
+                cells += [
+                    f"{c['images_per_s']:.1f}",
+                    f"{100 * c['fraction_of_peak']:.1f}%",
+                    _parity(c),
+                ]
             else:
-                cells += ["error", "-"]
+                cells += ["error", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _parity(cell: dict) -> str:
+    """A cell's max |diff| from the eager model, marked WRONG above ``PARITY_TOLERANCE``."""
+    diff = cell.get("max_abs_diff")
+    if diff is None:
+        return "-"
+    return f"{diff:.1e}" + (" WRONG" if diff > PARITY_TOLERANCE else "")
 
 
 def _cpu_name() -> str:
