@@ -137,3 +137,66 @@ def test_cluster_reads_thresholds_from_an_embeddings_file_not_from_its_model(
     code, _, err = cli("cluster", "--embeddings", tmp_path / "old.npz", "--out", tmp_path / "c2")
     line = assert_one_line_error(code, err, "evil.pt")
     assert "refused" in line and not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"model:\n  name: tiny\nseed: 0\n",  # a YAML file saved as .pt
+        b"a,b,c\n1,2,3\n",
+        bytes(range(256)) * 4,
+        b"\x80\x02]q\x00(K\x01K\x02e.",  # a pickled list, cut short
+    ],
+    ids=["yaml", "csv", "bytes", "short-pickle"],
+)
+def test_any_bytes_as_a_checkpoint_give_model_file_error(tmp_path, blob):
+    path = tmp_path / "notmodel.pt"
+    path.write_bytes(blob)
+    with pytest.raises(ModelFileError, match="notmodel.pt"):
+        safe_torch_load(path)
+
+
+def test_a_torchscript_export_is_named_as_such(cli, world, tmp_path):
+    ts = tmp_path / "m.ts"
+    code, _, err = cli("export", str(world / "model.safetensors"), str(ts))
+    assert code == 0, err
+    with pytest.raises(ModelFileError, match="TorchScript export"):
+        safe_torch_load(ts)
+
+
+def test_export_never_overwrites_its_input_or_a_training_checkpoint(cli, world, tmp_path):
+    src = tmp_path / "model.safetensors"
+    shutil.copy(world / "model.safetensors", src)
+    ckpt = tmp_path / "last.pt"
+    shutil.copy(world / "model.pt", ckpt)
+    before = src.read_bytes(), ckpt.read_bytes()
+    code, _, err = cli("export", str(src), str(src))
+    assert_one_line_error(code, err, "is the model being exported")
+    code, _, err = cli("export", str(src), str(ckpt))
+    assert_one_line_error(code, err, "is a facenet training checkpoint")
+    code, _, err = cli("export", str(ckpt), str(ckpt))
+    assert_one_line_error(code, err, "last.pt")
+    assert (src.read_bytes(), ckpt.read_bytes()) == before
+    # an earlier TorchScript export may be replaced: it is not a checkpoint
+    ts = tmp_path / "m.pt"
+    assert cli("export", str(src), str(ts))[0] == 0
+    assert cli("export", str(src), str(ts))[0] == 0
+
+
+def test_export_from_a_runs_pt_says_what_its_safetensors_carries(cli, world, tmp_path):
+    from facenet.models.loading import save_weights
+
+    from facenet.quantize import Int8Codec
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(world / "model.pt", run / "best.pt")
+    model = load_model(str(run / "best.pt"))
+    card_of(model).int8 = Int8Codec.calibrate(np.eye(model.spec.embedding_dim)).to_dict()
+    save_weights(model, run / "best.safetensors")
+    code, _, err = cli("export", str(run / "best.pt"), str(tmp_path / "out.safetensors"))
+    assert code == 0
+    assert "warning" in err and "int8" in err and "best.safetensors" in err
+    code, _, err = cli("export", str(run / "best.safetensors"), str(tmp_path / "o2.safetensors"))
+    assert code == 0 and "warning" not in err
+    assert card_of(load_model(str(tmp_path / "o2.safetensors"))).int8

@@ -4,18 +4,31 @@ Examples:
     facenet export nn4 --format onnx nn4.onnx
     facenet export runs/x/weights.safetensors --format torchscript model.pt
     facenet export inception_resnet_v1:casia-webface casia.onnx     # format from the suffix
-    facenet export runs/cpu/best.pt model.safetensors --half --data-terms "LFW, CelebA: research use"
+    facenet export runs/cpu/best.safetensors model.safetensors --half --data-terms "LFW: research use"
+
+A run's ``best.safetensors`` / ``last.safetensors`` carry what training measured at its end (the
+int8 scales, harmonic compatibility and mixed-pair thresholds); its ``.pt`` checkpoints do not,
+so exporting from a ``.pt`` whose run wrote those says so. The output may not be the input, nor a
+training checkpoint (a run's ``last.pt`` / ``best.pt``): ``--resume`` and the run need them.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from facenet.commands._checks import non_negative_float, output_file
 from facenet.commands._errors import fail
+from facenet.models.card import card_of
 from facenet.models.export import ExportParityError, export_model
-from facenet.models.loading import load_model, training_metadata
+from facenet.models.loading import (
+    ModelFileError,
+    load_model,
+    read_metadata,
+    safe_torch_load,
+    training_metadata,
+)
 
 # why: the suffixes users give each format; anything else needs --format.
 _SUFFIX_FORMATS = {
@@ -26,6 +39,47 @@ _SUFFIX_FORMATS = {
     ".safetensors": "safetensors",
 }
 HALF_ATOL = 1e-2  # why: fp16 weights move unit-vector embeddings by ~1e-3
+# why: what a run's exported weights add to the card at the end of training (train.loop._annotate)
+_END_OF_RUN_FIELDS = ("int8", "compatible_with", "mixed_thresholds")
+
+
+def _refuse_output(source: str, out: Path) -> str | None:
+    """Why writing ``out`` would destroy something the user needs, or None."""
+    if not out.exists():
+        return None
+    if Path(source).exists() and Path(source).resolve() == out.resolve():
+        return f"{out}: is the model being exported; give another output file"
+    if out.suffix.lower() == ".pt":
+        try:
+            held = safe_torch_load(out)
+        except ModelFileError:
+            return None  # not a checkpoint of ours (e.g. an earlier TorchScript export)
+        if isinstance(held, dict) and "model_state" in held:
+            return (
+                f"{out}: is a facenet training checkpoint (a run's --resume and best model); "
+                "give another output file"
+            )
+    return None
+
+
+def _end_of_run_note(source: str) -> str | None:
+    """For a run's ``.pt``: what its sibling ``.safetensors`` (written by the run) carries that
+    this export will not, and where to export from instead."""
+    path = Path(source)
+    sibling = path.with_suffix(".safetensors")
+    if path.suffix.lower() != ".pt" or not sibling.is_file():
+        return None
+    try:
+        info = read_metadata(sibling)
+    except (ModelFileError, OSError, ValueError):
+        return None
+    lost = [k for k in _END_OF_RUN_FIELDS if info.get(k)]
+    if not lost:
+        return None
+    return (
+        f"{source} lacks what its run measured at the end ({', '.join(lost)}); "
+        f"export from {sibling} to keep it"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,10 +122,18 @@ def run(args: argparse.Namespace) -> int:
             2,
         )
 
+    if fmt == "torchscript" and args.out.suffix.lower() == ".safetensors":
+        return fail("facenet export", f"{args.out}: TorchScript does not go in a .safetensors", 2)
+    refused = _refuse_output(args.model, args.out)
+    if refused:
+        return fail("facenet export", refused, 2)
     try:
         model = load_model(args.model)
     except (KeyError, OSError, ValueError) as e:
         return fail("facenet export", e, 2)
+    note = _end_of_run_note(args.model) if fmt == "safetensors" else None
+    if note and not any(getattr(card_of(model), k, None) for k in _END_OF_RUN_FIELDS):
+        print(f"facenet export: warning: {note}", file=sys.stderr)
     if (args.half or args.data_terms) and fmt != "safetensors":
         return fail("facenet export", "--half and --data-terms need the safetensors format", 2)
     extra = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,9 @@ def safe_torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:
         # why: the allow-list is empty: everything a facenet checkpoint holds is tensors,
         # numbers, strings and containers, which weights_only=True admits without help (the
         # one numpy array a checkpoint held, the offline miner's pool, is saved as a tensor)
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on TorchScript zips etc.: ours below
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         if found:
@@ -67,11 +70,20 @@ def safe_torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:
         raise ModelFileError(
             f"{path}: not a readable torch checkpoint (corrupt or another format)"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
-        first = first_line(e)
-        if "PytorchStreamReader" in first or isinstance(e, EOFError):
-            first = "corrupt, truncated or empty"
-        raise ModelFileError(f"{path}: not a readable checkpoint ({first})") from None
+    except OSError as e:
+        if isinstance(e, zipfile.BadZipFile) or not e.strerror:
+            raise ModelFileError(f"{path}: {_UNREADABLE}") from None
+        raise ModelFileError(f"{path}: cannot read it ({e.strerror})") from None
+    except Exception as e:  # noqa: BLE001 -- the unpickler raises anything on arbitrary bytes
+        if "TorchScript" in str(e):
+            raise ModelFileError(
+                f"{path}: is a TorchScript export (facenet export --format torchscript), not "
+                "a facenet checkpoint or weights file; use the .safetensors it was made from"
+            ) from None
+        raise ModelFileError(f"{path}: {_UNREADABLE}") from None
+
+
+_UNREADABLE = "not a readable checkpoint (corrupt, truncated, empty or another format)"
 
 
 def is_file_ref(ref: str) -> bool:
