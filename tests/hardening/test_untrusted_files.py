@@ -185,7 +185,6 @@ def test_export_never_overwrites_its_input_or_a_training_checkpoint(cli, world, 
 
 def test_export_from_a_runs_pt_says_what_its_safetensors_carries(cli, world, tmp_path):
     from facenet.models.loading import save_weights
-
     from facenet.quantize import Int8Codec
 
     run = tmp_path / "run"
