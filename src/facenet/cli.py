@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from facenet.commands._errors import describe_error, fail, one_line, set_prog
@@ -102,6 +103,13 @@ def freeze_imported_objects() -> None:
     gc.freeze()
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """``warnings.showwarning`` for the command line: ``facenet CMD: warning: text``."""
+    from facenet.commands._errors import PROG
+
+    print(f"{PROG}: warning: {one_line(message)}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``facenet`` command; returns the exit code."""
     as_program = argv is None  # the facenet process itself, not a caller of main(argv)
@@ -109,7 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_openmp_threads()  # before a command module imports torch
     command = next((a for a in argv if not a.startswith("-")), None)
     available = _available()
-    parser = build_parser(command if command in available else None)  # imports the command
+    try:
+        parser = build_parser(command if command in available else None)  # imports the command
+    except KeyboardInterrupt:  # Ctrl-C while torch imports: no traceback either
+        print("\nfacenet: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if as_program:
         freeze_imported_objects()
     if not argv:
@@ -124,9 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     prog = f"facenet {args.command}"
     set_prog(prog)
+    module = None
     try:
         module = importlib.import_module(available[args.command][0])
-        return int(module.run(args) or 0)
+        with warnings.catch_warnings():
+            if not os.environ.get("FACENET_DEBUG"):
+                # why: a warning is one line naming the command, as errors are, not Python's
+                # two-line form quoting the library's source line
+                warnings.showwarning = _one_line_warning
+            return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -142,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, (OSError, ValueError, KeyError, ImportError, RuntimeError)) or (
             type(e).__module__.startswith("facenet")
         ):
-            return fail(prog, e, EXIT_FAILURE)
+            # why: for verify and identify exit 1 is an answer ("different", "unknown")
+            return fail(prog, e, getattr(module, "EXIT_NO_ANSWER", EXIT_FAILURE))
         print(
             f"{prog}: internal error: {type(e).__name__}: {one_line(describe_error(e))} "
             "(a bug: FACENET_DEBUG=1 shows the traceback; please report it)",

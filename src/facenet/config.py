@@ -294,6 +294,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # why: YAML 1.1 (PyYAML) reads 3e-5 (no dot) as a string, as does an override
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -410,14 +416,24 @@ def load_config(
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "max_steps": (1, math.inf, True, True),
     "time_limit_minutes": (0, math.inf, True, True),
-    "threads": (0, math.inf, True, True),
+    # why: libgomp fails (or crashes) creating thousands of threads
+    "threads": (0, 1024, True, True),
     "data.synthetic_identities": (0, math.inf, True, True),
     "data.synthetic_images_per_identity": (1, math.inf, True, True),
     "data.min_images_per_identity": (1, math.inf, True, True),
     "data.max_identities": (0, math.inf, True, True),
     "data.stored_size": (0, math.inf, True, True),
     "data.crop_fraction": (0, 1, False, True),
-    "data.decode_threads": (1, math.inf, True, True),
+    "data.decode_threads": (1, 1024, True, True),
+    "data.augment.brightness": (0, 1, True, True),  # factors U(1-b, 1+b) stay >= 0
+    "data.augment.contrast": (0, 1, True, True),
+    "data.augment.saturation": (0, 1, True, True),
+    "data.augment.jpeg_probability": (0, 1, True, True),
+    "data.augment.rotate": (0, 180, True, True),
+    "data.augment.low_res_probability": (0, 1, True, True),
+    "data.augment.low_res_min": (2, math.inf, True, True),
+    "data.augment.grey_probability": (0, 1, True, True),
+    "data.augment.erase_probability": (0, 1, True, True),
     "sampler.identities_per_batch": (2, math.inf, True, True),
     "sampler.images_per_identity": (2, math.inf, True, True),
     "sampler.extra_negatives": (0, math.inf, True, True),
@@ -460,6 +476,30 @@ def check_ranges(config: Config) -> Config:
     return config
 
 
+# key -> (lowest, highest) of a [low, high] pair setting: both ends inside, low <= high
+PAIR_RANGES: dict[str, tuple[float, float]] = {
+    "data.augment.jpeg_quality": (1, 100),
+    "data.augment.scale": (0.05, 20),
+    "data.augment.erase_area": (1e-6, 1),
+}
+
+
+def check_pairs(config: Config) -> Config:
+    """``config`` unchanged, or ``ConfigError`` naming the first pair outside ``PAIR_RANGES``
+    or in the wrong order."""
+    for key, (low, high) in PAIR_RANGES.items():
+        value: Any = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        a, b = value
+        if not (low <= a <= b <= high):
+            raise ConfigError(
+                f"{key}={list(value)} is out of range: must be [low, high] with "
+                f"{low:g} <= low <= high <= {high:g}"
+            )
+    return config
+
+
 def check_config(config: Config, world_size: int = 1) -> Config:
     """``config`` unchanged, or ``ConfigError`` naming what cannot run: a key outside its
     ``RANGES``, offline mining with a size below 1, offline mining in ``world_size`` > 1 processes.
@@ -468,6 +508,7 @@ def check_config(config: Config, world_size: int = 1) -> Config:
     world size, before any work.
     """
     check_ranges(config)
+    check_pairs(config)
     mining = config.mining
     if mining.strategy != "offline":
         return config

@@ -164,6 +164,10 @@ def test_another_models_queries_and_enrolments_are_refused(location):
         # a model declaring compatibility (harmonic embeddings) is accepted
         harmonic = ModelFingerprint("nn2", "v2", "c" * 64, DIM, compatible_with=("a" * 64,))
         assert g.search(unit(rng, 1), 1, model=harmonic)[0]
+        # ... to query, never to enrol: every stored face comes from the gallery's own model
+        with pytest.raises(IncompatibleModelError, match="harmonic with it"):
+            g.enroll("eve", records(unit(rng, 1)), harmonic)
+        assert [i.name for i in g.identities()] == ["person000", "person001"]
 
 
 def test_bad_writes_change_nothing(location):

@@ -272,3 +272,37 @@ def test_thresholds_travel_with_embeddings_files(cli, world, tmp_path):
     from facenet.apps.embedding_table import load_embeddings
 
     assert load_embeddings(tmp_path / "e.npz").meta["thresholds"] == THRESHOLDS
+
+
+@pytest.mark.parametrize("command", ["verify", "identify"])
+def test_a_failure_of_verify_or_identify_is_never_their_no(
+    cli, world, tmp_path, monkeypatch, command
+):
+    """Exit 1 answers "different people" / "unknown face": a failure nobody foresaw (here a
+    RuntimeError deep inside) must be 2, no answer, or a script reads it as the answer."""
+    import importlib
+
+    module = importlib.import_module(f"facenet.commands.{command}")
+    target = "verify_files" if command == "verify" else "identify_file"
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("shape '[1, 3, 1, 1]' is invalid for input of size 1")
+
+    monkeypatch.setattr(module, target, boom)
+    model = ["--model", world / "model.safetensors", "--crop", "none"]
+    if command == "verify":
+        argv = ["verify", world / "photo.jpg", world / "photo2.jpg", *model, "--threshold", "1"]
+    else:
+        enrol = ["gallery", "enroll", "ann", world / "photo2.jpg", "--gallery", tmp_path / "g"]
+        assert cli(*enrol, *model)[0] == 0
+        argv = ["identify", world / "photo.jpg", "--gallery", tmp_path / "g", *model]
+    code, _, err = cli(*argv)
+    assert code == 2, err
+    assert "Traceback" not in err and "invalid for input" in err
+
+
+def test_an_empty_pretrained_name_is_not_random_weights(cli, world):
+    code, _, err = cli(
+        "verify", world / "photo.jpg", world / "photo2.jpg", "--model", "tiny:", "--crop", "none"
+    )
+    assert code == 2 and "no pretrained name after ':'" in err

@@ -291,7 +291,7 @@ def test_resume_with_a_different_ema_setting_is_refused(ema_run, tmp_path, capsy
     run = tmp_path / "run"
     shutil.copytree(ema_run, run)
     assert main([*smoke_args(run, "max_steps=30"), "--resume"]) == 2
-    assert "optimiser.ema_decay=0.9" in capsys.readouterr().err
+    assert "optimiser.ema_decay: 0.9 -> 0.0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("decay", ["1.0", "-0.5"])
@@ -365,7 +365,7 @@ def test_resume_with_another_mining_strategy_is_refused(offline_run, tmp_path, c
     run = tmp_path / "run"
     shutil.copytree(offline_run, run)
     assert main([*smoke_args(run, "max_steps=30"), "--resume"]) == 2
-    assert "mining.strategy=offline" in capsys.readouterr().err
+    assert "mining.strategy: 'offline' -> 'online'" in capsys.readouterr().err
 
 
 def test_offline_mining_refuses_bad_sizes_and_torchrun(tmp_path, capsys, monkeypatch):

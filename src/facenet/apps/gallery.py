@@ -73,7 +73,7 @@ def enroll_files(
     ``GalleryError`` is raised and the gallery is unchanged.
     """
     name = check_identity_name(name)
-    gallery.check_model(embedder.fingerprint)
+    gallery.check_model(embedder.fingerprint, enrolling=True)
     faces: list[FaceRecord] = []
     skipped: list[tuple[str, str]] = []
     for result in embedder.embed_files(paths, subject_only=True):

@@ -263,11 +263,23 @@ class Gallery(ABC):
         raw = self._meta("thresholds")
         return {} if raw is None else {k: float(v) for k, v in json.loads(raw).items()}
 
-    def check_model(self, model: ModelFingerprint) -> None:
-        """Raise ``IncompatibleModelError`` unless ``model`` may query/extend this gallery."""
+    def check_model(self, model: ModelFingerprint, *, enrolling: bool = False) -> None:
+        """Raise ``IncompatibleModelError`` unless ``model`` may query (``enrolling``: extend)
+        this gallery. A model declared harmonic with the gallery's may query it; only the
+        gallery's own model may enrol, so every stored face comes from one model (its
+        thresholds, the index and later re-embedding all assume so)."""
         mine = self.model
-        if mine is None or model.can_query(mine):
+        if mine is None or (model.weights_hash == mine.weights_hash and model.can_query(mine)):
             return
+        if model.can_query(mine) and not enrolling:
+            return
+        if model.can_query(mine):
+            raise IncompatibleModelError(
+                f"gallery {self.location} was built with {mine.describe()}; the model in use, "
+                f"{model.describe()}, is harmonic with it: it may identify against the gallery "
+                f"but not enrol into it (every stored face comes from one model). Enrol with "
+                f"--model {mine.ref or mine.name}, or into a new gallery (--gallery DIR)."
+            )
         raise IncompatibleModelError(
             f"gallery {self.location} was built with {mine.describe()}; the model in use is "
             f"{model.describe()}. Embeddings of different models are not comparable: use "

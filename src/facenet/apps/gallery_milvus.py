@@ -264,7 +264,7 @@ class MilvusGallery(Gallery):
         if not faces:
             raise GalleryError(f"nothing to enrol for {name!r}: no usable face")
         vectors = unit_rows(np.stack([f.embedding for f in faces]), model.embedding_dim)
-        self.check_model(model)
+        self.check_model(model, enrolling=True)
         new, duplicates = self._new_faces(faces, vectors)
         if not new:
             return EnrollResult(0, duplicates)

@@ -270,7 +270,7 @@ class SqliteGallery(Gallery):
         now = time.time()
         with self._transaction() as db:
             # why: checked inside the write lock, so two first enrolments cannot mix models.
-            self.check_model(model)
+            self.check_model(model, enrolling=True)
             new, duplicates = self._new_faces(faces, vectors)
             if not new:
                 return EnrollResult(0, duplicates)

@@ -26,6 +26,9 @@ from facenet.commands._checks import existing_file, non_negative_int, positive_i
 from facenet.data.images import ImageError
 from facenet.utils import dumps_json
 
+# why: exit 1 is an answer here (a face is unknown); a failure the command did not foresee is no answer
+EXIT_NO_ANSWER = 2
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="IMAGE", type=existing_file, help="a photo")

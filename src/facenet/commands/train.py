@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from facenet.commands._checks import output_dir
-from facenet.config import ConfigError, dump_config, load_config
+from facenet.config import Config, ConfigError, dump_config, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _would_overwrite_config(path: str | None, config: Config) -> bool:
+    """Whether the run's ``config.yaml`` is the user's own ``--config`` file (comments, settings
+    left at their defaults), which writing the resolved config would replace. A run's own dump,
+    given back to resume it, may be rewritten."""
+    written = Path(config.output.dir).expanduser() / "config.yaml"
+    if not path or not written.exists() or written.resolve() != Path(path).resolve():
+        return False
+    text = written.read_text(encoding="utf-8", errors="replace")
+    return text != dump_config(load_config(path))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, args.overrides)
@@ -46,6 +57,14 @@ def run(args: argparse.Namespace) -> int:
         output_dir(str(Path(config.output.dir).expanduser()))
     except argparse.ArgumentTypeError as e:
         print(f"facenet train: output.dir: {e}", file=sys.stderr)
+        return 2
+    if _would_overwrite_config(args.config, config):
+        print(
+            f"facenet train: output.dir={config.output.dir} holds the config file given "
+            f"({args.config}), which the run would overwrite with its resolved config; "
+            "choose another output.dir",
+            file=sys.stderr,
+        )
         return 2
     # why: torch loads only once a run starts (`--help` and config errors answer at once)
     from facenet.train.health import TrainingStopped

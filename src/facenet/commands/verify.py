@@ -23,6 +23,9 @@ from facenet.commands._checks import existing_file, non_negative_int
 from facenet.data.images import ImageError
 from facenet.utils import dumps_json
 
+# why: exit 1 is an answer here (different people); a failure the command did not foresee is no answer
+EXIT_NO_ANSWER = 2
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("a", metavar="A", type=existing_file, help="first photo")

@@ -102,7 +102,13 @@ def read_people_list(path: str | os.PathLike) -> list[str]:
     Format: a count line, then ``Name<TAB>num_images`` lines.
     """
     path = Path(path)
-    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a people list file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a people list (not UTF-8 text)") from None
+    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise ValueError(f"{path}: empty people list")
     body = lines[1:] if len(lines[0]) == 1 and lines[0][0].isdigit() else lines

@@ -384,6 +384,12 @@ def load_model(ref: str, map_location: str = "cpu") -> nn.Module:
     """
     if is_file_ref(ref):
         return load_weights_file(ref, map_location)
-    name, _, pretrained = ref.partition(":")
+    name, colon, pretrained = ref.partition(":")
+    if colon and not pretrained.strip():
+        # why: "resnet_cpu:" would otherwise load random weights past check_trained
+        raise ValueError(
+            f"model {ref!r}: no pretrained name after ':' (e.g. 'resnet_cpu:lfw-celeba'; "
+            "`facenet models` lists the architectures)"
+        )
     model = create_model(name, pretrained=pretrained or None)
     return model.to(map_location).eval()

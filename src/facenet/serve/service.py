@@ -323,7 +323,7 @@ async def enrol(svc: Service, names: Sequence[str], uploads: Sequence[Upload]) -
         people.setdefault(name, []).append(record)
 
     def work(g: Gallery) -> list[Enrolled]:
-        g.check_model(svc.fingerprint)
+        g.check_model(svc.fingerprint, enrolling=True)
         out = []
         for name, records in people.items():
             result = g.enroll(name, records, svc.fingerprint, svc.embedder.thresholds)

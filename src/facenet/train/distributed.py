@@ -40,9 +40,21 @@ class DistInfo:
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``"auto"`` -> the local CUDA device if present, else CPU."""
+    from facenet.config import ConfigError
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"device={name!r}: not a device PyTorch knows (auto, cpu, cuda, cuda:1, ...)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={name!r}: this machine has no CUDA device PyTorch can use; "
+            "use device=cpu or device=auto"
+        )
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,19 +16,26 @@ from torch import nn
 from facenet.config import Config, ConfigError
 from facenet.data.augment import center_windows
 from facenet.models import create_model
-from facenet.models.loading import check_state_fits, load_model
+from facenet.models.loading import check_state_fits, check_trained, load_model
 from facenet.models.unfold import unfold_identity_batchnorm
-from facenet.preprocess import preprocess
+from facenet.preprocess import ModelSpec, preprocess
 from facenet.train import distributed as D
 from facenet.train.data import TrainData, stored_size
 
 
-def build_model(config: Config, info: D.DistInfo) -> nn.Module:
+def build_model(
+    config: Config, info: D.DistInfo, resumed_spec: dict[str, Any] | None = None
+) -> nn.Module:
     """The network, initialised from the seed (the only use of the global RNG besides dropout),
-    or from ``model.init``'s weights (fine-tuning)."""
+    or from ``model.init``'s weights (fine-tuning). A resumed run (``resumed_spec``: its
+    checkpoint's spec) takes its weights from the checkpoint later, so ``model.init`` is not
+    read again: only the preprocessing it gave the run."""
     torch.manual_seed(config.seed)
-    model = create_model(config.model.name, **config.model.kwargs)
-    if config.model.init:
+    model = _create(config)
+    if config.model.init and resumed_spec is not None:
+        spec = ModelSpec.from_dict(resumed_spec)
+        model.spec = dataclasses.replace(spec, crop_fraction=model.spec.crop_fraction)
+    elif config.model.init:
         _load_init(model, config.model.init)
     _check_freeze(model, config.model.freeze)
     input_size = tuple(model.spec.input_size)
@@ -41,10 +50,51 @@ def build_model(config: Config, info: D.DistInfo) -> nn.Module:
     return model
 
 
+def _create(config: Config) -> nn.Module:
+    """``create_model(model.name, **model.kwargs)``; ``ConfigError`` naming the setting when the
+    factory refuses its kwargs or the model cannot train on its augmentation settings."""
+    kwargs = config.model.kwargs
+    dim = kwargs.get("embedding_dim", 1)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ConfigError(f"model.kwargs.embedding_dim={dim!r}: must be a positive integer")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = create_model(config.model.name, **kwargs)
+    except KeyError as e:
+        raise ConfigError(f"model.name={config.model.name!r}: {e.args[0]}") from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"model.kwargs={kwargs!r}: {config.model.name} cannot be built with them ({e})"
+        ) from None
+    side = min(model.spec.input_size)
+    augment = config.data.augment
+    if augment.low_res_probability > 0 and augment.low_res_min >= side:
+        raise ConfigError(
+            f"data.augment.low_res_min={augment.low_res_min} must be below the model's input "
+            f"side ({side} px), the size faces are shrunk from"
+        )
+    return model
+
+
+def load_reference(key: str, ref: str) -> nn.Module:
+    """The trained model a setting names (``model.init``, ``distill.teacher``,
+    ``harmonic.model``); ``ConfigError`` naming the setting when ``ref`` is not a model, is an
+    architecture without weights, or its file cannot be read."""
+    try:
+        check_trained(ref)
+        return load_model(ref)
+    except KeyError as e:
+        raise ConfigError(f"{key}={ref}: {e.args[0] if e.args else e}") from None
+    except (OSError, ValueError) as e:  # ModelFileError is a ValueError
+        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror else e
+        raise ConfigError(f"{key}={ref}: {text}") from None
+
+
 def _load_init(model: nn.Module, ref: str) -> None:
     """Start ``model`` from the weights of ``ref`` (same architecture and kwargs), taking its
     preprocessing (normalisation) too; the framing is recorded afresh from the data config."""
-    source = load_model(ref)
+    source = load_reference("model.init", ref)
     check_state_fits(ref, model, source.state_dict())
     model.load_state_dict(source.state_dict())
     model.spec = dataclasses.replace(source.spec, crop_fraction=model.spec.crop_fraction)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from facenet.config import Config, ConfigError
-from facenet.models.loading import load_model
 from facenet.train import distributed as D
 from facenet.train.data import TrainData
+from facenet.train.model_setup import load_reference
 from facenet.train.teacher import (
     TeacherTargets,
     align_targets,
@@ -30,11 +30,21 @@ def build_teacher(
     """``distill.teacher``'s targets: rank 0 computes (or reuses) the cache, the others read it."""
     if not config.distill.teacher:
         return None
+    model = load_reference("distill.teacher", config.distill.teacher)
+    teacher_dim = int(model.spec.embedding_dim)
+    if teacher_dim < student_dim:  # why: before minutes of embedding the training faces
+        raise ConfigError(
+            f"distill.teacher={config.distill.teacher} embeds in {teacher_dim} dimensions, "
+            f"fewer than the student's {student_dim}: distill into a student of the teacher's "
+            "dimension or less"
+        )
     progress = config.output.progress and info.is_main
-    targets = build_targets(config, data, student_dim, progress) if info.is_main else None
+    targets = (
+        build_targets(config, data, student_dim, progress, model=model) if info.is_main else None
+    )
     D.barrier()
     if targets is None:
-        targets = build_targets(config, data, student_dim, False, compute=False)
+        targets = build_targets(config, data, student_dim, False, compute=False, model=model)
     elif progress:
         dims = f"{targets.embeddings.shape[2]}-d"
         if targets.embeddings.shape[2] != student_dim:
@@ -82,7 +92,7 @@ def build_old(
     h = config.harmonic
     if not h.model:
         return None
-    v1 = load_model(h.model)
+    v1 = load_reference("harmonic.model", h.model)
     old_dim = int(v1.spec.embedding_dim)
     if old_dim != dim:  # why: before minutes of embedding the training faces with it
         raise ConfigError(

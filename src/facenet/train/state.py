@@ -216,6 +216,60 @@ def check_resumable(ckpt: dict[str, Any], state: TrainState, path: Path) -> None
         )
 
 
+# why: what may differ when a run is resumed: how long it runs, where and how fast, what it
+# writes and shows, and where caches live. Everything else defines the run (what is learnt, from
+# what, how): a checkpoint continued under other settings would be neither run, while its saved
+# config claimed the new settings for every step.
+RESUME_MAY_CHANGE = (
+    "max_steps",
+    "time_limit_minutes",
+    "device",
+    "threads",
+    "output.",
+    "faults.",
+    "data.cache_dir",
+    "data.decode_threads",
+    "validation.batch_size",
+    "validation.every",
+    "distill.batch_size",
+    "distill.backend",
+    "distill.cache",
+    "harmonic.cache",
+)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not (prefix == "model." and k == "kwargs"):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def check_same_run(ckpt: dict[str, Any], config: Config, path: Path) -> None:
+    """``ValueError`` naming ``path`` and every setting that differs from the checkpoint's
+    config beyond ``RESUME_MAY_CHANGE`` (settings the checkpoint predates are not compared)."""
+    saved = _flat(ckpt.get("config") or {})
+    now = _flat(config_to_dict(config))
+    changed = [
+        k
+        for k in now
+        if k in saved
+        and now[k] != saved[k]
+        and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE)
+    ]
+    if changed:
+        shown = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ValueError(
+            f"{path} was trained with other settings ({shown}{more}); resume it with the run's "
+            f"own ({path.parent / 'config.yaml'}), or start a new output.dir from its weights "
+            f"with model.init={path}"
+        )
+
+
 # ------------------------------------------------------------------------------------ build
 def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
     """A fresh run's state, or (``resume``) the state of ``<output.dir>/last.pt``.
@@ -234,7 +288,11 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         )
     if resume and not last_path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-    model = build_model(config, info)
+    ckpt = None
+    if resume:  # checked before minutes of caching; model.init's file is not needed again
+        ckpt = load_checkpoint(last_path)
+        check_same_run(ckpt, config, last_path)
+    model = build_model(config, info, resumed_spec=ckpt.get("spec") if ckpt else None)
     pairs, data = _build_data(config, tuple(model.spec.input_size), info)
     # why: too few identities for the batch is said now, not after minutes of teacher embeddings
     stream = BatchStream(data.labels, config, info.rank, info.world_size)
@@ -268,8 +326,7 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         old=old,
         autocast=_autocast(config, info.device),
     )
-    if resume:
-        ckpt = load_checkpoint(last_path)
+    if ckpt is not None:
         check_resumable(ckpt, state, last_path)
         state.load_state_dict(ckpt)
     if info.distributed:

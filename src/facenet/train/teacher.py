@@ -281,11 +281,19 @@ def cached_embeddings(
 
 
 def build_targets(
-    config: Config, data: TrainData, student_dim: int, progress: bool, compute: bool = True
+    config: Config,
+    data: TrainData,
+    student_dim: int,
+    progress: bool,
+    compute: bool = True,
+    model: nn.Module | None = None,
 ) -> TeacherTargets:
-    """``distill.teacher``'s targets for ``data`` (see ``cached_embeddings``)."""
+    """``distill.teacher``'s targets for ``data`` (see ``cached_embeddings``; ``model``: the
+    teacher, when the caller already loaded it)."""
     d = config.distill
-    embeddings, meta, path = cached_embeddings(d.teacher, d.cache, config, data, progress, compute)
+    embeddings, meta, path = cached_embeddings(
+        d.teacher, d.cache, config, data, progress, compute, model=model
+    )
     targets, kept = project_targets(embeddings, student_dim)
     return TeacherTargets(embeddings, targets, kept, meta, path)
 
