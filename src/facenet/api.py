@@ -37,7 +37,7 @@ from facenet.apps.results import (
 )
 from facenet.apps.thresholds import DEFAULT_MODEL, OperatingPoint, operating_point
 from facenet.apps.verify import verify_faces
-from facenet.data.images import ImageError, decode_image, load_image
+from facenet.data.images import ImageError, decode_image, from_pil, load_image
 from facenet.fingerprint import array_sha256, file_sha256
 from facenet.models.loading import check_trained
 
@@ -83,7 +83,9 @@ def _as_array(image: ImageInput, index: int) -> tuple[np.ndarray, str]:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return decode_image(bytes(image), name), name
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8), name
+        # why: as a file by path is read: EXIF orientation, 16-bit and alpha modes, and a
+        # truncated image as this input's error, not an exception that stops the batch
+        return from_pil(image, name), name
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ImageError(name, f"arrays must be uint8, got {image.dtype}")
@@ -98,7 +100,9 @@ def _as_array(image: ImageInput, index: int) -> tuple[np.ndarray, str]:
 
 
 def _many(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
-    if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray)):
+    if isinstance(
+        images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
+    ):
         return [images]
     return list(images)
 

@@ -72,6 +72,29 @@ def test_a_bad_input_is_named_and_the_rest_answered(fn, pictures):
     assert json.loads(text)["images"][1]["faces"][0]["crop"] == "none"
 
 
+def test_a_pil_image_is_read_as_its_file_would_be(fn, pictures, tmp_path):
+    """EXIF orientation, 16-bit greyscale and a truncated file behave for an opened PIL image as
+    for its path: the same embedding, or this input's error while the rest is answered."""
+    src = Image.open(pictures[1])
+    rotated = tmp_path / "exif6.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    src.transpose(Image.Transpose.ROTATE_90).save(rotated, exif=exif, quality=100)
+    grey16 = tmp_path / "grey16.png"
+    Image.fromarray(np.asarray(src.convert("L"), np.uint16) * 257).save(grey16)
+    jpeg = tmp_path / "full.jpg"
+    src.resize((480, 480)).save(jpeg, quality=95)  # a scan long enough to cut inside
+    blob = jpeg.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(blob[: len(blob) * 2 // 3])
+    for path in (rotated, grey16):
+        by_path, by_pil = fn.embed([path, Image.open(path)]).images
+        np.testing.assert_array_equal(by_path.faces[0].embedding, by_pil.faces[0].embedding)
+    cut, good = fn.embed([Image.open(tmp_path / "cut.jpg"), memoryview(jpeg.read_bytes())]).images
+    assert cut.faces == () and "truncated" in cut.error and "<input 0>" in cut.error
+    assert good.error is None and len(good.faces) == 1
+    assert len(fn.embed(memoryview(jpeg.read_bytes())).images) == 1
+
+
 def test_one_operating_point_for_verify_identify_and_cluster(fn, pictures, tmp_path):
     verdict = fn.verify(pictures[0], pictures[0])
     assert verdict.same and verdict.distance < 1e-9

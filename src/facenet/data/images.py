@@ -86,16 +86,7 @@ def _decode(source: Path | io.BytesIO, p: str | os.PathLike, max_pixels: int) ->
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageError(
-                        p, f"image too large ({w}x{h} = {w * h:,} pixels > {max_pixels:,})"
-                    )
-                if w == 0 or h == 0:
-                    raise ImageError(p, f"image has no pixels ({w}x{h})")
-                img.load()  # decode now so truncation is detected here
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb_uint8(img)
+                return from_pil(img, p, max_pixels)
     except ImageError:
         raise
     except PermissionError:
@@ -105,9 +96,37 @@ def _decode(source: Path | io.BytesIO, p: str | os.PathLike, max_pixels: int) ->
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(p, f"image too large (decompression-bomb guard: {e})") from None
     except OSError as e:
-        msg = str(e)
-        if "truncated" in msg.lower():
-            raise ImageError(p, f"truncated image ({msg})") from None
-        raise ImageError(p, f"corrupt or unreadable image ({msg})") from None
+        raise ImageError(p, f"corrupt or unreadable image ({e})") from None
     except (ValueError, SyntaxError) as e:
         raise ImageError(p, f"corrupt image ({e})") from None
+
+
+def from_pil(img: Image.Image, name: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """``load_image`` for an opened PIL image (e.g. one a caller of the Python API holds): the
+    same checks, EXIF orientation and mode handling; errors name ``name``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(
+                    name, f"image too large ({w}x{h} = {w * h:,} pixels > {max_pixels:,})"
+                )
+            if w == 0 or h == 0:
+                raise ImageError(name, f"image has no pixels ({w}x{h})")
+            img.load()  # decode now so truncation is detected here
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb_uint8(img)
+    except ImageError:
+        raise
+    except PermissionError:
+        raise ImageError(name, "permission denied") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(name, f"image too large (decompression-bomb guard: {e})") from None
+    except OSError as e:
+        msg = str(e)
+        if "truncated" in msg.lower():
+            raise ImageError(name, f"truncated image ({msg})") from None
+        raise ImageError(name, f"corrupt or unreadable image ({msg})") from None
+    except (ValueError, SyntaxError) as e:
+        raise ImageError(name, f"corrupt image ({e})") from None
