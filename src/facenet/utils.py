@@ -59,6 +59,19 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
 
 
+def open_npz(path: str | os.PathLike) -> Any:
+    """``np.load(path, allow_pickle=False)`` of a NumPy ``.npz`` archive (use it in ``with``);
+    ``ValueError`` naming ``path`` for any other file, instead of NumPy's advice to load it
+    with pickling allowed."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip's first local header, or empty zip
+        raise ValueError(f"{path}: not a NumPy .npz archive")
+    return np.load(path, allow_pickle=False)
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with every NaN or infinite float replaced by None (JSON ``null``), recursively;
     NumPy scalars and arrays become Python numbers and lists.

@@ -273,6 +273,46 @@ def test_cluster_from_an_embeddings_file(orl_dir, tmp_path, args, capsys):
     assert main(["cluster", "--out", str(out)]) == 1
 
 
+def test_cluster_says_when_photos_were_skipped_and_min_size_one_keeps_every_face(
+    orl_dir, tmp_path, args, capsys
+):
+    photos = tmp_path / "photos"
+    shutil.copytree(orl_dir / "s1", photos / "s1")
+    (photos / "s1" / "broken.pgm").write_bytes(b"P5 not really")
+    out = tmp_path / "out"
+    argv = ["cluster", str(photos), "--out", str(out), "--link", "none", "--no-html", *args]
+    assert main([*argv, "--min-cluster-size", "1"]) == 1  # as embed: some input unusable
+    assert "broken.pgm" in capsys.readouterr().err
+    with open(out / "clusters.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 10 and all(int(r["cluster"]) >= 0 for r in rows)
+    assert not (out / "unclustered").exists()
+
+
+def test_cluster_refuses_embeddings_that_are_not_unit_vectors_or_not_npz(tmp_path, capsys):
+    import numpy as np
+
+    from facenet.apps.embedding_table import EmbeddingTable, save_embeddings
+
+    n = 4
+    table = EmbeddingTable(
+        np.array([f"p{i}.jpg" for i in range(n)]),
+        np.zeros(n, np.int64),
+        np.zeros((n, 4), np.float32),
+        np.ones(n, np.float32),
+        np.zeros((n, 8), np.float32),
+        {},
+    )
+    zero = save_embeddings(tmp_path / "zero.npz", table)
+    assert main(["cluster", "--embeddings", str(zero), "--out", str(tmp_path / "o")]) == 1
+    assert "not unit vectors" in capsys.readouterr().err
+    fake = tmp_path / "fake.npz"
+    fake.write_text("seed: 0\n")
+    assert main(["cluster", "--embeddings", str(fake), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "not a NumPy .npz archive" in err and "pickle" not in err
+
+
 @pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ("pymilvus", "milvus_lite")),
     reason="a Milvus gallery needs the 'milvus' extra (pymilvus, milvus-lite)",

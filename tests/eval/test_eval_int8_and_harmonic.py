@@ -151,6 +151,33 @@ def test_gallery_model_scores_left_images_with_it_and_right_ones_with_the_probe(
     assert "64 dimensions" in capsys.readouterr().err
 
 
+def test_gallery_model_refusals_come_before_any_embedding(setup, old_and_new, capsys, monkeypatch):
+    """Found by the audit: a dimension clash was said after the gallery side was embedded,
+    --quantize-network quantised only the probe while the report said int8, and an empty
+    --gallery-model was silently ignored."""
+    from facenet.eval import protocol
+
+    root, pairs, _, tmp = setup
+    gallery, probe = old_and_new
+
+    def never(*args, **kwargs):
+        raise AssertionError("embedded before refusing")
+
+    monkeypatch.setattr(protocol, "embed_pairs", never)
+    base = ["eval", "--model", probe, "--data", root, "--pairs", pairs, "--no-cache", "--quiet"]
+    torch.manual_seed(1)
+    wide = save_weights(
+        create_model("tiny", input_size=32, width=8, embedding_dim=64), tmp / "wide.safetensors"
+    )
+    assert main([str(a) for a in [*base, "--gallery-model", wide]]) == 2
+    assert "64 dimensions" in capsys.readouterr().err
+    both = [*base, "--gallery-model", gallery, "--backend", "onnxruntime"]
+    assert main([str(a) for a in [*both, "--quantize-network", "int8"]]) == 2
+    assert "--quantize-network" in capsys.readouterr().err
+    assert main([str(a) for a in [*base, "--gallery-model", ""]]) == 2
+    assert "--gallery-model" in capsys.readouterr().err
+
+
 def _script(name: str):
     import importlib.util
     from pathlib import Path

@@ -64,3 +64,48 @@ def test_embedder_margin_follows_the_model_framing():
     assert abs(model_margin_fraction(model.spec) - 0.1) < 1e-9
     assert abs(Embedder(model, detector=None, crop="none").margin_fraction - 0.1) < 1e-9
     assert Embedder(model, detector=None, crop="none", margin_fraction=0.3).margin_fraction == 0.3
+
+
+def _rewritten(tmp_path, name: str, edit) -> str:
+    """A tiny model's weights file whose metadata (and tensors) ``edit(info, state)`` changed."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = create_model("tiny", embedding_dim=64)
+    card_of(model).set_thresholds({"accuracy": 1.1})
+    path = save_weights(model, tmp_path / "good.safetensors")
+    info, state = read_metadata(path), load_file(str(path))
+    edit(info, state)
+    out = tmp_path / f"{name}.safetensors"
+    save_file(state, str(out), metadata={"facenet": json.dumps(info)})
+    return str(out)
+
+
+@pytest.mark.parametrize(
+    "name, edit, says",
+    [
+        ("nan", lambda i, s: i["thresholds"].update(accuracy=float("nan")), "thresholds"),
+        ("negative", lambda i, s: i["thresholds"].update(accuracy=-1.0), "thresholds"),
+        ("huge", lambda i, s: i["thresholds"].update(accuracy=1e9), "thresholds"),
+        ("std0", lambda i, s: i["spec"].update(std=[0, 0, 0]), "std"),
+        ("size0", lambda i, s: i["spec"].update(input_size=[0, 0]), "input_size"),
+        ("size_huge", lambda i, s: i["spec"].update(input_size=[20000, 20000]), "input_size"),
+        ("crop", lambda i, s: i["spec"].update(crop_fraction=-3), "crop_fraction"),
+        ("dim", lambda i, s: i["spec"].update(embedding_dim=32), "64-d"),
+        (
+            "ints",
+            lambda i, s: s.update({k: v.to(torch.int32) for k, v in s.items() if "weight" in k}),
+            "another kind of number",
+        ),
+    ],
+)
+def test_a_weights_file_with_impossible_values_is_refused_naming_them(tmp_path, name, edit, says):
+    """Found by the audit: such files gave NaN distances, 'no face found' or hung (20000 px)."""
+    from facenet.models.loading import ModelFileError
+
+    path = _rewritten(tmp_path, name, edit)
+    with pytest.raises(ModelFileError, match=f"{name}.safetensors") as e:
+        load_model(path)
+    assert says in str(e.value)

@@ -155,3 +155,22 @@ def test_numbers_in_exponent_notation_are_numbers(tmp_path):
     assert loaded.optimiser.eps == 1e-7
     with pytest.raises(ConfigError, match="optimiser.lr"):
         load_config(str(config), ["optimiser.lr=fast"])
+
+
+def test_a_teacher_cache_that_cannot_be_a_file_is_refused_before_the_teacher_embeds(
+    tmp_path, capsys, monkeypatch
+):
+    torch.manual_seed(0)
+    teacher = save_weights(create_model("tiny", input_size=32, width=8), tmp_path / "t.safetensors")
+    from facenet.train import teacher as teacher_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("the teacher embedded the training faces first")
+
+    monkeypatch.setattr(teacher_module, "compute_embeddings", never)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for cache, says in ((tmp_path / "folder", "is a folder"), (tmp_path / "afile/c.npz", "afile")):
+        argv = smoke_args(tmp_path / "run", f"distill.teacher={teacher}", f"distill.cache={cache}")
+        assert main(argv) == 2
+        _one_line(capsys, str(cache), says)

@@ -28,14 +28,14 @@ class ClusterOutput:
     csv: str
     html: str | None
     n_faces: int
-    n_clusters: int  # clusters with 2+ faces
-    n_singletons: int  # faces alone (or HDBSCAN noise)
+    n_clusters: int  # clusters of at least min_cluster_size faces
+    n_singletons: int  # faces left unclustered (smaller clusters, HDBSCAN noise)
 
 
-def cluster_folder_name(label: int, size: int) -> str:
+def cluster_folder_name(label: int, size: int, min_size: int = 2) -> str:
     # why: -1 is any face left out of the clusters (smaller than the minimum size, or HDBSCAN's
-    # noise); one folder for those and for faces alone in their cluster
-    return f"cluster_{label:04d}" if label >= 0 and size > 1 else "unclustered"
+    # noise); one folder for those and for clusters under ``min_size`` faces (1: every face)
+    return f"cluster_{label:04d}" if label >= 0 and size >= min_size else "unclustered"
 
 
 MANIFEST = ".facenet-cluster.json"  # the files a run wrote; a rerun replaces exactly those
@@ -53,6 +53,7 @@ def write_clusters(
     max_faces_per_cluster: int = 60,
     title: str = "facenet clusters",
     overwrite: bool = False,
+    min_cluster_size: int = 2,
 ) -> ClusterOutput:
     """Write a clustering of faces: a folder per cluster with links to the source photos,
     ``clusters.csv`` (photo, face index, box, cluster) and ``index.html``, a contact sheet of the
@@ -70,6 +71,7 @@ def write_clusters(
         crops: optional (N,) uint8 face crops for the contact sheet (re-cut from the photos
             when None).
         overwrite: replace files in the way that an earlier run did not write.
+        min_cluster_size: clusters with fewer faces go to ``unclustered`` (1: none do).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -79,7 +81,8 @@ def write_clusters(
     sizes = {
         int(lab): int(c) for lab, c in zip(*np.unique(labels, return_counts=True), strict=True)
     }
-    folder = [cluster_folder_name(int(lab), sizes[int(lab)]) for lab in labels]
+    least = max(1, min_cluster_size)
+    folder = [cluster_folder_name(int(lab), sizes[int(lab)], least) for lab in labels]
     # the plan: every file this run writes, relative to ``out``
     links = _photo_links(paths, folder) if link != "none" else []
     groups = _groups(labels, folder)
@@ -113,8 +116,8 @@ def write_clusters(
                 out, paths, boxes, groups, thumbs, crops, max_faces_per_cluster, title, len(labels)
             )
         )
-    n_clusters = sum(1 for lab, c in sizes.items() if lab >= 0 and c > 1)
-    n_single = sum(c for lab, c in sizes.items() if lab < 0 or c == 1)
+    n_clusters = sum(1 for lab, c in sizes.items() if lab >= 0 and c >= least)
+    n_single = sum(c for lab, c in sizes.items() if lab < 0 or c < least)
     return ClusterOutput(str(out), str(csv_path), html_path, len(labels), n_clusters, n_single)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from facenet.apps.embedder import Face
-from facenet.utils import atomic_write, first_line
+from facenet.utils import atomic_write, first_line, open_npz
 
 EMBEDDING_FILE_FORMATS = (".npz", ".parquet")
 SHARD_GLOB = "part-[0-9][0-9][0-9][0-9][0-9]*.*"  # the shards of a folder output
@@ -40,7 +40,7 @@ def read_shard_meta(path: Path) -> dict[str, Any]:
             import pyarrow.parquet as pq  # why: optional (the [parquet] extra)
 
             return json.loads((pq.read_schema(path).metadata or {}).get(b"facenet", b"{}"))
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             return json.loads(str(z["meta"]))
     except ImportError:
         raise ValueError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
@@ -118,6 +118,11 @@ def save_embeddings(path: str | os.PathLike, table: EmbeddingTable) -> Path:
     return path
 
 
+# why: float32 unit vectors written by save_embeddings have lengths within ~1e-6 of 1 (int8
+# codes decoded back stay within ~1e-2); a zero or arbitrary vector is far outside
+UNIT_TOLERANCE = 0.02
+
+
 def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
     """Read a file written by ``save_embeddings``.
 
@@ -147,7 +152,7 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
                 meta,
             )
         else:
-            with np.load(path, allow_pickle=False) as z:
+            with open_npz(path) as z:
                 table = EmbeddingTable(
                     z["path"],
                     z["face_index"],
@@ -173,6 +178,17 @@ def load_embeddings(path: str | os.PathLike) -> EmbeddingTable:
         raise ValueError(f"{path}: columns do not line up (a damaged embeddings file)")
     if not np.isfinite(emb).all():
         raise ValueError(f"{path}: holds embeddings that are NaN or infinite")
+    norms = np.linalg.norm(emb.astype(np.float64), axis=1)
+    off = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
+    if len(off):  # why: every distance and threshold assumes unit vectors
+        raise ValueError(
+            f"{path}: {len(off)} of {n} embeddings are not unit vectors (row {off[0]}: length "
+            f"{norms[off[0]]:.4g})"
+        )
+    model = table.meta.get("model")
+    dim = model.get("embedding_dim") if isinstance(model, dict) else None
+    if isinstance(dim, int) and n and emb.shape[1] != dim:
+        raise ValueError(f"{path}: {emb.shape[1]}-d embeddings, but its model makes {dim}-d")
     return table
 
 

@@ -73,6 +73,13 @@ positive_float = float_in(0.0, math.inf, low_open=True)
 non_negative_float = float_in(0.0, math.inf)
 
 
+def non_empty(text: str) -> str:
+    """A value that must say something (an empty one would silently mean "off")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty")
+    return text
+
+
 def existing_file(text: str) -> Path:
     """A path to an existing file (not a folder)."""
     path = Path(text)

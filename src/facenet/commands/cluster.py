@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     faces = _faces_to_cluster(args)
     if isinstance(faces, int):
         return faces
-    table, thresholds = faces
+    table, thresholds, unreadable = faces
     if len(table) == 0:
         return error("no faces found to cluster")
     threshold, source = args.threshold, ""
@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             link=args.link,
             html=not args.no_html,
             overwrite=args.overwrite,
+            min_cluster_size=args.min_cluster_size,
         )
     except (OSError, ValueError) as e:
         return error(e)
@@ -134,12 +135,15 @@ def run(args: argparse.Namespace) -> int:
         + f"); {out.csv}"
         + (f"; {out.html}" if out.html else "")
     )
-    return 0
+    return 1 if unreadable else 0  # why: as embed: some input could not be used
 
 
-def _faces_to_cluster(args: argparse.Namespace) -> tuple[EmbeddingTable, dict[str, float]] | int:
+def _faces_to_cluster(
+    args: argparse.Namespace,
+) -> tuple[EmbeddingTable, dict[str, float], int] | int:
     """The faces of ``--embeddings`` or of PHOTOS (embedded now), with the calibrated thresholds
-    that go with them; or the exit code after a one-line error."""
+    that go with them and the count of photos that could not be used; or the exit code after a
+    one-line error."""
     if args.embeddings:
         if args.photos:
             return error("give either PHOTOS or --embeddings, not both")
@@ -148,9 +152,9 @@ def _faces_to_cluster(args: argparse.Namespace) -> tuple[EmbeddingTable, dict[st
         except (OSError, ValueError) as e:
             return error(e)
         if args.threshold is not None or args.method == "hdbscan":
-            return table, {}
+            return table, {}, 0
         try:
-            return table, _recorded_thresholds(table.meta, str(args.embeddings))
+            return table, _recorded_thresholds(table.meta, str(args.embeddings)), 0
         except ValueError as e:
             return error(f"{e}; or pass --threshold T")
     if not args.photos:
@@ -167,7 +171,7 @@ def _faces_to_cluster(args: argparse.Namespace) -> tuple[EmbeddingTable, dict[st
     embedded = embed_photos(embedder, photo_paths, progress=args.progress)
     if isinstance(embedded, int):
         return embedded
-    return embedded.table, embedder.thresholds
+    return embedded.table, embedder.thresholds, embedded.unreadable
 
 
 def _recorded_thresholds(meta: dict, where: str) -> dict[str, float]:

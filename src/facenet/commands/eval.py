@@ -20,6 +20,7 @@ from facenet.commands._checks import (
     existing_dir,
     existing_file,
     float_in,
+    non_empty,
     output_dir,
     output_file,
     positive_int,
@@ -111,6 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gallery-model",
         default=None,
+        type=non_empty,
         help="harmonic embeddings: embed each pair's left image with this model (a gallery "
         "enrolled with it) and its right image with --model (the probe), and score the "
         "mixed pairs",

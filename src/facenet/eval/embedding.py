@@ -38,6 +38,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -60,7 +61,7 @@ from facenet.models.inference import (
     inference_network,
 )
 from facenet.preprocess import FRAMING_VERSION, center_window, frame
-from facenet.utils import atomic_write
+from facenet.utils import atomic_write, open_npz
 
 Align = Literal["center", "box", "similarity"]
 DEFAULT_CENTER_FRACTION = 0.6  # why: 150 of 250 px keeps the deep-funneled face + a thin margin
@@ -238,12 +239,19 @@ class TorchEmbedder:
     def _calibration_crops(self) -> list[np.ndarray]:
         """The calibration images through this embedder's crop step; one that cannot be read
         or aligned is left out, as ``embed_paths`` leaves it out."""
-        crops = []
+        crops, left_out = [], []
         for p in self.calibration:
             try:
                 crops.append(self.crop(load_image(p)))
-            except (ImageError, ValueError, RuntimeError):
-                continue
+            except (ImageError, ValueError, RuntimeError) as e:
+                left_out.append(f"{p}: {e}" if not isinstance(e, ImageError) else str(e))
+        if left_out:
+            what = f"{len(left_out)} of {len(self.calibration)} int8 calibration images"
+            if not crops:
+                raise ValueError(f"{what} could not be read or aligned (first: {left_out[0]})")
+            warnings.warn(
+                f"{what} left out, unreadable or unaligned (first: {left_out[0]})", stacklevel=2
+            )
         return crops
 
     def crop(self, image: np.ndarray) -> np.ndarray:
@@ -315,7 +323,7 @@ def _load_cache(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         return {}
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             return dict(zip(z["keys"].tolist(), z["embeddings"], strict=True))
     except (OSError, ValueError, KeyError):  # a corrupt cache is recomputed, never trusted
         return {}

@@ -311,6 +311,8 @@ def _mixed_pairs(
     images by ``probe`` (the evaluated model), each in its own framing."""
     alone = {"--sweep": settings.sweeps, "--identification": settings.identification}
     alone |= {"--quantize": settings.quantize, "a peer": is_peer(settings.model)}
+    # why: only the probe's network would be quantised, while the report said int8 for both
+    alone["--quantize-network"] = settings.quantize_network
     clash = [k for k, v in alone.items() if v]
     if clash or is_peer(settings.gallery_model or ""):
         raise ValueError(
@@ -318,6 +320,12 @@ def _mixed_pairs(
             + ", ".join(clash or ["a peer gallery model"])
         )
     gallery = load_model(settings.gallery_model)
+    dims = int(gallery.spec.embedding_dim), int(getattr(probe, "spec", gallery.spec).embedding_dim)
+    if dims[0] != dims[1]:  # why: said now, not after embedding every gallery image
+        raise ValueError(
+            f"--gallery-model {settings.gallery_model} embeds in {dims[0]} dimensions, --model "
+            f"{settings.model} in {dims[1]}: their embeddings cannot be compared"
+        )
     gallery_kw = _aligner_kw(alignment, gallery)
     embedder = _torch_embedder(gallery, alignment, fraction, gallery_kw, settings.backend)
     return evaluate_mixed_pairs(

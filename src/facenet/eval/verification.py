@@ -199,7 +199,13 @@ def make_folds(n: int, folds: np.ndarray | int = DEFAULT_FOLDS, seed: int = 0) -
     if isinstance(folds, (int, np.integer)):
         k = int(folds)
         if not 2 <= k <= n:
-            raise ValueError(f"need 2 <= folds <= number of pairs ({n}), got {k}")
+            raise ValueError(
+                f"only {n} pairs to evaluate, and {k}-fold evaluation needs at least {k} "
+                "(and folds >= 2): use a pairs file with more pairs, or check that its images "
+                "are there and readable"
+                if n < k
+                else f"need 2 <= folds <= number of pairs ({n}), got {k}"
+            )
         ids = np.empty(n, dtype=np.int64)
         for f, idx in enumerate(np.array_split(np.random.default_rng(seed).permutation(n), k)):
             ids[idx] = f

@@ -14,6 +14,7 @@ never run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -227,13 +228,20 @@ def check_state_fits(path: str | os.PathLike, model: nn.Module, state: Any, name
         for k in set(mine) & set(state)
         if not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != tuple(mine[k].shape)
     )
-    if missing or unexpected or misshapen:
+    # why: integer tensors where the model has float weights would be cast silently
+    mistyped = sorted(
+        k
+        for k in set(mine) & set(state) - set(misshapen)
+        if state[k].is_floating_point() != mine[k].is_floating_point()
+    )
+    if missing or unexpected or misshapen or mistyped:
         parts = [
             f"{len(v)} {what} (first: {v[0]})"
             for what, v in (
                 ("missing", missing),
                 ("unexpected", unexpected),
                 ("of another shape", misshapen),
+                ("of another kind of number", mistyped),
             )
             if v
         ]
@@ -300,15 +308,22 @@ def describe(model: nn.Module, path: Path, info: dict[str, Any]) -> nn.Module:
     (thresholds, provenance, int8 code, harmonic compatibility and mixed-pair thresholds);
     errors name ``path``."""
     if "spec" in info:
+        built = int(model.spec.embedding_dim)
         try:
-            model.spec = ModelSpec.from_dict(info["spec"])
+            model.spec = check_spec(ModelSpec.from_dict(info["spec"]))
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(f"{path}: unreadable model spec ({e})") from None
+        if model.spec.embedding_dim != built:
+            raise ModelFileError(
+                f"{path}: its spec says {model.spec.embedding_dim}-d embeddings, its network "
+                f"makes {built}-d"
+            )
     thresholds = info.get("thresholds") or {}
     try:
         card_of(model).set_thresholds(thresholds)
-    except (TypeError, ValueError):
-        raise ModelFileError(f"{path}: unreadable thresholds {thresholds!r}") from None
+        _check_thresholds(card_of(model).thresholds, "thresholds")
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: unreadable thresholds {thresholds!r} ({e})") from None
     card = card_of(model)
     card.provenance = {k: info[k] for k in PROVENANCE_KEYS if k in info}
     card.int8 = _int8_codec(path, info.get("int8"))
@@ -317,13 +332,46 @@ def describe(model: nn.Module, path: Path, info: dict[str, Any]) -> nn.Module:
     return model
 
 
+# why: the largest input side a model file may ask for (every face is resized to it)
+MAX_INPUT_SIDE = 2048
+
+
+def check_spec(spec: ModelSpec) -> ModelSpec:
+    """``spec`` unchanged, or ``ValueError`` saying which field cannot preprocess a face."""
+    sides = spec.input_size
+    if len(sides) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= MAX_INPUT_SIDE for v in sides
+    ):
+        raise ValueError(f"input_size {list(sides)} is not two sides of 8..{MAX_INPUT_SIDE} px")
+    if not isinstance(spec.embedding_dim, int) or spec.embedding_dim < 1:
+        raise ValueError(f"embedding_dim {spec.embedding_dim!r} is not a positive integer")
+    numbers = [*spec.mean, *spec.std, spec.crop_fraction]
+    if len(spec.mean) != 3 or len(spec.std) != 3 or not all(math.isfinite(v) for v in numbers):
+        raise ValueError(f"mean {list(spec.mean)} / std {list(spec.std)} are not 3 finite numbers")
+    if min(spec.std) <= 0:
+        raise ValueError(f"std {list(spec.std)} must be positive")
+    if not 0 < spec.crop_fraction <= 4:
+        raise ValueError(f"crop_fraction {spec.crop_fraction} is not in (0, 4]")
+    return spec
+
+
+def _check_thresholds(thresholds: dict[str, float], what: str) -> None:
+    """``ValueError`` unless every threshold is a squared L2 distance of unit vectors, [0, 4]."""
+    bad = {k: v for k, v in thresholds.items() if not (math.isfinite(v) and 0 <= v <= 4)}
+    if bad:
+        raise ValueError(f"{what} {bad} are not squared distances in [0, 4]")
+
+
 def _mixed_thresholds(path: Path, recorded: Any) -> dict[str, dict[str, float]]:
     """The recorded thresholds against other models' galleries, checked."""
     try:
-        return {
+        out = {
             str(h): {str(k): float(v) for k, v in dict(t).items()}
             for h, t in dict(recorded or {}).items()
         }
+        for h, t in out.items():
+            _check_thresholds(t, f"mixed_thresholds[{h[:12]}]")
+        return out
     except (TypeError, ValueError):
         raise ModelFileError(f"{path}: unreadable mixed_thresholds {recorded!r}") from None
 

@@ -40,7 +40,7 @@ from facenet.models.loading import load_model
 from facenet.preprocess import FRAMING_VERSION
 from facenet.train.data import TrainData, build_validation
 from facenet.train.validate import PairSet, embed_images
-from facenet.utils import atomic_write
+from facenet.utils import atomic_write, open_npz
 
 CACHE_VERSION = 1
 _SAVE_EVERY = 2048  # faces between two saves of an unfinished cache
@@ -117,6 +117,18 @@ def _describe(meta: dict[str, Any]) -> str:
     )
 
 
+def _check_cache_path(path: Path) -> None:
+    """``ValueError`` when the cache cannot be a file at ``path`` (a folder there, or a file
+    where a folder of its path should be)."""
+    if path.is_dir():
+        raise ValueError(f"{path}: the embedding cache is a folder; name a file (.npz)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{path}: {parent} is a file, not a folder")
+            break
+
+
 def read_cache(path: Path, expected: dict[str, Any]) -> tuple[np.ndarray, int]:
     """(embeddings (N, 2, D), faces done) of the cache at ``path``, made as ``expected`` says.
 
@@ -125,7 +137,7 @@ def read_cache(path: Path, expected: dict[str, Any]) -> tuple[np.ndarray, int]:
         ValueError: the file is not a teacher cache.
     """
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_npz(path) as z:
             meta = json.loads(str(z["meta"]))
             embeddings = np.asarray(z["embeddings"], dtype=np.float32)
             done = int(z["done"])
@@ -265,6 +277,7 @@ def cached_embeddings(
     side = teacher_side(model)
     meta = teacher_meta(ref, model, faces_key(data, side))
     path = Path(cache).expanduser() if cache else default_cache_path(config, meta)
+    _check_cache_path(path)  # why: before minutes of embedding, not at the write
     if compute:
         path.parent.mkdir(parents=True, exist_ok=True)
         faces = teacher_faces(data, side, config, progress)
