@@ -127,6 +127,27 @@ def test_opening_a_missing_gallery_without_create_is_a_clear_error(tmp_path):
         Gallery(tmp_path / "bad")
 
 
+def test_someone_elses_database_or_a_newer_schema_is_never_written(tmp_path):
+    """Found by the audit: an unrelated SQLite file got the gallery's tables written into it,
+    and a schema from a newer version was opened and written to."""
+    import sqlite3
+
+    (tmp_path / "theirs").mkdir()
+    theirs = tmp_path / "theirs" / "gallery.sqlite"
+    with sqlite3.connect(theirs) as db:
+        db.execute("CREATE TABLE foo (x INTEGER)")
+    before = theirs.read_bytes()
+    with pytest.raises(GalleryError, match="not a facenet gallery .tables: foo"):
+        Gallery(tmp_path / "theirs")
+    assert theirs.read_bytes() == before
+    with Gallery(tmp_path / "newer"):
+        pass
+    with sqlite3.connect(tmp_path / "newer" / "gallery.sqlite") as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(GalleryError, match="newer facenet .gallery schema 99"):
+        Gallery(tmp_path / "newer")
+
+
 # --------------------------------------------------------------------------- a bound index
 
 

@@ -306,3 +306,11 @@ def test_an_empty_pretrained_name_is_not_random_weights(cli, world):
         "verify", world / "photo.jpg", world / "photo2.jpg", "--model", "tiny:", "--crop", "none"
     )
     assert code == 2 and "no pretrained name after ':'" in err
+
+
+@pytest.mark.parametrize(
+    "command", [["gallery", "list"], ["serve"], ["gallery", "enroll", "ann", "x.jpg"]]
+)
+def test_an_empty_gallery_location_is_refused_not_the_default(cli, command):
+    code, _, err = cli(*command, "--gallery", "")
+    assert code == 2 and "--gallery" in err and "is empty" in err

@@ -161,6 +161,7 @@ class SqliteGallery(Gallery):
             # why: FULL makes every commit durable before it returns; a crash never tears a write.
             self._db.execute("PRAGMA synchronous = FULL")
             with self._transaction():
+                self._check_ours(db_path)
                 for stmt in _SCHEMA.strip().split(";"):
                     if stmt.strip():
                         self._db.execute(stmt)
@@ -174,12 +175,46 @@ class SqliteGallery(Gallery):
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('gallery_id', ?)", (uuid.uuid4().hex,)
                 )
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e):
+                raise GalleryError(
+                    f"{db_path}: locked by another process for over 30 s (a long write, or a "
+                    "program holding it open); try again when it is done"
+                ) from None
+            raise GalleryError(f"{db_path}: not a readable gallery database ({e})") from None
         except sqlite3.DatabaseError as e:
             raise GalleryError(f"{db_path}: not a readable gallery database ({e})") from None
         if index is not None or nlist is not None or nprobe is not None:
             self.set_index(index, nlist, nprobe)
         self._index: Any = None
         self._index_header: dict[str, Any] | None = None
+
+    def _check_ours(self, db_path: Path) -> None:
+        """``GalleryError`` when the database file holds someone else's tables (never write a
+        gallery into it) or a newer schema than this version reads."""
+        tables = {
+            row[0]
+            for row in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+        if tables and "meta" not in tables:
+            raise GalleryError(
+                f"{db_path}: an SQLite database that is not a facenet gallery (tables: "
+                f"{', '.join(sorted(tables)[:5])}); give the gallery a folder of its own"
+            )
+        if "meta" in tables:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = row[0] if row else None
+            if version is None or not str(version).isdigit():
+                raise GalleryError(
+                    f"{db_path}: not a facenet gallery database (no schema version in its meta)"
+                )
+            if int(version) > SCHEMA_VERSION:
+                raise GalleryError(
+                    f"{db_path}: made by a newer facenet (gallery schema {version}; this version "
+                    f"reads {SCHEMA_VERSION}): upgrade facenet to open it"
+                )
 
     # ------------------------------------------------------------------ plumbing
 

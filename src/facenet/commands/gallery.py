@@ -23,6 +23,7 @@ from facenet.commands._apps import (
     load_embedder,
     model_for_gallery,
 )
+from facenet.commands._checks import non_empty
 from facenet.utils import dumps_json
 
 
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--gallery",
             default=None,
+            type=non_empty,
             help="gallery folder (default: $FACENET_GALLERY or ./facenet-gallery)",
         )
 

@@ -22,7 +22,7 @@ from facenet.commands._apps import (
     load_embedder,
     model_for_gallery,
 )
-from facenet.commands._checks import existing_file, non_negative_int, positive_int
+from facenet.commands._checks import existing_file, non_empty, non_negative_int, positive_int
 from facenet.data.images import ImageError
 from facenet.utils import dumps_json
 
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gallery",
         default=None,
+        type=non_empty,
         help="gallery folder (default: $FACENET_GALLERY or ./facenet-gallery)",
     )
     which = parser.add_mutually_exclusive_group()

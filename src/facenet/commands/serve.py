@@ -13,7 +13,7 @@ import sys
 
 from facenet.apps.gallery import GalleryError
 from facenet.commands._apps import add_model_arguments, error, gallery_dir, load_embedder
-from facenet.commands._checks import non_negative_float, positive_float, positive_int
+from facenet.commands._checks import non_empty, non_negative_float, positive_float, positive_int
 from facenet.serve.keys import KeyStoreError, keys_path
 from facenet.serve.settings import LOOPBACK, ServeSettings
 
@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gallery",
         default=None,
+        type=non_empty,
         help="gallery folder (default: $FACENET_GALLERY or ./facenet-gallery)",
     )
     net = parser.add_argument_group("network and access")
