@@ -66,9 +66,23 @@ def load(
         crop: ``box``, ``similarity`` or ``none`` (see ``facenet.apps.embedder.Embedder``).
 
     Raises:
-        ValueError: an architecture without weights and ``allow_untrained`` is False.
+        TypeError: ``model`` is not text or a path.
+        ValueError: an architecture without weights and ``allow_untrained`` is False, a
+            ``batch_size`` below 1, or a detector name that does not exist.
         ModelFileError / KeyError: the model cannot be loaded (the message names it).
     """
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(
+            f"model must be a weights file, NAME:PRETRAINED or a name, got {type(model).__name__}"
+        )
+    model = os.fspath(model)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if detector is not None:
+        from facenet.detect import list_detectors
+
+        if detector not in list_detectors():
+            raise ValueError(f"unknown detector {detector!r}; available: {list_detectors()}")
     check_trained(model, allow_untrained)
     return FaceNet(
         Embedder.from_ref(model, detector=detector, crop=crop, batch_size=batch_size, device=device)
@@ -175,6 +189,8 @@ class FaceNet:
         operating_point: str | None = None,
     ) -> IdentifyResult:
         """Who is the main face (or ``face``, or every face) of ``image``, in ``gallery``?"""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
         array, name = _as_array(image, 0)
         with _gallery(gallery, create=False) as g:
             return identify_image(

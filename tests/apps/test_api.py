@@ -159,3 +159,24 @@ def test_untrained_weights_are_refused_unless_allowed(capsys, pictures):
     code = main(["verify", a, a, "--model", "tiny", "--crop", "none", "--threshold", "1",
                  "--allow-untrained"])  # fmt: skip
     assert code == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, says",
+    [
+        ({"model": 123}, TypeError, "got int"),
+        ({"model": None}, TypeError, "got NoneType"),
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"detector": "bogus"}, ValueError, "unknown detector 'bogus'"),
+    ],
+)
+def test_load_says_what_is_wrong_with_its_arguments_at_once(weights, kwargs, error, says):
+    with pytest.raises(error, match=says):
+        facenet.load(**{"model": weights, "crop": "none", "detector": None, **kwargs})
+
+
+@pytest.mark.parametrize("k", [0, -1, "3", True])
+def test_identify_refuses_a_k_that_is_not_a_positive_integer(fn, pictures, tmp_path, k):
+    fn.enroll(tmp_path / "g", "ann", [pictures[0]])
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        fn.identify(pictures[1], tmp_path / "g", k=k)

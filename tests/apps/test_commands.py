@@ -47,7 +47,9 @@ def test_embed_reports_a_corrupt_file_and_continues(orl_dir, tmp_path, args, cap
     assert "broken.jpg" in capsys.readouterr().err
     assert len(load_embeddings(out)) == 1
     assert main(["embed", str(tmp_path / "missing"), "--out", str(out), *args]) == 1
-    assert main(["embed", str(orl_dir / "s1"), "--out", str(tmp_path / "e.txt"), *args]) == 1
+    assert (
+        main(["embed", str(orl_dir / "s1"), "--out", str(tmp_path / "e.txt"), *args]) == 2
+    )  # a bad --out: usage
 
 
 def test_verify_same_and_different(orl_dir, args, capsys):
@@ -270,7 +272,9 @@ def test_cluster_from_an_embeddings_file(orl_dir, tmp_path, args, capsys):
     )
     assert "20 faces" in capsys.readouterr().out
     assert (out / "clusters.csv").is_file() and not (out / "index.html").exists()
-    assert main(["cluster", "--out", str(out)]) == 1
+    assert (
+        main(["cluster", "--out", str(out)]) == 2
+    )  # a usage error: neither PHOTOS nor --embeddings
 
 
 def test_cluster_says_when_photos_were_skipped_and_min_size_one_keeps_every_face(

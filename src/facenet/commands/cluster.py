@@ -146,7 +146,7 @@ def _faces_to_cluster(
     one-line error."""
     if args.embeddings:
         if args.photos:
-            return error("give either PHOTOS or --embeddings, not both")
+            return error("give either PHOTOS or --embeddings, not both", 2)
         try:
             table = load_embeddings(args.embeddings)
         except (OSError, ValueError) as e:
@@ -158,7 +158,7 @@ def _faces_to_cluster(
         except ValueError as e:
             return error(f"{e}; or pass --threshold T")
     if not args.photos:
-        return error("give PHOTOS (files or folders) or --embeddings FILE")
+        return error("give PHOTOS (files or folders) or --embeddings FILE", 2)
     try:
         photo_paths = expand_paths(args.photos)
     except OSError as e:

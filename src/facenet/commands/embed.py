@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if not folder and not args.out.lower().endswith(EMBEDDING_FILE_FORMATS):
         return error(
             f"--out {args.out}: must end in {' or '.join(EMBEDDING_FILE_FORMATS)}, or be a "
-            "folder (end it in /)"
+            "folder (end it in /)",
+            2,
         )
     if args.engine == "ray" and not folder:
         return error("--engine ray writes a folder of shards: give --out DIR/", 2)

@@ -23,7 +23,7 @@ from facenet.commands._apps import (
     load_embedder,
     model_for_gallery,
 )
-from facenet.commands._checks import non_empty
+from facenet.commands._checks import non_empty, non_negative_int
 from facenet.utils import dumps_json
 
 
@@ -38,7 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     remove.add_argument("name", metavar="NAME", nargs="?")
     remove.add_argument(
-        "--image", type=int, metavar="ID", help="delete this one photo (ids: gallery list NAME)"
+        "--image",
+        type=non_negative_int,
+        metavar="ID",
+        help="delete this one photo (ids: gallery list NAME)",
     )
     lst = sub.add_parser("list", help="enrolled people with photo counts, or one person's photos")
     lst.add_argument("name", metavar="NAME", nargs="?", help="list this person's photos, with ids")
