@@ -47,7 +47,6 @@ def safe_torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:
             is not a readable torch checkpoint (corrupt, truncated, another format).
     """
     import pickle
-    import zipfile
 
     path = Path(path)
     if not path.is_file():
@@ -72,7 +71,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: str = "cpu") -> Any:
             f"{path}: not a readable torch checkpoint (corrupt or another format)"
         ) from None
     except OSError as e:
-        if isinstance(e, zipfile.BadZipFile) or not e.strerror:
+        if not e.strerror:
             raise ModelFileError(f"{path}: {_UNREADABLE}") from None
         raise ModelFileError(f"{path}: cannot read it ({e.strerror})") from None
     except Exception as e:  # noqa: BLE001 -- the unpickler raises anything on arbitrary bytes
