@@ -41,7 +41,10 @@ def _would_overwrite_config(path: str | None, config: Config) -> bool:
     if not path or not written.exists() or written.resolve() != Path(path).resolve():
         return False
     text = written.read_text(encoding="utf-8", errors="replace")
-    return text != dump_config(load_config(path))
+    try:
+        return text != dump_config(load_config(path))
+    except ConfigError:  # valid only with the overrides: not a run's own dump
+        return True
 
 
 def run(args: argparse.Namespace) -> int:
