@@ -269,7 +269,7 @@ def _parity(cell: dict) -> str:
     diff = cell.get("max_abs_diff")
     if diff is None:
         return "-"
-    return f"{diff:.1e}" + (" WRONG" if diff > PARITY_TOLERANCE else "")
+    return f"{diff:.1e}" + ("" if diff <= PARITY_TOLERANCE else " WRONG")  # NaN is WRONG
 
 
 def _cpu_name() -> str:

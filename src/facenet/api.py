@@ -16,9 +16,10 @@ the JSON the CLI's ``--json`` and the HTTP service return).
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 from collections.abc import Iterator, Sequence
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image
@@ -76,9 +77,8 @@ def load(
             f"model must be a weights file, NAME:PRETRAINED or a name, got {type(model).__name__}"
         )
     model = os.fspath(model)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if detector is not None:
+    batch_size = _positive_int("batch_size", batch_size)
+    if isinstance(detector, str):  # a detector object is the caller's own
         from facenet.detect import list_detectors
 
         if detector not in list_detectors():
@@ -87,6 +87,19 @@ def load(
     return FaceNet(
         Embedder.from_ref(model, detector=detector, crop=crop, batch_size=batch_size, device=device)
     )
+
+
+def _positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1 (numpy integers too); ``ValueError`` naming ``name``."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
 
 
 def _as_array(image: ImageInput, index: int) -> tuple[np.ndarray, str]:
@@ -189,8 +202,7 @@ class FaceNet:
         operating_point: str | None = None,
     ) -> IdentifyResult:
         """Who is the main face (or ``face``, or every face) of ``image``, in ``gallery``?"""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = _positive_int("k", k)
         array, name = _as_array(image, 0)
         with _gallery(gallery, create=False) as g:
             return identify_image(

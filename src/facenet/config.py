@@ -297,9 +297,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, str):
             # why: YAML 1.1 (PyYAML) reads 3e-5 (no dot) as a string, as does an override
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                pass
+                number = math.nan
+            if math.isfinite(number):
+                return number
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -441,6 +443,9 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "optimiser.lr": (0, math.inf, False, True),
     "optimiser.weight_decay": (0, math.inf, True, True),
     "optimiser.eps": (0, math.inf, False, True),
+    "optimiser.momentum": (0, 1, True, False),
+    "optimiser.initial_accumulator_value": (0, math.inf, True, True),
+    "faults.collapse_spread": (0, 2, True, True),  # the spread of unit vectors is at most ~1.4
     "optimiser.grad_clip": (0, math.inf, True, True),
     "optimiser.ema_decay": (0, 1, True, False),  # 0 = off; 1 would never move
     "schedule.warmup_steps": (0, math.inf, True, True),
@@ -509,6 +514,9 @@ def check_config(config: Config, world_size: int = 1) -> Config:
     """
     check_ranges(config)
     check_pairs(config)
+    betas = config.optimiser.betas
+    if not all(math.isfinite(b) and 0 <= b < 1 for b in betas):
+        raise ConfigError(f"optimiser.betas={list(betas)} is out of range: each must be in [0, 1)")
     mining = config.mining
     if mining.strategy != "offline":
         return config

@@ -175,6 +175,13 @@ def test_load_says_what_is_wrong_with_its_arguments_at_once(weights, kwargs, err
         facenet.load(**{"model": weights, "crop": "none", "detector": None, **kwargs})
 
 
+def test_numpy_integers_are_integers(fn, pictures, tmp_path):
+    import numpy as np
+
+    fn.enroll(tmp_path / "g", "ann", [pictures[0]])
+    assert fn.identify(pictures[0], tmp_path / "g", k=np.int64(2)).faces
+
+
 @pytest.mark.parametrize("k", [0, -1, "3", True])
 def test_identify_refuses_a_k_that_is_not_a_positive_integer(fn, pictures, tmp_path, k):
     fn.enroll(tmp_path / "g", "ann", [pictures[0]])

@@ -122,6 +122,21 @@ def test_the_location_picks_the_backend(tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_MILVUS, reason="needs the 'milvus' extra")
+def test_someone_elses_milvus_collection_is_never_adopted(tmp_path):
+    from pymilvus import MilvusClient
+
+    uri = str(tmp_path / "theirs.db")
+    client = MilvusClient(uri=uri)
+    client.create_collection("faces", dimension=4)  # theirs: no gallery meta beside it
+    client.close()
+    with pytest.raises(GalleryError, match="'faces' exists but is not a facenet gallery"):
+        Gallery(f"milvus-lite://{uri}")
+    client = MilvusClient(uri=uri)
+    assert client.list_collections() == ["faces"]  # nothing created beside it
+    client.close()
+
+
+@pytest.mark.skipif(not HAVE_MILVUS, reason="needs the 'milvus' extra")
 def test_an_unreachable_milvus_is_one_clear_error(tmp_path):
     """Port 1 on this machine: nothing listens, so the client is refused; within the client's
     timeout (CONNECT_TIMEOUT_S), never a hang."""

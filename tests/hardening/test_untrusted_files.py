@@ -196,6 +196,11 @@ def test_export_from_a_runs_pt_says_what_its_safetensors_carries(cli, world, tmp
     code, _, err = cli("export", str(run / "best.pt"), str(tmp_path / "out.safetensors"))
     assert code == 0
     assert "warning" in err and "int8" in err and "best.safetensors" in err
+    # ... and never replaces the file it recommends
+    before = (run / "best.safetensors").read_bytes()
+    code, _, err = cli("export", str(run / "best.pt"), str(run / "best.safetensors"))
+    assert_one_line_error(code, err, "best.safetensors")
+    assert (run / "best.safetensors").read_bytes() == before
     code, _, err = cli("export", str(run / "best.safetensors"), str(tmp_path / "o2.safetensors"))
     assert code == 0 and "warning" not in err
     assert card_of(load_model(str(tmp_path / "o2.safetensors"))).int8

@@ -109,3 +109,15 @@ def test_a_weights_file_with_impossible_values_is_refused_naming_them(tmp_path, 
     with pytest.raises(ModelFileError, match=f"{name}.safetensors") as e:
         load_model(path)
     assert says in str(e.value)
+
+
+def test_calibrations_accept_none_threshold_still_loads(tmp_path):
+    """calibrate_thresholds returns nextafter(0, -inf) when no distance can be accepted (the
+    smallest impostor distance is 0); a run's own file holding it must load."""
+    import math
+
+    path = _rewritten(
+        tmp_path, "acceptnone", lambda i, s: i["thresholds"].update({"far_1e-3": -5e-324})
+    )
+    assert card_of(load_model(path)).thresholds["far_1e-3"] == -5e-324
+    assert math.copysign(1, -5e-324) < 0

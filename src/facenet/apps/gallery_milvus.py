@@ -166,6 +166,14 @@ class MilvusGallery(Gallery):
             if not create:
                 self._client.close()
                 raise GalleryError(self._missing())
+            if self._client.has_collection(self.collection):
+                # why: someone else's collection of this name (no gallery meta beside it) is
+                # never adopted and written into
+                self._client.close()
+                raise GalleryError(
+                    f"{self.location}: collection {self.collection!r} exists but is not a facenet "
+                    f"gallery (no {self._meta_name!r} beside it); name another collection"
+                )
             self._create_meta()
         # why: a collection is searchable only when loaded; after a restart (or a crash) it is not
         for name in (self._meta_name, self.collection):

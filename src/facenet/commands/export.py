@@ -49,6 +49,12 @@ def _refuse_output(source: str, out: Path) -> str | None:
         return None
     if Path(source).exists() and Path(source).resolve() == out.resolve():
         return f"{out}: is the model being exported; give another output file"
+    sibling = Path(source).with_suffix(".safetensors")
+    if out.resolve() == sibling.resolve() and _end_of_run_note(source):
+        return (
+            f"{out}: is the weights file the run wrote, with what it measured at the end "
+            f"(int8 scales, harmonic fields) that {source} lacks; give another output file"
+        )
     if out.suffix.lower() == ".pt":
         try:
             held = safe_torch_load(out)

@@ -33,12 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _would_overwrite_config(path: str | None, config: Config) -> bool:
+def _would_overwrite_config(path: str | None, config: Config, resume: bool) -> bool:
     """Whether the run's ``config.yaml`` is the user's own ``--config`` file (comments, settings
-    left at their defaults), which writing the resolved config would replace. A run's own dump,
-    given back to resume it, may be rewritten."""
+    left at their defaults), which writing the resolved config would replace. A run's own dump
+    may be rewritten: given back to resume the run (its ``last.pt`` is there), or unchanged."""
     written = Path(config.output.dir).expanduser() / "config.yaml"
     if not path or not written.exists() or written.resolve() != Path(path).resolve():
+        return False
+    if resume and written.with_name("last.pt").exists():
         return False
     text = written.read_text(encoding="utf-8", errors="replace")
     try:
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as e:
         print(f"facenet train: output.dir: {e}", file=sys.stderr)
         return 2
-    if _would_overwrite_config(args.config, config):
+    if _would_overwrite_config(args.config, config, args.resume):
         print(
             f"facenet train: output.dir={config.output.dir} holds the config file given "
             f"({args.config}), which the run would overwrite with its resolved config; "

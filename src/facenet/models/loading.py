@@ -349,14 +349,20 @@ def check_spec(spec: ModelSpec) -> ModelSpec:
         raise ValueError(f"mean {list(spec.mean)} / std {list(spec.std)} are not 3 finite numbers")
     if min(spec.std) <= 0:
         raise ValueError(f"std {list(spec.std)} must be positive")
+    if spec.channels not in ("rgb", "grey") or spec.normalization not in ("fixed", "per_image"):
+        raise ValueError(
+            f"channels {spec.channels!r} / normalization {spec.normalization!r}: expected "
+            "rgb|grey and fixed|per_image"
+        )
     if not 0 < spec.crop_fraction <= 4:
         raise ValueError(f"crop_fraction {spec.crop_fraction} is not in (0, 4]")
     return spec
 
 
 def _check_thresholds(thresholds: dict[str, float], what: str) -> None:
-    """``ValueError`` unless every threshold is a squared L2 distance of unit vectors, [0, 4]."""
-    bad = {k: v for k, v in thresholds.items() if not (math.isfinite(v) and 0 <= v <= 4)}
+    """``ValueError`` unless every threshold is a squared L2 distance of unit vectors, [0, 4]
+    (a hair below 0 is calibration's "accept none", ``nextafter(0, -inf)``)."""
+    bad = {k: v for k, v in thresholds.items() if not (math.isfinite(v) and -1e-6 <= v <= 4 + 1e-6)}
     if bad:
         raise ValueError(f"{what} {bad} are not squared distances in [0, 4]")
 

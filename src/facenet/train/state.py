@@ -217,10 +217,18 @@ def check_resumable(ckpt: dict[str, Any], state: TrainState, path: Path) -> None
 
 
 # why: what may differ when a run is resumed: how long it runs, where and how fast, what it
-# writes and shows, and where caches live. Everything else defines the run (what is learnt, from
+# writes and shows, and where its files live. Everything else defines the run (what is learnt, from
 # what, how): a checkpoint continued under other settings would be neither run, while its saved
 # config claimed the new settings for every step.
 RESUME_MAY_CHANGE = (
+    # where the data and the start weights live (a run moved to another disk or machine; the
+    # sampler still checks the identities, model.init is not read again on resume)
+    "data.roots",
+    "data.lfw_dir",
+    "validation.root",
+    "validation.pairs",
+    "model.init",
+    "model.channels_last",  # a memory layout, same values
     "max_steps",
     "time_limit_minutes",
     "device",
