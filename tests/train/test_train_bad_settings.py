@@ -187,3 +187,9 @@ def test_a_teacher_cache_that_cannot_be_a_file_is_refused_before_the_teacher_emb
 
 def test_adam_betas_need_no_order():
     assert load_config(SMOKE, ["optimiser.betas=[0.95,0.9]"]).optimiser.betas == (0.95, 0.9)
+
+
+def test_offline_mining_with_too_few_identities_names_the_subset_settings(tmp_path, capsys):
+    argv = smoke_args(tmp_path / "run", "mining.strategy=offline")  # default subset: 200 people
+    assert main(argv) == 2
+    _one_line(capsys, "mining.subset_identities=200")

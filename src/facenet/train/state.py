@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
-from facenet.config import LAST_COMMIT_WITH_REMOVED, Config, config_to_dict
+from facenet.config import LAST_COMMIT_WITH_REMOVED, Config, ConfigError, config_to_dict
 from facenet.models.card import card_of
 from facenet.models.loading import check_state_fits
 from facenet.train import distributed as D
@@ -386,17 +386,23 @@ def _build_miner(config: Config, data: TrainData) -> OfflineTripletMiner | None:
     m = config.mining
     if m.strategy != "offline":
         return None
-    return OfflineTripletMiner(
-        data.labels,
-        rule=m.rule,
-        margin=m.margin,
-        refresh_every=m.refresh_every,
-        identities_per_subset=m.subset_identities,
-        images_per_identity=m.subset_images_per_identity,
-        triplets_per_batch=m.triplets_per_batch,
-        seed=config.seed,
-        embed_batch_size=config.validation.batch_size,
-    )
+    try:
+        return OfflineTripletMiner(
+            data.labels,
+            rule=m.rule,
+            margin=m.margin,
+            refresh_every=m.refresh_every,
+            identities_per_subset=m.subset_identities,
+            images_per_identity=m.subset_images_per_identity,
+            triplets_per_batch=m.triplets_per_batch,
+            seed=config.seed,
+            embed_batch_size=config.validation.batch_size,
+        )
+    except ValueError as e:  # why: the sampler's words are about "batches"; name the settings
+        raise ConfigError(
+            f"mining.subset_identities={m.subset_identities} / mining.subset_images_per_identity="
+            f"{m.subset_images_per_identity}: {e}"
+        ) from None
 
 
 def _autocast(config: Config, device: torch.device) -> Autocast:
