@@ -314,3 +314,9 @@ def test_an_empty_pretrained_name_is_not_random_weights(cli, world):
 def test_an_empty_gallery_location_is_refused_not_the_default(cli, command):
     code, _, err = cli(*command, "--gallery", "")
     assert code == 2 and "--gallery" in err and "is empty" in err
+
+
+def test_a_device_that_cannot_run_is_named_as_the_device(cli, world):
+    args = ["verify", world / "photo.jpg", world / "photo2.jpg", "--crop", "none"]
+    code, _, err = cli(*args, "--model", world / "model.safetensors", "--device", "bogus")
+    assert code == 2 and "--device 'bogus'" in err and "cannot load model" not in err
