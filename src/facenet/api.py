@@ -78,11 +78,6 @@ def load(
         )
     model = os.fspath(model)
     batch_size = _positive_int("batch_size", batch_size)
-    if isinstance(detector, str):  # a detector object is the caller's own
-        from facenet.detect import list_detectors
-
-        if detector not in list_detectors():
-            raise ValueError(f"unknown detector {detector!r}; available: {list_detectors()}")
     check_trained(model, allow_untrained)
     return FaceNet(
         Embedder.from_ref(model, detector=detector, crop=crop, batch_size=batch_size, device=device)

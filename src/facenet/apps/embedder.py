@@ -36,7 +36,7 @@ from facenet.apps.thresholds import DEFAULT_MODEL
 from facenet.data.images import ImageError, is_image_file, load_image
 from facenet.data.transforms import resize
 from facenet.detect.align import choose_subject, crop_box, crop_similarity, detect_resized
-from facenet.detect.base import Detection, create_detector
+from facenet.detect.base import Detection, create_detector, list_detectors
 from facenet.fingerprint import ModelFingerprint, weights_sha256
 from facenet.models.card import card_of
 from facenet.models.inference import Backend, embed_faces, inference_network
@@ -177,6 +177,9 @@ class Embedder:
         self.max_side = max_side
         self.card = card_of(model)
         self.ref = ref or self.card.version or self.card.name
+        if isinstance(detector, str) and detector not in list_detectors():
+            # why: said now, not at the first photo (the detector itself is built lazily)
+            raise ValueError(f"unknown detector {detector!r}; available: {list_detectors()}")
         self._detector_arg = detector if crop != "none" else None
         self._detector: Any = None
         self._fingerprint: ModelFingerprint | None = None
