@@ -292,3 +292,13 @@ def test_removing_one_image_leaves_the_rest_and_the_index_follows(tmp_path):
         g.remove_image(images[1].id)  # already gone
     with pytest.raises(UnknownIdentityError):
         g.images("person004")
+
+
+def test_a_damaged_embedding_row_is_named(tmp_path):
+    rng = np.random.default_rng(0)
+    populate(tmp_path / "g", rng, people=3)[0].close()
+    with sqlite3.connect(tmp_path / "g" / "gallery.sqlite") as db:
+        row = db.execute("SELECT MIN(id) FROM embeddings").fetchone()[0]
+        db.execute("UPDATE embeddings SET vector = ? WHERE id = ?", (b"\x00" * 5, row))
+    with Gallery(tmp_path / "g") as g, pytest.raises(GalleryError, match=f"row {row} is damaged"):
+        g.search(unit(rng, 1), 1, model=MODEL)

@@ -481,6 +481,13 @@ class SqliteGallery(Gallery):
             while rows := cursor.fetchmany(10_000):
                 end = done + len(rows)
                 ids[done:end] = [r[0] for r in rows]
+                bad = next((r[0] for r in rows if len(r[1] or b"") != 4 * dim), None)
+                if bad is not None:  # why: numpy's "buffer size" text names neither
+                    raise GalleryError(
+                        f"{self.directory / DB_NAME}: embedding row {bad} is damaged (not "
+                        f"{dim} float32 values); remove its photo (facenet gallery list) or "
+                        "re-enrol into a new gallery"
+                    )
                 vectors[done:end] = np.frombuffer(
                     b"".join(r[1] for r in rows), dtype="<f4"
                 ).reshape(-1, dim)
