@@ -272,9 +272,11 @@ def test_cluster_from_an_embeddings_file(orl_dir, tmp_path, args, capsys):
     )
     assert "20 faces" in capsys.readouterr().out
     assert (out / "clusters.csv").is_file() and not (out / "index.html").exists()
-    assert (
-        main(["cluster", "--out", str(out)]) == 2
-    )  # a usage error: neither PHOTOS nor --embeddings
+    # usage errors: neither PHOTOS nor --embeddings; --model with a file that records its model
+    assert main(["cluster", "--out", str(out)]) == 2
+    with_model = ["cluster", "--embeddings", str(emb), "--out", str(out), "--model", "x:y"]
+    assert main(with_model) == 2
+    assert "--model is for PHOTOS" in capsys.readouterr().err
 
 
 def test_cluster_says_when_photos_were_skipped_and_min_size_one_keeps_every_face(

@@ -20,15 +20,22 @@ DEFAULT_GALLERY = "facenet-gallery"
 
 
 def add_model_arguments(
-    parser: argparse.ArgumentParser, model_default: str | None = DEFAULT_MODEL
+    parser: argparse.ArgumentParser,
+    model_default: str | None = DEFAULT_MODEL,
+    default_text: str | None = None,
 ) -> None:
-    """``--model``, ``--detector``, ``--crop``, ``--batch-size``, ``--device``, ``--backend``."""
+    """``--model``, ``--detector``, ``--crop``, ``--batch-size``, ``--device``, ``--backend``
+    (``default_text``: what the help says ``--model`` defaults to, when not ``model_default``)."""
     g = parser.add_argument_group("model")
+    shown = (
+        default_text
+        or model_default
+        or ("the model the gallery was built with, else " + DEFAULT_MODEL)
+    )
     g.add_argument(
         "--model",
         default=model_default,
-        help="weights file (.safetensors/.pt), NAME:PRETRAINED or NAME "
-        f"(default: {model_default or 'the model the gallery was built with, else ' + DEFAULT_MODEL})",
+        help=f"weights file (.safetensors/.pt), NAME:PRETRAINED or NAME (default: {shown})",
     )
     g.add_argument("--detector", default="mtcnn", help="face detector (default: mtcnn)")
     g.add_argument(

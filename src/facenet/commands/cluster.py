@@ -15,7 +15,7 @@ from facenet.apps.cluster import (
 from facenet.apps.cluster_folder import write_clusters
 from facenet.apps.embedder import expand_paths
 from facenet.apps.embedding_table import EmbeddingTable, load_embeddings
-from facenet.apps.thresholds import DEFAULT_OPERATING_POINT, operating_point
+from facenet.apps.thresholds import DEFAULT_MODEL, DEFAULT_OPERATING_POINT, operating_point
 from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import (
     existing_dir,
@@ -88,7 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-html", action="store_true", help="skip the contact sheet")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
-    add_model_arguments(parser)
+    # why: no default value, so that --model given with --embeddings (which records its model)
+    # is seen and refused instead of silently ignored
+    add_model_arguments(parser, None, f"{DEFAULT_MODEL}, for PHOTOS")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,6 +149,10 @@ def _faces_to_cluster(
     if args.embeddings:
         if args.photos:
             return error("give either PHOTOS or --embeddings, not both", 2)
+        if args.model:
+            return error(
+                "--model is for PHOTOS; an --embeddings file was made by the model it records", 2
+            )
         try:
             table = load_embeddings(args.embeddings)
         except (OSError, ValueError) as e:
