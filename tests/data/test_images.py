@@ -126,3 +126,18 @@ def test_atomic_write_replaces_whole_file_with_umask_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_pipe_is_not_an_empty_image(tmp_path):
+    import os
+
+    import pytest
+
+    from facenet.data.images import ImageError, load_image
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this system")
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(fifo)

@@ -121,3 +121,13 @@ def test_calibrations_accept_none_threshold_still_loads(tmp_path):
     )
     assert card_of(load_model(path)).thresholds["far_1e-3"] == -5e-324
     assert math.copysign(1, -5e-324) < 0
+
+
+def test_a_path_is_named_as_typed_and_a_device_is_not_a_missing_file(tmp_path, monkeypatch):
+    from facenet.models.loading import ModelFileError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"^\./resnet_cpu: no such weights file"):
+        load_model("./resnet_cpu")
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        load_model("/dev/null")

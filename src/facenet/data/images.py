@@ -68,6 +68,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
         raise ImageError(p, f"cannot stat file ({e.strerror or e})") from None
     if p.is_dir():
         raise ImageError(p, "is a directory, not an image")
+    if not p.is_file():  # why: a FIFO or device reports size 0 and may block a read
+        raise ImageError(p, "not a regular file (a device, pipe or socket)")
     if size == 0:
         raise ImageError(p, "empty file (0 bytes)")
     return _decode(p, p, max_pixels)

@@ -189,11 +189,14 @@ def training_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_weights_file(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     """Rebuild a model from a ``.safetensors`` weights file or a ``.pt`` training checkpoint."""
+    shown = os.fspath(path)  # as typed: Path drops a leading ./
     path = Path(path)
     if path.is_dir():
-        raise ModelFileError(f"{path}: is a folder, not a weights file")
+        raise ModelFileError(f"{shown}: is a folder, not a weights file")
+    if path.exists() and not path.is_file():
+        raise ModelFileError(f"{shown}: not a regular file (a device, pipe or socket)")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
+        raise FileNotFoundError(f"{shown}: no such weights file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
