@@ -122,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while torch imports: no traceback either
         print("\nfacenet: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if command in available:  # flags a command lets stand anywhere go last (no values)
+        anywhere = getattr(sys.modules.get(available[command][0]), "FLAGS_ANYWHERE", ())
+        argv = [a for a in argv if a not in anywhere] + [a for a in argv if a in anywhere]
     if as_program:
         freeze_imported_objects()
     if not argv:

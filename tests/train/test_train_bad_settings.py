@@ -193,3 +193,11 @@ def test_offline_mining_with_too_few_identities_names_the_subset_settings(tmp_pa
     argv = smoke_args(tmp_path / "run", "mining.strategy=offline")  # default subset: 200 people
     assert main(argv) == 2
     _one_line(capsys, "mining.subset_identities=200")
+
+
+def test_overrides_may_follow_resume(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    args = smoke_args(run)
+    assert main([*args[:3], "--resume", *args[3:], "max_steps=12"]) == 0
+    assert load_checkpoint(run / "last.pt")["step"] == 12

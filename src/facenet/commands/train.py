@@ -16,6 +16,10 @@ from pathlib import Path
 from facenet.commands._checks import output_dir
 from facenet.config import Config, ConfigError, dump_config, load_config
 
+# why: flags without a value that may stand anywhere, before or among the KEY=VALUE overrides
+# (argparse ends a list of positionals at the first flag); the CLI moves them to the end
+FLAGS_ANYWHERE = ("--resume", "--print-config")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (see configs/); defaults when omitted")
