@@ -201,3 +201,10 @@ def test_overrides_may_follow_resume(finished_run, tmp_path):
     args = smoke_args(run)
     assert main([*args[:3], "--resume", *args[3:], "max_steps=12"]) == 0
     assert load_checkpoint(run / "last.pt")["step"] == 12
+
+
+def test_a_run_cannot_resume_backwards(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert main([*smoke_args(run, "max_steps=4"), "--resume"]) == 2
+    _one_line(capsys, "last.pt", "step 8", "max_steps=4")

@@ -259,6 +259,12 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_same_run(ckpt: dict[str, Any], config: Config, path: Path) -> None:
     """``ValueError`` naming ``path`` and every setting that differs from the checkpoint's
     config beyond ``RESUME_MAY_CHANGE`` (settings the checkpoint predates are not compared)."""
+    step = int(ckpt.get("step", 0))
+    if config.max_steps < step:
+        raise ValueError(
+            f"{path} is at step {step}, past max_steps={config.max_steps}: a run cannot go back; "
+            "raise max_steps to continue it"
+        )
     saved = _flat(ckpt.get("config") or {})
     now = _flat(config_to_dict(config))
     changed = [
