@@ -226,12 +226,20 @@ def test_cli_rebuild_with_an_index_choice(tmp_path, capsys):
     assert main([*argv]) == 0  # no flags: rebuilt with the stored choice
     assert "index ivf_sq8" in capsys.readouterr().out
     assert main([*argv, "--index", "auto"]) == 0
-    assert "index flat, chosen by auto" in capsys.readouterr().out
+    assert "index flat (chosen by the gallery's size)" in capsys.readouterr().out
     for bad in (["--index", "annoy"], ["--nlist", "0"], ["--nprobe", "x"]):
         assert main([*argv, *bad]) == 2
     capsys.readouterr()
     with Gallery(d, create=False) as g:
         assert g.index_spec == IndexSpec("auto")
+
+
+def test_cli_rebuild_says_why_a_small_gallery_is_searched_exactly(tmp_path, capsys):
+    d = tmp_path / "g"
+    make_gallery(d, 100)[0].close()
+    argv = ["gallery", "rebuild", "--gallery", str(d), "--index", "sq8"]
+    assert main(argv) == 0  # sq8 is trained on the vectors: 200 are too few
+    assert "index flat until it holds 1,000 faces: sq8 is trained" in capsys.readouterr().out
 
 
 def test_cli_rebuild_index_flags_are_refused_for_milvus(tmp_path, capsys):

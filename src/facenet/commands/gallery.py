@@ -15,7 +15,7 @@ from facenet.apps.gallery import (
     enroll_files,
 )
 from facenet.apps.gallery import printable as shown
-from facenet.apps.gallery_index import INDEX_KINDS
+from facenet.apps.gallery_index import INDEX_KINDS, IVF_MIN_TRAIN
 from facenet.commands._apps import (
     add_model_arguments,
     error,
@@ -124,8 +124,13 @@ def run(args: argparse.Namespace) -> int:
                         if "nlist" in built
                         else ""
                     )
-                    if spec.kind != built["kind"]:
-                        kind += f", chosen by {spec.kind}"
+                    if spec.kind == "auto":
+                        kind += " (chosen by the gallery's size)"
+                    elif spec.kind != built["kind"]:
+                        kind += (
+                            f" until it holds {IVF_MIN_TRAIN:,} faces: {spec.kind} is trained on "
+                            "the gallery's vectors, and fewer are searched exactly"
+                        )
                 print(f"rebuilt the index of {directory} ({len(gallery)} faces{kind})")
                 return 0
             if args.name is not None:
