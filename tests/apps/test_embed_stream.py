@@ -98,9 +98,10 @@ def test_a_rerun_after_a_crash_resumes_and_equals_an_uninterrupted_run(tmp_path)
 
 def test_a_folder_of_another_run_is_refused(tmp_path):
     embed_to_shards(fake_results, PHOTOS[:3], tmp_path / "out", META, DIM, 5, "npz", False)
-    other = {**META, "model": {"name": "other"}}
-    with pytest.raises(ValueError, match="part-00000.npz: made with model="):
+    other = {**META, "model": {"name": "other", "ref": "o.safetensors", "weights_hash": "b" * 64}}
+    with pytest.raises(ValueError, match="part-00000.npz: made with model ") as e:
         embed_to_shards(fake_results, PHOTOS, tmp_path / "out", other, DIM, 5, "npz", False)
+    assert "o.safetensors (weights bbbbbbbbbbbb)" in str(e.value) and "b" * 13 not in str(e.value)
     with pytest.raises(ValueError, match="subject_only"):
         embed_to_shards(fake_results, PHOTOS, tmp_path / "out", {**META, "subject_only": True},
                         DIM, 5, "npz", False)  # fmt: skip

@@ -55,6 +55,14 @@ class StreamReport:
         return self.photos - self.already_done - self.unreadable - self.faceless
 
 
+def _shown(value: Any) -> str:
+    """A shard setting for a message: a model as its reference and short weights hash."""
+    if isinstance(value, dict) and "weights_hash" in value:
+        name = value.get("ref") or value.get("name") or "a model"
+        return f"{name} (weights {str(value['weights_hash'])[:12]})"
+    return repr(value)
+
+
 def done_photos(out_dir: Path, meta: dict[str, Any]) -> tuple[set[str], int]:
     """The photos the shards in ``out_dir`` cover, and the next free shard number.
 
@@ -69,9 +77,9 @@ def done_photos(out_dir: Path, meta: dict[str, Any]) -> tuple[set[str], int]:
         for key in SAME_RUN_KEYS:
             if theirs.get(key) != meta.get(key):
                 raise ValueError(
-                    f"{shard}: made with {key}={theirs.get(key)!r}, this run has "
-                    f"{meta.get(key)!r}; use another --out folder (shards of different runs "
-                    "are never mixed)"
+                    f"{shard}: made with {key} {_shown(theirs.get(key))}, this run has "
+                    f"{_shown(meta.get(key))}; use another --out folder (shards of different "
+                    "runs are never mixed)"
                 )
         covered.update(theirs.get("photos", []))
         last = max(last, int(shard.stem.split("-")[-1]))
