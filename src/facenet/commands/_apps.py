@@ -11,6 +11,7 @@ from typing import Any
 from facenet.apps.embedder import CROP_MODES, Embedder
 from facenet.apps.photos import EmbeddedPhotos, embed_table
 from facenet.apps.thresholds import DEFAULT_MODEL, DEFAULT_OPERATING_POINT
+from facenet.commands import _errors
 from facenet.commands._checks import positive_int, rate, squared_distance
 from facenet.commands._errors import describe_error, fail
 from facenet.models.inference import BACKENDS
@@ -165,5 +166,5 @@ def embed_photos(
             f"{embedded.faceless} without a face; first: {problems[0]})"
         )
     for problem in problems:
-        print(f"facenet: skipped {problem}", file=sys.stderr)
+        print(f"{_errors.PROG}: skipped {problem}", file=sys.stderr)
     return embedded

@@ -13,6 +13,7 @@ from facenet.apps.embed_ray import RayEngine
 from facenet.apps.embed_stream import DEFAULT_SHARD_PHOTOS, embed_to_shards
 from facenet.apps.embedder import Embedder, expand_paths
 from facenet.apps.embedding_table import EMBEDDING_FILE_FORMATS, save_embeddings
+from facenet.commands import _errors
 from facenet.commands._apps import add_model_arguments, embed_photos, error, load_embedder
 from facenet.commands._checks import output_dir, output_file, positive_int
 
@@ -156,7 +157,7 @@ def _to_folder(args: argparse.Namespace, embedder: Embedder, paths: list, meta: 
     except (OSError, ValueError) as e:
         return error(e)
     for problem in report.problems:
-        print(f"facenet: skipped {problem}", file=sys.stderr)
+        print(f"{_errors.PROG}: skipped {problem}", file=sys.stderr)
     print(
         f"{report.faces} faces from {report.with_faces} of {len(paths)} photos -> {args.out} "
         f"({len(report.shards)} new shard(s); {report.already_done} photo(s) already done, "

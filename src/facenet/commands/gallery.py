@@ -16,6 +16,7 @@ from facenet.apps.gallery import (
 )
 from facenet.apps.gallery import printable as shown
 from facenet.apps.gallery_index import INDEX_KINDS, IVF_MIN_TRAIN
+from facenet.commands import _errors
 from facenet.commands._apps import (
     add_model_arguments,
     error,
@@ -98,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
                     return embedder
                 report = enroll_files(gallery, embedder, args.name, paths)
                 for _, reason in report.skipped:
-                    print(f"facenet: skipped {reason}", file=sys.stderr)
+                    print(f"{_errors.PROG}: skipped {reason}", file=sys.stderr)
                 for d in report.duplicates:
                     print(
-                        f"facenet: already enrolled: {d.path} (as {shown(d.identity)!r}, "
+                        f"{_errors.PROG}: already enrolled: {d.path} (as {shown(d.identity)!r}, "
                         f"from {d.enrolled_path}); not stored again",
                         file=sys.stderr,
                     )
