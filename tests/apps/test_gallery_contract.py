@@ -137,6 +137,16 @@ def test_someone_elses_milvus_collection_is_never_adopted(tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_MILVUS, reason="needs the 'milvus' extra")
+def test_a_milvus_gallery_of_a_newer_schema_is_not_opened(tmp_path):
+    location = f"milvus-lite://{tmp_path}/m.db"
+    with Gallery(location) as g:
+        assert g._meta("schema_version") == "1"
+        g._set_meta("schema_version", "99")
+    with pytest.raises(GalleryError, match="newer facenet .gallery schema 99"):
+        Gallery(location)
+
+
+@pytest.mark.skipif(not HAVE_MILVUS, reason="needs the 'milvus' extra")
 def test_an_unreachable_milvus_is_one_clear_error(tmp_path):
     """Port 1 on this machine: nothing listens, so the client is refused; within the client's
     timeout (CONNECT_TIMEOUT_S), never a hang."""

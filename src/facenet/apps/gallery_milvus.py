@@ -76,6 +76,8 @@ _IMAGE_FIELDS = ["identity", "image_id", "path", "sha256", "added_at"]  # what I
 _PAGE = 1000  # rows per query page
 _QUERY_LIMIT = 16384  # rows one Milvus query may return
 CONNECT_TIMEOUT_S = 10.0  # an unreachable server is an error after this, never a hang
+# the layout of a gallery's two collections; galleries made before it was recorded are 1
+SCHEMA_VERSION = 1
 
 
 def _key(text: str) -> int:
@@ -179,6 +181,13 @@ class MilvusGallery(Gallery):
         for name in (self._meta_name, self.collection):
             if self._client.has_collection(name):
                 self._client.load_collection(name)
+        version = self._meta("schema_version") or "1"
+        if not version.isdigit() or int(version) > SCHEMA_VERSION:
+            self._client.close()
+            raise GalleryError(
+                f"{self.location}: made by a newer facenet (gallery schema {version}; this "
+                f"version reads {SCHEMA_VERSION}): upgrade facenet to open it"
+            )
         self._last_image_id = 0
 
     def _missing(self) -> str:
@@ -202,6 +211,7 @@ class MilvusGallery(Gallery):
         c.create_collection(self._meta_name, schema=schema, index_params=index,
                             consistency_level="Strong")  # fmt: skip
         self._set_meta("gallery_id", uuid.uuid4().hex)
+        self._set_meta("schema_version", str(SCHEMA_VERSION))
 
     def _create_faces(self, dim: int) -> None:
         c, t = self._client, self._types
