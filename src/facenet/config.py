@@ -413,8 +413,9 @@ def load_config(
     return check_config(apply_overrides(config, overrides))
 
 
-# key -> (lowest, highest, whether the ends are allowed); values outside stop the run before it
-# starts, with the key named (a 0 here would divide by zero or train on nothing much later)
+# key -> (lowest, highest, whether the ends are allowed), for a number or each number of a tuple;
+# values outside stop the run before it starts, with the key named (a 0 here would divide by zero
+# or train on nothing much later)
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "max_steps": (1, math.inf, True, True),
     "time_limit_minutes": (0, math.inf, True, True),
@@ -444,8 +445,8 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "optimiser.weight_decay": (0, math.inf, True, True),
     "optimiser.eps": (0, math.inf, False, True),
     "optimiser.momentum": (0, 1, True, False),
+    "optimiser.betas": (0, 1, True, False),  # each of the two, in any order
     "optimiser.initial_accumulator_value": (0, math.inf, True, True),
-    "faults.collapse_spread": (0, 2, True, True),  # the spread of unit vectors is at most ~1.4
     "optimiser.grad_clip": (0, math.inf, True, True),
     "optimiser.ema_decay": (0, 1, True, False),  # 0 = off; 1 would never move
     "schedule.warmup_steps": (0, math.inf, True, True),
@@ -458,6 +459,7 @@ RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "output.checkpoint_every": (1, math.inf, True, True),
     "output.log_every": (1, math.inf, True, True),
     "faults.collapse_patience": (1, math.inf, True, True),
+    "faults.collapse_spread": (0, 2, True, True),  # the spread of unit vectors is at most ~1.4
     "model.freeze_steps": (0, math.inf, True, True),
     "distill.embedding_weight": (0, math.inf, True, True),
     "distill.relation_weight": (0, math.inf, True, True),
@@ -472,10 +474,13 @@ def check_ranges(config: Config) -> Config:
         value: Any = config
         for part in key.split("."):
             value = getattr(value, part)
-        inside = (low < value or (low_ok and value == low)) and (
-            value < high or (high_ok and value == high)
+        inside = all(
+            math.isfinite(v)
+            and (low < v or (low_ok and v == low))
+            and (v < high or (high_ok and v == high))
+            for v in (value if isinstance(value, tuple) else (value,))
         )
-        if not inside or not math.isfinite(value):
+        if not inside:
             shown = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
             raise ConfigError(f"{key}={value!r} is out of range: must be in {shown}")
     return config
@@ -514,9 +519,6 @@ def check_config(config: Config, world_size: int = 1) -> Config:
     """
     check_ranges(config)
     check_pairs(config)
-    betas = config.optimiser.betas
-    if not all(math.isfinite(b) and 0 <= b < 1 for b in betas):
-        raise ConfigError(f"optimiser.betas={list(betas)} is out of range: each must be in [0, 1)")
     mining = config.mining
     if mining.strategy != "offline":
         return config

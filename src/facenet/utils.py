@@ -72,6 +72,19 @@ def open_npz(path: str | os.PathLike) -> Any:
     return np.load(path, allow_pickle=False)
 
 
+def device_problem(name: str) -> str | None:
+    """Why torch device ``name`` cannot run a model on this machine, or None."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return "not a device PyTorch knows (cpu, cuda, cuda:1, ...)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "this machine has no CUDA device PyTorch can use"
+    return None
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with every NaN or infinite float replaced by None (JSON ``null``), recursively;
     NumPy scalars and arrays become Python numbers and lists.

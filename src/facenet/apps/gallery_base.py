@@ -160,6 +160,18 @@ def check_identity_name(name: str) -> str:
     return name
 
 
+def check_schema_version(where: str, version: str | None, supported: int) -> None:
+    """``GalleryError`` unless ``version`` (a gallery's recorded schema) is one this version of
+    facenet reads: a gallery from a newer one is never opened and written to."""
+    if version is None or not str(version).isdigit():
+        raise GalleryError(f"{where}: not a facenet gallery (no readable schema version)")
+    if int(version) > supported:
+        raise GalleryError(
+            f"{where}: made by a newer facenet (gallery schema {version}; this version reads "
+            f"{supported}): upgrade facenet to open it"
+        )
+
+
 def printable(text: str) -> str:
     """``text`` with control and format characters shown as escapes (for names stored by older
     versions, before such names were refused)."""
@@ -269,11 +281,11 @@ class Gallery(ABC):
         gallery's own model may enrol, so every stored face comes from one model (its
         thresholds, the index and later re-embedding all assume so)."""
         mine = self.model
-        if mine is None or (model.weights_hash == mine.weights_hash and model.can_query(mine)):
-            return
-        if model.can_query(mine) and not enrolling:
+        if mine is None:
             return
         if model.can_query(mine):
+            if not enrolling or model.weights_hash == mine.weights_hash:
+                return
             raise IncompatibleModelError(
                 f"gallery {self.location} was built with {mine.describe()}; the model in use, "
                 f"{model.describe()}, is harmonic with it: it may identify against the gallery "

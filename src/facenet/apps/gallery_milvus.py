@@ -58,6 +58,7 @@ from facenet.apps.gallery_base import (
     UnknownIdentityError,
     UnknownImageError,
     check_identity_name,
+    check_schema_version,
     register_backend,
     unit_rows,
 )
@@ -181,13 +182,11 @@ class MilvusGallery(Gallery):
         for name in (self._meta_name, self.collection):
             if self._client.has_collection(name):
                 self._client.load_collection(name)
-        version = self._meta("schema_version") or "1"
-        if not version.isdigit() or int(version) > SCHEMA_VERSION:
+        try:
+            check_schema_version(self.location, self._meta("schema_version") or "1", SCHEMA_VERSION)
+        except GalleryError:
             self._client.close()
-            raise GalleryError(
-                f"{self.location}: made by a newer facenet (gallery schema {version}; this "
-                f"version reads {SCHEMA_VERSION}): upgrade facenet to open it"
-            )
+            raise
         self._last_image_id = 0
 
     def _missing(self) -> str:

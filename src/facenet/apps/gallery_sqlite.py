@@ -61,6 +61,7 @@ from facenet.apps.gallery_base import (
     UnknownIdentityError,
     UnknownImageError,
     check_identity_name,
+    check_schema_version,
     register_backend,
     unit_rows,
 )
@@ -175,14 +176,12 @@ class SqliteGallery(Gallery):
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('gallery_id', ?)", (uuid.uuid4().hex,)
                 )
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e):
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
                 raise GalleryError(
                     f"{db_path}: locked by another process for over 30 s (a long write, or a "
                     "program holding it open); try again when it is done"
                 ) from None
-            raise GalleryError(f"{db_path}: not a readable gallery database ({e})") from None
-        except sqlite3.DatabaseError as e:
             raise GalleryError(f"{db_path}: not a readable gallery database ({e})") from None
         if index is not None or nlist is not None or nprobe is not None:
             self.set_index(index, nlist, nprobe)
@@ -205,16 +204,7 @@ class SqliteGallery(Gallery):
             )
         if "meta" in tables:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = row[0] if row else None
-            if version is None or not str(version).isdigit():
-                raise GalleryError(
-                    f"{db_path}: not a facenet gallery database (no schema version in its meta)"
-                )
-            if int(version) > SCHEMA_VERSION:
-                raise GalleryError(
-                    f"{db_path}: made by a newer facenet (gallery schema {version}; this version "
-                    f"reads {SCHEMA_VERSION}): upgrade facenet to open it"
-                )
+            check_schema_version(str(db_path), row[0] if row else None, SCHEMA_VERSION)
 
     # ------------------------------------------------------------------ plumbing
 

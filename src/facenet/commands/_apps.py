@@ -16,6 +16,7 @@ from facenet.commands._checks import positive_int, rate, squared_distance
 from facenet.commands._errors import describe_error, fail
 from facenet.models.inference import BACKENDS
 from facenet.models.loading import check_trained, recorded_model_ref
+from facenet.utils import device_problem
 
 DEFAULT_GALLERY = "facenet-gallery"
 
@@ -107,25 +108,12 @@ def error(message: object, code: int = 1) -> int:
     return fail(None, message, code)
 
 
-def _device_problem(name: str) -> str | None:
-    """Why ``name`` cannot run a model here, or None."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        return "not a device PyTorch knows (cpu, cuda, cuda:1, ...)"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return "this machine has no CUDA device PyTorch can use"
-    return None
-
-
 def load_embedder(
     args: argparse.Namespace, model: str | None = None, code: int = 1
 ) -> Embedder | int:
     """``build_embedder``, or ``code`` after a one-line error naming the model."""
     ref = model or args.model or DEFAULT_MODEL
-    bad_device = _device_problem(getattr(args, "device", "cpu"))
+    bad_device = device_problem(getattr(args, "device", "cpu"))
     if bad_device:
         return error(f"--device {args.device!r}: {bad_device}", 2)
     try:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from facenet.commands._checks import non_negative_float, output_file
 from facenet.commands._errors import fail
-from facenet.models.card import card_of
 from facenet.models.export import ExportParityError, export_model
 from facenet.models.loading import (
     ModelFileError,
@@ -43,14 +42,15 @@ HALF_ATOL = 1e-2  # why: fp16 weights move unit-vector embeddings by ~1e-3
 _END_OF_RUN_FIELDS = ("int8", "compatible_with", "mixed_thresholds")
 
 
-def _refuse_output(source: str, out: Path) -> str | None:
-    """Why writing ``out`` would destroy something the user needs, or None."""
+def _refuse_output(source: str, out: Path, end_of_run_note: str | None) -> str | None:
+    """Why writing ``out`` would destroy something the user needs, or None
+    (``end_of_run_note``: ``_end_of_run_note(source)``)."""
     if not out.exists():
         return None
     if Path(source).exists() and Path(source).resolve() == out.resolve():
         return f"{out}: is the model being exported; give another output file"
     sibling = Path(source).with_suffix(".safetensors")
-    if out.resolve() == sibling.resolve() and _end_of_run_note(source):
+    if end_of_run_note and out.resolve() == sibling.resolve():
         return (
             f"{out}: is the weights file the run wrote, with what it measured at the end "
             f"(int8 scales, harmonic fields) that {source} lacks; give another output file"
@@ -130,15 +130,15 @@ def run(args: argparse.Namespace) -> int:
 
     if fmt == "torchscript" and args.out.suffix.lower() == ".safetensors":
         return fail("facenet export", f"{args.out}: TorchScript does not go in a .safetensors", 2)
-    refused = _refuse_output(args.model, args.out)
+    note = _end_of_run_note(args.model)
+    refused = _refuse_output(args.model, args.out, note)
     if refused:
         return fail("facenet export", refused, 2)
     try:
         model = load_model(args.model)
     except (KeyError, OSError, ValueError) as e:
         return fail("facenet export", e, 2)
-    note = _end_of_run_note(args.model) if fmt == "safetensors" else None
-    if note and not any(getattr(card_of(model), k, None) for k in _END_OF_RUN_FIELDS):
+    if note and fmt == "safetensors":  # a .pt never carries them (train.loop._annotate)
         print(f"facenet export: warning: {note}", file=sys.stderr)
     if (args.half or args.data_terms) and fmt != "safetensors":
         return fail("facenet export", "--half and --data-terms need the safetensors format", 2)

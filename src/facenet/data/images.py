@@ -87,10 +87,7 @@ def _decode(source: Path | io.BytesIO, p: str | os.PathLike, max_pixels: int) ->
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
-                return from_pil(img, p, max_pixels)
-    except ImageError:
-        raise
+            img = Image.open(source)
     except PermissionError:
         raise ImageError(p, "permission denied") from None
     except UnidentifiedImageError:
@@ -101,6 +98,8 @@ def _decode(source: Path | io.BytesIO, p: str | os.PathLike, max_pixels: int) ->
         raise ImageError(p, f"corrupt or unreadable image ({e})") from None
     except (ValueError, SyntaxError) as e:
         raise ImageError(p, f"corrupt image ({e})") from None
+    with img:  # decoding, its checks and its errors: from_pil
+        return from_pil(img, p, max_pixels)
 
 
 def from_pil(img: Image.Image, name: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -121,8 +120,6 @@ def from_pil(img: Image.Image, name: str | os.PathLike, max_pixels: int = MAX_PI
             return _to_rgb_uint8(img)
     except ImageError:
         raise
-    except PermissionError:
-        raise ImageError(name, "permission denied") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(name, f"image too large (decompression-bomb guard: {e})") from None
     except OSError as e:

@@ -17,7 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from facenet.config import ConfigError
 from facenet.models.layers import BatchNormShift, SyncBatchNormShift
+from facenet.utils import device_problem
 
 
 @dataclass(frozen=True)
@@ -40,21 +42,12 @@ class DistInfo:
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``"auto"`` -> the local CUDA device if present, else CPU."""
-    from facenet.config import ConfigError
-
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(
-            f"device={name!r}: not a device PyTorch knows (auto, cpu, cuda, cuda:1, ...)"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={name!r}: this machine has no CUDA device PyTorch can use; "
-            "use device=cpu or device=auto"
-        )
+    problem = device_problem(name)
+    if problem:
+        raise ConfigError(f"device={name!r}: {problem}; use device=cpu or device=auto")
+    device = torch.device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
