@@ -165,7 +165,13 @@ class DistillConfig:
     embedding_weight: float = 1.0
     # squared difference of the batch's pairwise cosine similarities, student vs teacher
     relation_weight: float = 1.0
-    # what runs the teacher (and harmonic.model), once
+    # consistent teaching: the teacher also embeds each step's augmented faces, exactly as the
+    # student sees them (resized to its input), and those are the targets; the cached clean
+    # faces then only fix the projection (and harmonic rotation). Each step costs one teacher
+    # pass more; the student no longer learns fixed targets for distorted copies, which is
+    # where distillation from few faces stalls (Beyer et al., CVPR 2022). Square inputs only
+    online: bool = False
+    # what runs the teacher (and harmonic.model)
     backend: Literal["torch", "onnxruntime"] = "torch"
     batch_size: int = 64  # faces per teacher forward pass
     cache: str = ""  # the teacher cache file; "" = keyed by teacher, framing and faces

@@ -67,6 +67,8 @@ class Batch:
         mined: the offline mining ``triplets`` come from (None for online batches).
         mining_seed: seed of the online mining rule's random draws this step.
         global_size: faces in the step's global batch (all ranks), for images/s.
+        targets: (n, D) distillation targets of this rank's faces as augmented
+            (``distill.online``), or None: the cached ones.
     """
 
     indices: np.ndarray
@@ -76,6 +78,7 @@ class Batch:
     mined: OfflineMiningStats | None
     mining_seed: int
     global_size: int
+    targets: Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------- build
@@ -220,18 +223,18 @@ class BatchStream:
         self._it = iter(self.sampler)
 
 
-def augmented(
-    images: np.ndarray,
-    spec: ModelSpec,
-    config: Config,
-    step: int,
-    stream: int,
-    device: torch.device,
+def augmented_pixels(
+    images: np.ndarray, spec: ModelSpec, config: Config, step: int, stream: int
 ) -> Tensor:
-    """Step ``step``'s augmentation of cached faces (uint8 (n, S, S, 3)) drawn from ``stream``, as
-    the model takes it: (n, 3, H, W), normalised with ``spec``, on ``device``."""
+    """Step ``step``'s augmentation of cached faces drawn from ``stream``: float (n, 3, H, W)
+    RGB in [0, 255], on the CPU."""
     rng = step_rng(config.seed, step, stream)
-    x = augment_batch(images, tuple(spec.input_size), config.data.augment, rng)
-    x = normalize(x, spec).to(device, non_blocking=True)
+    return augment_batch(images, tuple(spec.input_size), config.data.augment, rng)
+
+
+def as_input(pixels: Tensor, spec: ModelSpec, config: Config, device: torch.device) -> Tensor:
+    """Augmented pixels (``augmented_pixels``) as the model takes them: normalised with
+    ``spec``, on ``device``, in the run's memory format."""
+    x = normalize(pixels, spec).to(device, non_blocking=True)
     fmt = torch.channels_last if config.model.channels_last else torch.contiguous_format
     return x.contiguous(memory_format=fmt)

@@ -20,6 +20,7 @@ from facenet.train.teacher import (
     build_targets,
     cached_embeddings,
     pair_embeddings,
+    procrustes_rotation,
 )
 from facenet.train.validate import PairSet
 
@@ -57,6 +58,7 @@ def align_teacher(teacher: TeacherTargets, old: OldEmbeddings, progress: bool) -
     """The teacher's targets rotated into the harmonic v1's frame (``align_targets``): the same
     geometry, oriented so that learning it does not fight the mixed triplets."""
     before = float((teacher.targets * old.embeddings).sum(dim=1).mean())
+    rotation = procrustes_rotation(teacher.targets, old.embeddings)
     rotated, after = align_targets(teacher.targets, old.embeddings)
     if progress:
         print(
@@ -64,7 +66,9 @@ def align_teacher(teacher: TeacherTargets, old: OldEmbeddings, progress: bool) -
             f"v1 {before:.3f} -> {after:.3f}",
             file=sys.stderr,
         )
-    return dataclasses.replace(teacher, targets=rotated)
+    return dataclasses.replace(
+        teacher, targets=rotated, transform=teacher.transform @ rotation
+    )
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from facenet.train.reference_models import (
     build_old,
     build_teacher,
 )
+from facenet.train.online_teacher import OnlineTeacher, build_online_teacher
 from facenet.train.teacher import TeacherTargets
 from facenet.train.terms import LossTerm, build_terms
 from facenet.train.validate import PairSet, embed_images
@@ -80,6 +81,7 @@ class TrainState:
     pairs: PairSet  # validation pairs
     teacher: TeacherTargets | None  # distill.teacher's targets for every training face
     old: OldEmbeddings | None  # harmonic.model's embeddings of every training face
+    online_teacher: OnlineTeacher | None  # distill.online: embeds each step's augmented faces
     autocast: Autocast  # mixed-precision context of forward passes
     step: int = 0  # optimiser steps taken
     best: dict[str, Any] = field(default_factory=dict)  # validation row of best.pt
@@ -338,6 +340,11 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         pairs=pairs,
         teacher=teacher,
         old=old,
+        online_teacher=(
+            build_online_teacher(config, teacher, tuple(model.spec.input_size), info.device)
+            if teacher is not None
+            else None
+        ),
         autocast=_autocast(config, info.device),
     )
     if ckpt is not None:

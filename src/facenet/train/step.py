@@ -17,7 +17,7 @@ import torch
 from facenet.losses.distributed import gather_labels, gather_with_grad
 from facenet.losses.hinge import TripletStats
 from facenet.train.checkpoint import unwrap
-from facenet.train.data import Batch, augment_stream, augmented, mining_seed
+from facenet.train.data import Batch, as_input, augment_stream, augmented_pixels, mining_seed
 from facenet.train.health import check_finite
 from facenet.train.model_setup import frozen
 from facenet.train.schedule import lr_at
@@ -65,22 +65,20 @@ def next_batch(state: TrainState) -> Batch:
             # next one rather than stall
             idx, triplets, mined = state.stream.next(), None, None
     config, device = state.config, state.info.device
-    images = augmented(
-        state.data.images[idx],
-        unwrap(state.model).spec,
-        config,
-        state.step,
-        augment_stream(state.info.rank),
-        device,
+    spec = unwrap(state.model).spec
+    pixels = augmented_pixels(
+        state.data.images[idx], spec, config, state.step, augment_stream(state.info.rank)
     )
+    teacher = state.online_teacher
     return Batch(
         indices=idx,
-        images=images,
+        images=as_input(pixels, spec, config, device),
         labels=torch.from_numpy(state.data.labels[idx]).to(device),
         triplets=triplets,
         mined=mined,
         mining_seed=mining_seed(config.seed, state.step),
         global_size=state.stream.global_size if triplets is None else len(idx),
+        targets=teacher(pixels).to(device) if teacher is not None else None,
     )
 
 

@@ -62,6 +62,10 @@ class TeacherTargets:
             without one).
         meta: what made ``embeddings`` (see ``teacher_meta``).
         path: the cache file.
+        transform: (D_teacher, D_student) float64: what maps a unit teacher embedding into the
+            targets' frame before the last normalisation (the projection, then any rotation
+            ``align_targets`` applied); ``distill.online`` maps each step's teacher embeddings
+            with it.
     """
 
     embeddings: np.ndarray
@@ -69,6 +73,7 @@ class TeacherTargets:
     kept_energy: float
     meta: dict[str, Any]
     path: Path
+    transform: Tensor
 
 
 def teacher_side(teacher: nn.Module) -> int:
@@ -212,16 +217,15 @@ def compute_embeddings(
     return embeddings
 
 
-def project_targets(embeddings: np.ndarray, dim: int) -> tuple[Tensor, float]:
-    """(N, 2, D) teacher embeddings -> ((N, dim) unit targets, kept energy).
-
-    The target is the normalised flip mean; when ``dim`` < D it is projected onto the top
-    ``dim`` right-singular vectors of the (uncentred) flip means and normalised again.
+def projection(embeddings: np.ndarray, dim: int) -> tuple[Tensor, float]:
+    """((D, dim) float64 basis, kept energy) that ``project_targets`` maps a teacher's D-d
+    embeddings into ``dim`` dimensions with: the identity when ``dim`` is D, else the top ``dim``
+    right-singular vectors of the (uncentred) normalised flip means of ``embeddings`` (N, 2, D).
     """
     mean = torch.nn.functional.normalize(torch.from_numpy(embeddings).sum(dim=1), dim=1)
     d = mean.shape[1]
     if dim == d:
-        return mean, 1.0
+        return torch.eye(d, dtype=torch.float64), 1.0
     if dim > d:
         raise ValueError(
             f"the student's embedding ({dim}-d) is longer than the teacher's ({d}-d); "
@@ -229,28 +233,49 @@ def project_targets(embeddings: np.ndarray, dim: int) -> tuple[Tensor, float]:
         )
     # float64: the singular vectors of a 10^4 x 512 matrix are stable there
     _, s, vh = torch.linalg.svd(mean.double(), full_matrices=False)
-    basis = vh[:dim].T  # (D, dim)
     kept = float((s[:dim] ** 2).sum() / (s**2).sum())
-    projected = torch.nn.functional.normalize((mean.double() @ basis).float(), dim=1)
-    return projected, kept
+    return vh[:dim].T.contiguous(), kept
+
+
+def project_targets(embeddings: np.ndarray, dim: int) -> tuple[Tensor, float]:
+    """(N, 2, D) teacher embeddings -> ((N, dim) unit targets, kept energy).
+
+    The target is the normalised flip mean; when ``dim`` < D it is projected onto the top
+    ``dim`` right-singular vectors of the (uncentred) flip means and normalised again.
+    """
+    basis, kept = projection(embeddings, dim)
+    return projected(embeddings, basis), kept
+
+
+def projected(embeddings: np.ndarray, basis: Tensor) -> Tensor:
+    """(N, 2, D) teacher embeddings -> (N, dim) unit targets: the normalised flip means mapped
+    by the (D, dim) ``basis`` and normalised again."""
+    mean = torch.nn.functional.normalize(torch.from_numpy(embeddings).sum(dim=1), dim=1)
+    if basis.shape[0] == basis.shape[1]:  # the identity: no projection
+        return mean
+    return torch.nn.functional.normalize((mean.double() @ basis).float(), dim=1)
+
+
+def procrustes_rotation(targets: Tensor, reference: Tensor) -> Tensor:
+    """The (D, D) float64 rotation ``R`` minimising ``||targets @ R - reference||`` for (N, D)
+    ``targets`` and ``reference`` of the same faces (orthogonal Procrustes)."""
+    if targets.shape != reference.shape:
+        raise ValueError(f"targets {tuple(targets.shape)} vs reference {tuple(reference.shape)}")
+    u, _, vh = torch.linalg.svd(targets.double().T @ reference.double())
+    return u @ vh
 
 
 def align_targets(targets: Tensor, reference: Tensor) -> tuple[Tensor, float]:
     """Rotate the (N, D) unit ``targets`` into the frame of the (N, D) unit ``reference``
-    embeddings of the same faces (orthogonal Procrustes): the rotation ``R`` minimising
-    ``||targets @ R - reference||``. A rotation keeps every distance between targets, so the
-    teacher's geometry is unchanged; only its orientation follows the reference (a harmonic
-    model's v1), which the student can then learn both from.
+    embeddings of the same faces (``procrustes_rotation``). A rotation keeps every distance
+    between targets, so the teacher's geometry is unchanged; only its orientation follows the
+    reference (a harmonic model's v1), which the student can then learn both from.
 
     Returns:
         (rotated targets, mean cosine between the rotated targets and the reference).
     """
-    if targets.shape != reference.shape:
-        raise ValueError(f"targets {tuple(targets.shape)} vs reference {tuple(reference.shape)}")
-    t, r = targets.double(), reference.double()
-    u, _, vh = torch.linalg.svd(t.T @ r)
-    rotated = (t @ (u @ vh)).float()
-    agreement = float((rotated.double() * r).sum(dim=1).mean())
+    rotated = (targets.double() @ procrustes_rotation(targets, reference)).float()
+    agreement = float((rotated.double() * reference.double()).sum(dim=1).mean())
     return rotated, agreement
 
 
@@ -307,8 +332,8 @@ def build_targets(
     embeddings, meta, path = cached_embeddings(
         d.teacher, d.cache, config, data, progress, compute, model=model
     )
-    targets, kept = project_targets(embeddings, student_dim)
-    return TeacherTargets(embeddings, targets, kept, meta, path)
+    basis, kept = projection(embeddings, student_dim)
+    return TeacherTargets(embeddings, projected(embeddings, basis), kept, meta, path, basis)
 
 
 def pair_embeddings(

@@ -89,7 +89,8 @@ class DistillTerm:
 
     Attributes:
         targets: (N, D) unit teacher targets of every training face (``facenet.train.teacher``),
-            on the training device; row i is dataset face i.
+            on the training device; row i is dataset face i. A batch that carries its own
+            (``Batch.targets``, ``distill.online``) is compared with those instead.
         embedding_weight: weight of ``embedding_distillation_loss`` (0 = off).
         relation_weight: weight of ``relation_distillation_loss`` (0 = off).
     """
@@ -99,7 +100,13 @@ class DistillTerm:
     relation_weight: float
 
     def __call__(self, embeddings: Tensor, labels: Tensor, batch: Batch) -> TermOutput:
-        teacher = self.targets[_global_rows(batch, self.targets.device)].to(embeddings.dtype)
+        if batch.targets is None:
+            teacher = self.targets[_global_rows(batch, self.targets.device)]
+        else:  # distill.online: the teacher's embeddings of the faces as augmented
+            teacher = batch.targets
+            if dist.is_available() and dist.is_initialized():
+                teacher = gather_no_grad(teacher)  # why: in rank order, as the embeddings
+        teacher = teacher.to(embeddings.device, embeddings.dtype)
         losses = {}
         if self.embedding_weight > 0:
             losses["distill"] = self.embedding_weight * embedding_distillation_loss(

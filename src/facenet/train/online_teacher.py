@@ -1,0 +1,96 @@
+"""Consistent teaching (``distill.online``): the teacher embeds each step's faces as augmented
+for the student, and those embeddings are the step's distillation targets.
+
+With cached targets the student learns one fixed target per face for every distorted copy of
+it (crops, rotations, low resolution, erasing); from ~10^4 faces that saturates within a few
+epochs. Here each augmented copy gets the teacher's own answer, so every step brings new
+(input, target) pairs (Beyer et al., "Knowledge distillation: a good teacher is patient and
+consistent", CVPR 2022). The cached clean faces still fix the projection into the student's
+dimension and any harmonic rotation (``TeacherTargets.transform``), so the targets live in the
+frame the rest of the run uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from facenet.config import Config, ConfigError
+from facenet.models.inference import inference_network
+from facenet.preprocess import ModelSpec, normalize
+from facenet.train.model_setup import load_reference
+from facenet.train.teacher import TeacherTargets
+
+
+@dataclass(frozen=True)
+class OnlineTeacher:
+    """The teacher as each step runs it.
+
+    Attributes:
+        network: the teacher's inference network (``distill.backend``), frozen.
+        spec: the teacher's input contract.
+        transform: (D_teacher, D_student) float32 map into the targets' frame.
+        batch_size: faces per teacher pass.
+        device: where ``network`` runs (ONNX Runtime: the CPU).
+        channels_last: feed ``network`` channels-last batches (the torch backend's layout).
+    """
+
+    network: nn.Module
+    spec: ModelSpec
+    transform: Tensor
+    batch_size: int
+    device: torch.device
+    channels_last: bool = False
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """float (n, 3, h, w) RGB in [0, 255] (the student's augmented faces, before its
+        normalisation) -> (n, D_student) unit targets, on the device ``images`` is on."""
+        h, w = (int(s) for s in self.spec.input_size)
+        x = images.to(self.device, torch.float32)
+        if tuple(x.shape[-2:]) != (h, w):
+            x = nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        out = []
+        with torch.inference_mode():
+            for chunk in x.split(self.batch_size):
+                e = self.network(normalize(chunk, self.spec).contiguous(memory_format=fmt))
+                out.append(nn.functional.normalize(e.float(), dim=1) @ self.transform)
+        targets = nn.functional.normalize(torch.cat(out), dim=1)
+        return targets.to(images.device).clone()  # why: a plain tensor, not an inference one
+
+
+def build_online_teacher(
+    config: Config,
+    targets: TeacherTargets,
+    student_size: tuple[int, int],
+    device: torch.device,
+) -> OnlineTeacher | None:
+    """``distill.online``'s teacher (None when off), mapping into the frame of ``targets``
+    (the run's cached targets, after any harmonic rotation).
+
+    Raises:
+        ConfigError: a non-square student input (its window, resized to the teacher's square
+            input, would be another face shape than the teacher was trained on).
+    """
+    d = config.distill
+    if not (d.teacher and d.online):
+        return None
+    if student_size[0] != student_size[1]:
+        raise ConfigError(
+            f"distill.online needs a square student input; this model's is "
+            f"{student_size[0]}x{student_size[1]} (use the cached targets: distill.online=false)"
+        )
+    teacher = load_reference("distill.teacher", d.teacher).eval()
+    torch_backend = d.backend == "torch"
+    run_on = device if torch_backend else torch.device("cpu")
+    network = inference_network(teacher, d.backend)
+    return OnlineTeacher(
+        network=network.to(run_on) if torch_backend else network,
+        spec=teacher.spec,
+        transform=targets.transform.float().to(run_on),
+        batch_size=int(d.batch_size),
+        device=run_on,
+        channels_last=torch_backend,
+    )
