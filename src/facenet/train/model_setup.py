@@ -16,7 +16,7 @@ from torch import nn
 from facenet.config import Config, ConfigError
 from facenet.data.augment import center_windows
 from facenet.models import create_model
-from facenet.models.loading import check_state_fits, check_trained, load_model
+from facenet.models.loading import check_spec, check_state_fits, check_trained, load_model
 from facenet.models.unfold import unfold_identity_batchnorm
 from facenet.preprocess import ModelSpec, preprocess
 from facenet.train import distributed as D
@@ -61,6 +61,7 @@ def _create(config: Config) -> nn.Module:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = create_model(config.model.name, **kwargs)
+            check_spec(model.spec)  # e.g. a list where the factory takes one side
     except KeyError as e:
         raise ConfigError(f"model.name={config.model.name!r}: {e.args[0]}") from None
     except (TypeError, ValueError, RuntimeError) as e:
