@@ -169,7 +169,8 @@ class DistillConfig:
     # student sees them (resized to its input), and those are the targets; the cached clean
     # faces then only fix the projection (and harmonic rotation). Each step costs one teacher
     # pass more; the student no longer learns fixed targets for distorted copies, which is
-    # where distillation from few faces stalls (Beyer et al., CVPR 2022). Square inputs only
+    # where distillation from few faces stalls (Beyer et al., CVPR 2022). A non-square student
+    # sees the centre window of the square face the teacher sees
     online: bool = False
     # what runs the teacher (and harmonic.model)
     backend: Literal["torch", "onnxruntime"] = "torch"

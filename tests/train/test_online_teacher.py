@@ -9,6 +9,7 @@ the cached teacher embeddings (so both live in one frame, harmonic rotation incl
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import cv2
 import numpy as np
@@ -17,13 +18,13 @@ import torch
 from _smoke import SMOKE, smoke_args
 
 from facenet.cli import main
-from facenet.config import ConfigError, load_config
+from facenet.config import load_config
 from facenet.models import create_model
 from facenet.models.loading import load_weights_file, save_weights
+from facenet.preprocess import normalize
 from facenet.train.checkpoint import load_checkpoint
 from facenet.train.data import augment_stream, augmented_pixels
 from facenet.train.distributed import DistInfo
-from facenet.train.online_teacher import build_online_teacher
 from facenet.train.state import build_state
 from facenet.train.step import next_batch
 
@@ -82,7 +83,7 @@ def test_targets_are_the_teachers_embeddings_of_the_augmented_batch(teacher_file
     )
     batch = next_batch(state)
     pixels = augmented_pixels(
-        state.data.images[batch.indices], state.model.spec, state.config, 0, augment_stream(0)
+        state.data.images[batch.indices], (32, 32), state.config, 0, augment_stream(0)
     )
     expected = _oracle_targets(teacher_file, pixels, _svd_basis(state.teacher.embeddings, 128))
     # the cached faces are 37 px (32 px crops): the teacher sees them resized up to 40 px
@@ -167,11 +168,20 @@ def test_resume_refuses_switching_online_teaching(online_run, tmp_path, capsys, 
     assert "distill.online" in err and "Traceback" not in err
 
 
-def test_a_non_square_student_is_refused(teacher_file, tmp_path):
-    config = load_config(SMOKE, [f"distill.teacher={teacher_file}", "distill.online=true"])
-    targets = _state(tmp_path, f"distill.teacher={teacher_file}").teacher
-    with pytest.raises(ConfigError, match=r"square student input; this model's is 36x32"):
-        build_online_teacher(config, targets, (36, 32), CPU)
+def test_a_non_square_student_sees_the_centre_window_of_the_teachers_square(
+    teacher_file, tmp_path
+):
+    state = _state(tmp_path, f"distill.teacher={teacher_file}", "distill.online=true")
+    # a 32 x 24 student (the tiny network pools globally, so any input shape runs)
+    state.model.spec = dataclasses.replace(state.model.spec, input_size=(32, 24))
+    batch = next_batch(state)
+    square = augmented_pixels(
+        state.data.images[batch.indices], (32, 32), state.config, 0, augment_stream(0)
+    )
+    assert batch.images.shape[1:] == (3, 32, 24)
+    window = normalize(square[:, :, :, 4:28], state.model.spec)
+    torch.testing.assert_close(batch.images, window, atol=0, rtol=0)
+    torch.testing.assert_close(batch.targets, state.online_teacher(square), atol=0, rtol=0)
 
 
 def test_a_factory_given_a_list_for_a_side_is_a_setting_error(tmp_path, capsys):
@@ -191,7 +201,7 @@ def test_the_teacher_backends_agree(teacher_file, tmp_path):
         "distill.online=true",
         "distill.backend=onnxruntime",
     )
-    pixels = augmented_pixels(a.data.images[:20], a.model.spec, a.config, 0, 0)
+    pixels = augmented_pixels(a.data.images[:20], (32, 32), a.config, 0, 0)
     torch.testing.assert_close(
         a.online_teacher(pixels), b.online_teacher(pixels), atol=1e-4, rtol=0
     )

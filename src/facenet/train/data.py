@@ -224,12 +224,20 @@ class BatchStream:
 
 
 def augmented_pixels(
-    images: np.ndarray, spec: ModelSpec, config: Config, step: int, stream: int
+    images: np.ndarray, size: tuple[int, int], config: Config, step: int, stream: int
 ) -> Tensor:
-    """Step ``step``'s augmentation of cached faces drawn from ``stream``: float (n, 3, H, W)
-    RGB in [0, 255], on the CPU."""
+    """Step ``step``'s augmentation of cached faces into (h, w) = ``size`` crops, drawn from
+    ``stream``: float (n, 3, h, w) RGB in [0, 255], on the CPU."""
     rng = step_rng(config.seed, step, stream)
-    return augment_batch(images, tuple(spec.input_size), config.data.augment, rng)
+    return augment_batch(images, size, config.data.augment, rng)
+
+
+def center_window_pixels(pixels: Tensor, size: tuple[int, int]) -> Tensor:
+    """(n, 3, S, S) -> their central (h, w) = ``size`` windows (``facenet.preprocess``'s framing
+    of a non-square model inside a square face)."""
+    h, w = size
+    top, left = (pixels.shape[2] - h) // 2, (pixels.shape[3] - w) // 2
+    return pixels[:, :, top : top + h, left : left + w]
 
 
 def as_input(pixels: Tensor, spec: ModelSpec, config: Config, device: torch.device) -> Tensor:

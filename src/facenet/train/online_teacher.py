@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from facenet.config import Config, ConfigError
+from facenet.config import Config
 from facenet.models.inference import inference_network
 from facenet.preprocess import ModelSpec, normalize
 from facenet.train.model_setup import load_reference
@@ -45,8 +45,9 @@ class OnlineTeacher:
     channels_last: bool = False
 
     def __call__(self, images: Tensor) -> Tensor:
-        """float (n, 3, h, w) RGB in [0, 255] (the student's augmented faces, before its
-        normalisation) -> (n, D_student) unit targets, on the device ``images`` is on."""
+        """float (n, 3, s, s) RGB in [0, 255] (the step's augmented square faces, before the
+        student's normalisation; a non-square student sees their centre window) ->
+        (n, D_student) unit targets, on the device ``images`` is on."""
         h, w = (int(s) for s in self.spec.input_size)
         x = images.to(self.device, torch.float32)
         if tuple(x.shape[-2:]) != (h, w):
@@ -62,26 +63,13 @@ class OnlineTeacher:
 
 
 def build_online_teacher(
-    config: Config,
-    targets: TeacherTargets,
-    student_size: tuple[int, int],
-    device: torch.device,
+    config: Config, targets: TeacherTargets, device: torch.device
 ) -> OnlineTeacher | None:
     """``distill.online``'s teacher (None when off), mapping into the frame of ``targets``
-    (the run's cached targets, after any harmonic rotation).
-
-    Raises:
-        ConfigError: a non-square student input (its window, resized to the teacher's square
-            input, would be another face shape than the teacher was trained on).
-    """
+    (the run's cached targets, after any harmonic rotation)."""
     d = config.distill
     if not (d.teacher and d.online):
         return None
-    if student_size[0] != student_size[1]:
-        raise ConfigError(
-            f"distill.online needs a square student input; this model's is "
-            f"{student_size[0]}x{student_size[1]} (use the cached targets: distill.online=false)"
-        )
     teacher = load_reference("distill.teacher", d.teacher).eval()
     torch_backend = d.backend == "torch"
     run_on = device if torch_backend else torch.device("cpu")

@@ -341,7 +341,7 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         teacher=teacher,
         old=old,
         online_teacher=(
-            build_online_teacher(config, teacher, tuple(model.spec.input_size), info.device)
+            build_online_teacher(config, teacher, info.device)
             if teacher is not None
             else None
         ),

@@ -17,7 +17,14 @@ import torch
 from facenet.losses.distributed import gather_labels, gather_with_grad
 from facenet.losses.hinge import TripletStats
 from facenet.train.checkpoint import unwrap
-from facenet.train.data import Batch, as_input, augment_stream, augmented_pixels, mining_seed
+from facenet.train.data import (
+    Batch,
+    as_input,
+    augment_stream,
+    augmented_pixels,
+    center_window_pixels,
+    mining_seed,
+)
 from facenet.train.health import check_finite
 from facenet.train.model_setup import frozen
 from facenet.train.schedule import lr_at
@@ -65,14 +72,18 @@ def next_batch(state: TrainState) -> Batch:
             # next one rather than stall
             idx, triplets, mined = state.stream.next(), None, None
     config, device = state.config, state.info.device
-    spec = unwrap(state.model).spec
+    spec, teacher = unwrap(state.model).spec, state.online_teacher
+    size = tuple(spec.input_size)
+    # why: the teacher takes square faces; a non-square student sees the centre window of the
+    # square the teacher sees (as it is validated: facenet.preprocess.center_window)
+    side = max(size)
+    view = (side, side) if teacher is not None else size
     pixels = augmented_pixels(
-        state.data.images[idx], spec, config, state.step, augment_stream(state.info.rank)
+        state.data.images[idx], view, config, state.step, augment_stream(state.info.rank)
     )
-    teacher = state.online_teacher
     return Batch(
         indices=idx,
-        images=as_input(pixels, spec, config, device),
+        images=as_input(center_window_pixels(pixels, size), spec, config, device),
         labels=torch.from_numpy(state.data.labels[idx]).to(device),
         triplets=triplets,
         mined=mined,
