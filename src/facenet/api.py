@@ -36,7 +36,7 @@ from facenet.apps.results import (
     VerifyResult,
     faces_of,
 )
-from facenet.apps.thresholds import DEFAULT_MODEL, OperatingPoint, operating_point
+from facenet.apps.thresholds import DEFAULT_MODEL, PYTHON_WORDS, OperatingPoint, operating_point
 from facenet.apps.verify import verify_faces
 from facenet.data.images import ImageError, decode_image, from_pil, load_image
 from facenet.fingerprint import array_sha256, file_sha256
@@ -144,7 +144,7 @@ class FaceNet:
         self, threshold: float | None = None, far: float | None = None, name: str | None = None
     ) -> OperatingPoint:
         """The threshold an answer uses (``facenet.apps.thresholds.operating_point``)."""
-        return operating_point(self.thresholds, threshold, far, name)
+        return operating_point(self.thresholds, threshold, far, name, words=PYTHON_WORDS)
 
     def embed(self, images: ImageInput | Sequence[ImageInput]) -> EmbedResult:
         """Every face of every image, embedded. An unreadable image or one without a face gets
@@ -201,7 +201,17 @@ class FaceNet:
         array, name = _as_array(image, 0)
         with _gallery(gallery, create=False) as g:
             return identify_image(
-                self.embedder, g, array, name, k, face, all_faces, threshold, far, operating_point
+                self.embedder,
+                g,
+                array,
+                name,
+                k,
+                face,
+                all_faces,
+                threshold,
+                far,
+                operating_point,
+                PYTHON_WORDS,
             )
 
     def enroll(

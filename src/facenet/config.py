@@ -526,6 +526,7 @@ def check_config(config: Config, world_size: int = 1) -> Config:
     """
     check_ranges(config)
     check_pairs(config)
+    check_online_teacher(config.distill)
     mining = config.mining
     if mining.strategy != "offline":
         return config
@@ -544,6 +545,19 @@ def check_config(config: Config, world_size: int = 1) -> Config:
             "(the global batch is mined across ranks)"
         )
     return config
+
+
+def check_online_teacher(d: DistillConfig) -> None:
+    """``ConfigError`` for ``distill.online`` that would do nothing or only cost time."""
+    if not d.online:
+        return
+    if not d.teacher:
+        raise ConfigError("distill.online=true needs a distill.teacher to run on each batch")
+    if d.embedding_weight == 0 and d.relation_weight == 0:
+        raise ConfigError(
+            "distill.online=true with distill.embedding_weight and distill.relation_weight both "
+            "0: the teacher would run on every batch for no loss term"
+        )
 
 
 def dump_config(config: Config) -> str:

@@ -187,3 +187,20 @@ def test_identify_refuses_a_k_that_is_not_a_positive_integer(fn, pictures, tmp_p
     fn.enroll(tmp_path / "g", "ann", [pictures[0]])
     with pytest.raises(ValueError, match="k must be a positive integer"):
         fn.identify(pictures[1], tmp_path / "g", k=k)
+
+
+def test_threshold_messages_and_sources_speak_python_not_cli_flags(fn, pictures, tmp_path):
+    with pytest.raises(ValueError, match=r"^threshold=7 is outside \[0, 4\]"):
+        fn.verify(pictures[0], pictures[1], threshold=7.0)
+    with pytest.raises(ValueError, match=r"no operating point 'nope'") as e:
+        fn.verify(pictures[0], pictures[1], operating_point="nope")
+    assert "pass threshold=T or another operating_point=NAME" in str(e.value)
+    with pytest.raises(ValueError, match=r"FAR=1e-09.*pass threshold=T$"):
+        fn.operating_point(far=1e-9)
+    gallery = tmp_path / "g"
+    fn.enroll(gallery, "ann", [pictures[0]])
+    with pytest.raises(ValueError, match="operating_point=NAME") as e:
+        fn.identify(pictures[0], gallery, operating_point="nope")
+    assert "--" not in str(e.value)
+    given = fn.verify(pictures[0], pictures[1], threshold=0.5).operating_point
+    assert given.source == "threshold argument" and given.threshold == 0.5

@@ -93,12 +93,12 @@ def test_alignment_undoes_a_rotation_and_matches_scipys_procrustes():
     rng = np.random.default_rng(2)
     reference = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(40, 6))), dim=1)
     q = torch.from_numpy(np.linalg.qr(rng.normal(size=(6, 6)))[0])
-    rotated, agreement = align_targets((reference @ q).float(), reference.float())
+    rotated, agreement, _ = align_targets((reference @ q).float(), reference.float())
     torch.testing.assert_close(rotated, reference.float(), atol=1e-5, rtol=0)
     assert agreement == pytest.approx(1.0, abs=1e-6)
     # unrelated targets: scipy's rotation, and every distance between targets kept
     targets = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(40, 6))), dim=1)
-    rotated, agreement = align_targets(targets.float(), reference.float())
+    rotated, agreement, _ = align_targets(targets.float(), reference.float())
     r, _ = orthogonal_procrustes(targets.numpy(), reference.numpy())
     np.testing.assert_allclose(rotated.numpy(), targets.numpy() @ r, atol=1e-5)
     np.testing.assert_allclose(

@@ -11,7 +11,7 @@ import numpy as np
 from facenet.apps.embedder import Embedder, Face, NoFaceError
 from facenet.apps.gallery import Gallery
 from facenet.apps.results import IdentifyResult, ImageAnswer, face_answer, identification_answer
-from facenet.apps.thresholds import OperatingPoint, operating_point
+from facenet.apps.thresholds import CLI_WORDS, OperatingPoint, Words, operating_point
 from facenet.data.images import load_image
 
 
@@ -26,11 +26,13 @@ def identify_image(
     threshold: float | None = None,
     far: float | None = None,
     operating_point_name: str | None = None,
+    words: Words = CLI_WORDS,
 ) -> IdentifyResult:
     """Identify the main face of ``image`` (or face ``face``, or every face) in ``gallery``.
 
     The threshold is the model's operating point (``far_1e-3`` by default; the gallery's
-    calibration when the model carries none), or ``threshold`` / ``far`` / a named one.
+    calibration when the model carries none), or ``threshold`` / ``far`` / a named one
+    (``words``: the caller's names for those, in messages).
 
     Raises:
         NoFaceError: no face in the image.
@@ -38,7 +40,7 @@ def identify_image(
         ValueError: no such face, or no threshold.
     """
     gallery.check_model(embedder.fingerprint)
-    op = gallery_operating_point(embedder, gallery, threshold, far, operating_point_name)
+    op = gallery_operating_point(embedder, gallery, threshold, far, operating_point_name, words)
     if all_faces:
         faces = embedder.faces(image, name)
         if not faces:
@@ -56,6 +58,7 @@ def gallery_operating_point(
     threshold: float | None = None,
     far: float | None = None,
     name: str | None = None,
+    words: Words = CLI_WORDS,
 ) -> OperatingPoint:
     """The operating point identification uses: the model's calibration, else the one the
     gallery recorded at its first enrolment. A harmonic model probing a gallery another model
@@ -66,10 +69,11 @@ def gallery_operating_point(
     if enrolled is not None and enrolled.weights_hash != embedder.fingerprint.weights_hash:
         mixed = embedder.card.mixed_thresholds.get(enrolled.weights_hash)
         if mixed:
-            return operating_point(mixed, threshold, far, name, "model (mixed pairs)")
-        return operating_point(gallery.thresholds, threshold, far, name, "gallery")
+            return operating_point(mixed, threshold, far, name, "model (mixed pairs)", words)
+        return operating_point(gallery.thresholds, threshold, far, name, "gallery", words)
     where = "model" if embedder.thresholds else "gallery"
-    return operating_point(embedder.thresholds or gallery.thresholds, threshold, far, name, where)
+    thresholds = embedder.thresholds or gallery.thresholds
+    return operating_point(thresholds, threshold, far, name, where, words)
 
 
 def answer_faces(

@@ -42,28 +42,54 @@ class OperatingPoint:
         }
 
 
+@dataclass(frozen=True)
+class Words:
+    """How the caller's interface names the three choices, in messages and answers: a command
+    line's flags, a Python call's arguments, an HTTP form's fields."""
+
+    threshold: str  # the threshold choice, e.g. "--threshold T"
+    far: str
+    operating_point: str
+    source: str  # ``OperatingPoint.source`` of a threshold the caller gave
+    given: str  # a threshold the caller gave, "{}" standing for its value
+
+    def given_threshold(self, value: float) -> str:
+        return self.given.format(f"{value:g}")
+
+
+CLI_WORDS = Words(
+    "--threshold T", "--far F", "--operating-point NAME", "--threshold", "--threshold {}"
+)
+PYTHON_WORDS = Words(
+    "threshold=T", "far=F", "operating_point=NAME", "threshold argument", "threshold={}"
+)
+
+
 def operating_point(
     thresholds: dict[str, float],
     threshold: float | None = None,
     far: float | None = None,
     name: str | None = None,
     where: str = "model",
+    words: Words = CLI_WORDS,
 ) -> OperatingPoint:
     """The one rule for choosing a decision threshold.
 
     ``threshold`` wins; else the calibrated threshold for ``far`` (``far_<F>``); else the named
     operating point ``name``; else ``DEFAULT_OPERATING_POINT``. ``where`` names the owner of
-    ``thresholds`` in the answer ("model", "gallery").
+    ``thresholds`` in the answer ("model", "gallery"); ``words``, the caller's names for the
+    three choices in messages.
 
     Raises:
         ValueError: nothing applies (the message lists what is calibrated and what to pass).
     """
+    w = words
     if threshold is not None:
         if not 0.0 <= threshold <= 4.0:
             raise ValueError(
-                f"--threshold {threshold} is outside [0, 4] (squared L2 of unit vectors)"
+                f"{w.given_threshold(threshold)} is outside [0, 4] (squared L2 of unit vectors)"
             )
-        return OperatingPoint(float(threshold), "threshold", "--threshold")
+        return OperatingPoint(float(threshold), "threshold", w.source)
     have = ", ".join(f"{k}={v:.4f}" for k, v in thresholds.items()) or "none"
     if far is not None:
         for key, value in thresholds.items():
@@ -75,7 +101,7 @@ def operating_point(
                     continue
         raise ValueError(
             f"the {where} has no threshold calibrated for FAR={far:g} (it has: {have}); "
-            "pass --threshold T"
+            f"pass {w.threshold}"
         )
     key = name or DEFAULT_OPERATING_POINT
     if key in thresholds:
@@ -83,10 +109,10 @@ def operating_point(
     if name is not None:
         raise ValueError(
             f"the {where} has no operating point {name!r} (it has: {have}); "
-            "pass --threshold T or another --operating-point"
+            f"pass {w.threshold} or another {w.operating_point}"
         )
     raise ValueError(
         f"the {where} carries no {DEFAULT_OPERATING_POINT} threshold (it has: {have}); pass "
-        "--operating-point NAME, --far F or --threshold T (squared L2 distance), or use a "
+        f"{w.operating_point}, {w.far} or {w.threshold} (squared L2 distance), or use a "
         "calibrated model such as " + DEFAULT_MODEL
     )

@@ -39,7 +39,7 @@ from facenet.apps.results import (
     VerifyResult,
     faces_of,
 )
-from facenet.apps.thresholds import OperatingPoint, operating_point
+from facenet.apps.thresholds import OperatingPoint, Words, operating_point
 from facenet.apps.verify import verify_faces
 from facenet.serve.batcher import BatcherClosed, BatchFailed, MicroBatcher, QueueFull
 from facenet.serve.images import decode_upload
@@ -282,9 +282,8 @@ async def identify_image(
     def work(g: Gallery) -> IdentifyResult:
         op = _operating_point(
             lambda: gallery_operating_point(
-                svc.embedder, g, choice.threshold, choice.far, choice.operating_point
-            ),
-            choice,
+                svc.embedder, g, choice.threshold, choice.far, choice.operating_point, FORM_WORDS
+            )
         )
         return answer_faces(svc.embedder, g, found.name, found.faces, found.used, op, k)
 
@@ -372,26 +371,28 @@ def model_point(svc: Service, choice: Choice = Choice()) -> OperatingPoint:  # n
     """The model's operating point for a request's ``choice``."""
     c = choice
     return _operating_point(
-        lambda: operating_point(svc.embedder.thresholds, c.threshold, c.far, c.operating_point), c
+        lambda: operating_point(
+            svc.embedder.thresholds, c.threshold, c.far, c.operating_point, words=FORM_WORDS
+        ),
     )
 
 
-# the CLI's words in operating_point's messages, as a request says them
-_FIELDS = {"--threshold T": "the form field threshold", "--far F": "the form field far",
-           "--operating-point NAME": "the form field operating_point",
-           "another --operating-point": "another operating_point"}  # fmt: skip
+# operating_point's messages and answers in a request's words
+FORM_WORDS = Words(
+    "the form field threshold",
+    "the form field far",
+    "the form field operating_point",
+    "request",
+    "the form field threshold={}",
+)
 
 
-def _operating_point(choose: Callable[[], OperatingPoint], choice: Choice) -> OperatingPoint:
-    """``choose()``, with a missing threshold as a problem and a request's threshold named so."""
+def _operating_point(choose: Callable[[], OperatingPoint]) -> OperatingPoint:
+    """``choose()``, with a missing threshold as a problem."""
     try:
-        op = choose()
+        return choose()
     except ValueError as e:
-        text = str(e)
-        for cli, form in _FIELDS.items():
-            text = text.replace(cli, form)
-        raise ProblemError("no_threshold", text) from None
-    return OperatingPoint(op.threshold, op.name, "request") if choice.threshold is not None else op
+        raise ProblemError("no_threshold", str(e)) from None
 
 
 async def _gallery_call(svc: Service, fn: Callable[[Gallery], T]) -> T:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from facenet.config import Config
 from facenet.models.inference import inference_network
 from facenet.preprocess import ModelSpec, normalize
+from facenet.train import distributed as D
 from facenet.train.model_setup import load_reference
 from facenet.train.teacher import TeacherTargets
 
@@ -44,36 +45,47 @@ class OnlineTeacher:
     device: torch.device
     channels_last: bool = False
 
-    def __call__(self, images: Tensor) -> Tensor:
+    def __call__(self, images: Tensor, out: torch.device | None = None) -> Tensor:
         """float (n, 3, s, s) RGB in [0, 255] (the step's augmented square faces, before the
         student's normalisation; a non-square student sees their centre window) ->
-        (n, D_student) unit targets, on the device ``images`` is on."""
+        (n, D_student) unit targets, on ``out`` (default: where ``images`` are)."""
         h, w = (int(s) for s in self.spec.input_size)
         x = images.to(self.device, torch.float32)
         if tuple(x.shape[-2:]) != (h, w):
-            x = nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+            # why: antialiased when shrinking, as the cached faces' INTER_AREA resize
+            shrink = h < x.shape[-2] or w < x.shape[-1]
+            x = nn.functional.interpolate(
+                x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink
+            )
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        out = []
+        chunks = []
         with torch.inference_mode():
             for chunk in x.split(self.batch_size):
                 e = self.network(normalize(chunk, self.spec).contiguous(memory_format=fmt))
-                out.append(nn.functional.normalize(e.float(), dim=1) @ self.transform)
-        targets = nn.functional.normalize(torch.cat(out), dim=1)
-        return targets.to(images.device).clone()  # why: a plain tensor, not an inference one
+                chunks.append(nn.functional.normalize(e.float(), dim=1) @ self.transform)
+        # (cat and normalize run outside inference mode: an ordinary tensor)
+        targets = nn.functional.normalize(torch.cat(chunks), dim=1)
+        return targets.to(out if out is not None else images.device)
 
 
 def build_online_teacher(
-    config: Config, targets: TeacherTargets, device: torch.device
+    config: Config, targets: TeacherTargets, info: D.DistInfo
 ) -> OnlineTeacher | None:
     """``distill.online``'s teacher (None when off), mapping into the frame of ``targets``
-    (the run's cached targets, after any harmonic rotation)."""
+    (the run's cached targets, after any harmonic rotation). Under torchrun rank 0 builds it
+    first (an ONNX Runtime teacher is exported once, then read by the others)."""
     d = config.distill
     if not (d.teacher and d.online):
         return None
     teacher = load_reference("distill.teacher", d.teacher).eval()
     torch_backend = d.backend == "torch"
-    run_on = device if torch_backend else torch.device("cpu")
-    network = inference_network(teacher, d.backend)
+    run_on = info.device if torch_backend else torch.device("cpu")
+    network = None
+    if info.is_main:
+        network = inference_network(teacher, d.backend)
+    D.barrier()
+    if network is None:
+        network = inference_network(teacher, d.backend)
     return OnlineTeacher(
         network=network.to(run_on) if torch_backend else network,
         spec=teacher.spec,

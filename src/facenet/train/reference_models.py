@@ -20,7 +20,6 @@ from facenet.train.teacher import (
     build_targets,
     cached_embeddings,
     pair_embeddings,
-    procrustes_rotation,
 )
 from facenet.train.validate import PairSet
 
@@ -55,20 +54,18 @@ def build_teacher(
 
 
 def align_teacher(teacher: TeacherTargets, old: OldEmbeddings, progress: bool) -> TeacherTargets:
-    """The teacher's targets rotated into the harmonic v1's frame (``align_targets``): the same
+    """The teacher's targets rotated into the harmonic v1's frame (``align_targets``; the
+    rotation is kept for ``distill.online``): the same
     geometry, oriented so that learning it does not fight the mixed triplets."""
     before = float((teacher.targets * old.embeddings).sum(dim=1).mean())
-    rotation = procrustes_rotation(teacher.targets, old.embeddings)
-    rotated, after = align_targets(teacher.targets, old.embeddings)
+    rotated, after, rotation = align_targets(teacher.targets, old.embeddings)
     if progress:
         print(
             f"teacher targets rotated into {old.weights_hash[:12]}'s frame: mean cosine with "
             f"v1 {before:.3f} -> {after:.3f}",
             file=sys.stderr,
         )
-    return dataclasses.replace(
-        teacher, targets=rotated, transform=teacher.transform @ rotation
-    )
+    return dataclasses.replace(teacher, targets=rotated, transform=teacher.transform @ rotation)
 
 
 @dataclass(frozen=True)

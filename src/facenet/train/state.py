@@ -45,13 +45,13 @@ from facenet.train.data import (
 from facenet.train.ema import make_ema
 from facenet.train.model_setup import build_model, unfold_batchnorm
 from facenet.train.offline import OfflineTripletMiner
+from facenet.train.online_teacher import OnlineTeacher, build_online_teacher
 from facenet.train.reference_models import (
     OldEmbeddings,
     align_teacher,
     build_old,
     build_teacher,
 )
-from facenet.train.online_teacher import OnlineTeacher, build_online_teacher
 from facenet.train.teacher import TeacherTargets
 from facenet.train.terms import LossTerm, build_terms
 from facenet.train.validate import PairSet, embed_images
@@ -246,6 +246,7 @@ RESUME_MAY_CHANGE = (
     "distill.cache",
     "harmonic.cache",
 )
+ONLINE_TEACHER_KEYS = ("distill.batch_size", "distill.backend")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -260,21 +261,29 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def check_same_run(ckpt: dict[str, Any], config: Config, path: Path) -> None:
     """``ValueError`` naming ``path`` and every setting that differs from the checkpoint's
-    config beyond ``RESUME_MAY_CHANGE`` (settings the checkpoint predates are not compared)."""
+    config beyond ``RESUME_MAY_CHANGE`` (a setting the checkpoint predates counts as its
+    default)."""
     step = int(ckpt.get("step", 0))
     if config.max_steps < step:
         raise ValueError(
             f"{path} is at step {step}, past max_steps={config.max_steps}: a run cannot go back; "
             "raise max_steps to continue it"
         )
-    saved = _flat(ckpt.get("config") or {})
+    # why: a setting the checkpoint predates ran at its default (new options default to the
+    # old behaviour), so that is what it is compared with
+    saved = _flat(config_to_dict(Config())) | _flat(ckpt.get("config") or {})
     now = _flat(config_to_dict(config))
+    may_change = RESUME_MAY_CHANGE
+    if saved.get("distill.online"):
+        # why: the teacher then runs on every step's batch: its backend and chunking are part
+        # of the targets, not of a one-off cache
+        may_change = tuple(k for k in may_change if k not in ONLINE_TEACHER_KEYS)
     changed = [
         k
         for k in now
         if k in saved
         and now[k] != saved[k]
-        and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE)
+        and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in may_change)
     ]
     if changed:
         shown = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in changed[:6])
@@ -341,9 +350,7 @@ def build_state(config: Config, info: D.DistInfo, resume: bool) -> TrainState:
         teacher=teacher,
         old=old,
         online_teacher=(
-            build_online_teacher(config, teacher, info.device)
-            if teacher is not None
-            else None
+            build_online_teacher(config, teacher, info) if teacher is not None else None
         ),
         autocast=_autocast(config, info.device),
     )

@@ -89,7 +89,7 @@ def next_batch(state: TrainState) -> Batch:
         mined=mined,
         mining_seed=mining_seed(config.seed, state.step),
         global_size=state.stream.global_size if triplets is None else len(idx),
-        targets=teacher(pixels).to(device) if teacher is not None else None,
+        targets=teacher(pixels, device) if teacher is not None else None,
     )
 
 

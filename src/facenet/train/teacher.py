@@ -265,18 +265,20 @@ def procrustes_rotation(targets: Tensor, reference: Tensor) -> Tensor:
     return u @ vh
 
 
-def align_targets(targets: Tensor, reference: Tensor) -> tuple[Tensor, float]:
+def align_targets(targets: Tensor, reference: Tensor) -> tuple[Tensor, float, Tensor]:
     """Rotate the (N, D) unit ``targets`` into the frame of the (N, D) unit ``reference``
     embeddings of the same faces (``procrustes_rotation``). A rotation keeps every distance
     between targets, so the teacher's geometry is unchanged; only its orientation follows the
     reference (a harmonic model's v1), which the student can then learn both from.
 
     Returns:
-        (rotated targets, mean cosine between the rotated targets and the reference).
+        (rotated targets, mean cosine between the rotated targets and the reference, the
+        (D, D) float64 rotation).
     """
-    rotated = (targets.double() @ procrustes_rotation(targets, reference)).float()
+    rotation = procrustes_rotation(targets, reference)
+    rotated = (targets.double() @ rotation).float()
     agreement = float((rotated.double() * reference.double()).sum(dim=1).mean())
-    return rotated, agreement
+    return rotated, agreement, rotation
 
 
 def cached_embeddings(
