@@ -281,8 +281,7 @@ def check_same_run(ckpt: dict[str, Any], config: Config, path: Path) -> None:
     changed = [
         k
         for k in now
-        if k in saved
-        and now[k] != saved[k]
+        if now[k] != saved[k]
         and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in may_change)
     ]
     if changed:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from facenet.config import Config
 from facenet.data.cache import build_cache, cache_key, square_resize
 from facenet.fingerprint import array_sha256, weights_sha256
-from facenet.models.inference import embed_faces, inference_network
+from facenet.models.inference import combine_flips, embed_faces, inference_network
 from facenet.models.loading import load_model
 from facenet.preprocess import FRAMING_VERSION
 from facenet.train.data import TrainData, build_validation
@@ -222,7 +222,7 @@ def projection(embeddings: np.ndarray, dim: int) -> tuple[Tensor, float]:
     embeddings into ``dim`` dimensions with: the identity when ``dim`` is D, else the top ``dim``
     right-singular vectors of the (uncentred) normalised flip means of ``embeddings`` (N, 2, D).
     """
-    mean = torch.nn.functional.normalize(torch.from_numpy(embeddings).sum(dim=1), dim=1)
+    mean = combine_flips(torch.from_numpy(embeddings), "mean")
     d = mean.shape[1]
     if dim == d:
         return torch.eye(d, dtype=torch.float64), 1.0
@@ -250,7 +250,7 @@ def project_targets(embeddings: np.ndarray, dim: int) -> tuple[Tensor, float]:
 def projected(embeddings: np.ndarray, basis: Tensor) -> Tensor:
     """(N, 2, D) teacher embeddings -> (N, dim) unit targets: the normalised flip means mapped
     by the (D, dim) ``basis`` and normalised again."""
-    mean = torch.nn.functional.normalize(torch.from_numpy(embeddings).sum(dim=1), dim=1)
+    mean = combine_flips(torch.from_numpy(embeddings), "mean")
     if basis.shape[0] == basis.shape[1]:  # the identity: no projection
         return mean
     return torch.nn.functional.normalize((mean.double() @ basis).float(), dim=1)
