@@ -17,6 +17,7 @@ and the ratio to dlib. One run; machines are noisy: compare within a run.
 
     python benchmarks/embed.py [--n 1000] [--threads 1 2] [--before /work/wt_before]
         [--models inception_resnet_v1:casia-webface resnet_cpu:lfw-celeba] [--json out.json]
+        [--after-args "" "--backend onnxruntime"]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -84,9 +86,9 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 def facenet_side(model: str, paths: list[Path], out: Path, threads: int,
-                 src: Path | None) -> dict:  # fmt: skip
+                 src: Path | None, extra: list[str]) -> dict:  # fmt: skip
     cmd = [sys.executable, "-m", "facenet", "embed", *map(str, paths), "--out", str(out),
-           "--model", model]  # fmt: skip
+           "--model", model, *extra]  # fmt: skip
     wall, _ = timed(cmd, env_for(threads, src))
     import numpy as np
 
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     ap.add_argument("--before", type=Path, help="another checkout to run facenet from")
+    ap.add_argument("--after-args", nargs="+", default=[""], metavar="ARGS",
+                    help='one "after" row per entry, each its extra facenet embed options, '
+                    'e.g. "" "--backend onnxruntime"')  # fmt: skip
     ap.add_argument("--no-dlib", action="store_true", help="leave the dlib pipeline out")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args(argv)
@@ -115,11 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="facenet-embed-bench-"))
     listing = work / "photos.txt"
     listing.write_text("\n".join(map(str, paths)) + "\n")
-    sides: list[tuple[str, Path | None]] = [("after", ROOT / "src")]
+    sides: list[tuple[str, Path | None, list[str]]] = [
+        ("after" + (f" {extra}" if extra else ""), ROOT / "src", shlex.split(extra))
+        for extra in args.after_args
+    ]
     if args.before is not None:
         if not (args.before / "src" / "facenet").is_dir():
             raise SystemExit(f"--before {args.before}: no src/facenet there")
-        sides.insert(0, ("before", args.before.resolve() / "src"))
+        sides.insert(0, ("before", args.before.resolve() / "src", []))
     print(f"# {len(paths)} LFW photos (seed {args.seed}), {os.cpu_count()} CPUs; one run; "
           "wall time of a fresh process, start-up included")  # fmt: skip
     rows = []
@@ -130,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                          **dlib})  # fmt: skip
             print(f"  dlib, {threads} thread(s): {len(paths) / dlib['wall_s']:.1f} photos/s")
         for model in args.models:
-            for side, src in sides:
-                r = facenet_side(model, paths, work / "out.npz", threads, src)
+            for side, src, extra in sides:
+                r = facenet_side(model, paths, work / "out.npz", threads, src, extra)
                 rows.append({"pipeline": f"facenet embed --model {model} ({side})",
                              "threads": threads, **r})  # fmt: skip
                 print(

@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes, data-folder lookup, seeded generators."""
+"""Small shared helpers: atomic file writes, data-folder lookup, a two-stage pipeline, seeded
+generators."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @contextlib.contextmanager
@@ -57,6 +62,27 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of ``e``'s message (its type name when empty), at most ``limit`` chars:
     what a one-line error quotes from a library's multi-line exception."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
+def prefetched(
+    work: Callable[[T], R], items: Sequence[T], name: str = "facenet-prefetch"
+) -> Iterator[R]:
+    """``work(item)`` for each item, in order, each computed in one worker thread while the caller
+    uses the one before: a two-stage pipeline (e.g. decode and detect the next chunk of photos
+    while the network embeds this one; decoding, OpenCV and torch release the GIL).
+
+    An exception from ``work`` is raised where its result is taken. A caller that stops early
+    waits only for the one item already started.
+    """
+    if not items:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix=name) as pool:
+        pending = pool.submit(work, items[0])
+        for n in range(len(items)):
+            result = pending.result()
+            if n + 1 < len(items):
+                pending = pool.submit(work, items[n + 1])
+            yield result
 
 
 def open_npz(path: str | os.PathLike) -> Any:

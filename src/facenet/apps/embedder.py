@@ -42,6 +42,7 @@ from facenet.models.card import card_of
 from facenet.models.inference import Backend, embed_faces, inference_network
 from facenet.models.loading import load_model
 from facenet.preprocess import frame, model_margin_fraction
+from facenet.utils import prefetched
 
 CropMode = Literal["box", "similarity", "none"]
 CROP_MODES: tuple[str, ...] = ("box", "similarity", "none")
@@ -390,7 +391,8 @@ class Embedder:
         """Embed the faces of many photos, batched; yields one ``PhotoResult`` per path, in order.
 
         A photo that cannot be read yields a result with ``error`` set (the batch continues);
-        a photo without a face yields an empty ``faces`` list.
+        a photo without a face yields an empty ``faces`` list. Pipelined: the next ``chunk``
+        photos are decoded and detected in a worker thread while this chunk is embedded.
 
         Args:
             subject_only: keep only each photo's main face.
@@ -398,25 +400,33 @@ class Embedder:
             chunk: photos detected together.
         """
         paths = [str(p) for p in paths]
+        step = max(1, int(chunk))
+        chunks = [paths[i : i + step] for i in range(0, len(paths), step)]
+
+        def found_in(group: list[str]) -> tuple[dict[str, list[Face]], dict[str, str]]:
+            """Decode, detect and crop one chunk: the worker thread's half of the pipeline."""
+            images: list[np.ndarray] = []
+            ok: list[str] = []
+            errors: dict[str, str] = {}
+            for p in group:
+                try:
+                    images.append(load_image(p))
+                    ok.append(p)
+                except ImageError as e:
+                    errors[p] = str(e)
+            found = dict(zip(ok, self._faces_in(images, ok), strict=True))
+            if subject_only:
+                shapes = dict(zip(ok, (im.shape for im in images), strict=True))
+                found = {p: [f[subject_index(f, shapes[p])]] if f else [] for p, f in found.items()}
+            return found, errors
+
         bar = tqdm(total=len(paths), desc="embedding", unit=" photos", disable=not progress)
         try:
-            for start in range(0, len(paths), chunk):
-                group = paths[start : start + chunk]
-                images: list[np.ndarray] = []
-                ok: list[str] = []
-                errors: dict[str, str] = {}
-                for p in group:
-                    try:
-                        images.append(load_image(p))
-                        ok.append(p)
-                    except ImageError as e:
-                        errors[p] = str(e)
-                found = dict(zip(ok, self._faces_in(images, ok), strict=True))
-                if subject_only:
-                    shapes = dict(zip(ok, (im.shape for im in images), strict=True))
-                    found = {
-                        p: [f[subject_index(f, shapes[p])]] if f else [] for p, f in found.items()
-                    }
+            # why: the next chunk is decoded and detected in a worker thread while the network
+            # embeds this one (the detector is used by that thread only, the network by this one)
+            for group, (found, errors) in zip(
+                chunks, prefetched(found_in, chunks, "facenet-embed-detect"), strict=True
+            ):
                 self._embed_faces([f for faces in found.values() for f in faces])
                 for p in group:
                     if p in errors:

@@ -40,7 +40,6 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -61,7 +60,7 @@ from facenet.models.inference import (
     inference_network,
 )
 from facenet.preprocess import FRAMING_VERSION, center_window, frame
-from facenet.utils import atomic_write, open_npz
+from facenet.utils import atomic_write, open_npz, prefetched
 
 Align = Literal["center", "box", "similarity"]
 DEFAULT_CENTER_FRACTION = 0.6  # why: 150 of 250 px keeps the deep-funneled face + a thin margin
@@ -435,19 +434,14 @@ def embed_paths(
         embedder.network  # noqa: B018
     # why: one pipeline: the next chunk is decoded (and detected, when aligning on the fly) in a
     # worker thread while the network embeds this one; decoding and OpenCV release the GIL
-    with ThreadPoolExecutor(1, thread_name_prefix="facenet-eval-crops") as pool:
-        pending = pool.submit(crops_of, chunks[0]) if chunks else None
-        for n in range(len(chunks)):
-            assert pending is not None
-            crops, ok, failed = pending.result()
-            pending = pool.submit(crops_of, chunks[n + 1]) if n + 1 < len(chunks) else None
-            stats.failures.update(failed)
-            since_save += _embed_chunk(embedder, crops, ok, keys, cache, flip, flip_mode, stats)
-            if cache_path and since_save >= SAVE_EVERY:
-                _save_cache(cache_path, cache, prep, embedder.identity)
-                since_save = 0
-            if progress:
-                progress(min((n + 1) * batch_size, len(todo)), len(todo))
+    for n, (crops, ok, failed) in enumerate(prefetched(crops_of, chunks, "facenet-eval-crops")):
+        stats.failures.update(failed)
+        since_save += _embed_chunk(embedder, crops, ok, keys, cache, flip, flip_mode, stats)
+        if cache_path and since_save >= SAVE_EVERY:
+            _save_cache(cache_path, cache, prep, embedder.identity)
+            since_save = 0
+        if progress:
+            progress(min((n + 1) * batch_size, len(todo)), len(todo))
     if cache_path and since_save:
         _save_cache(cache_path, cache, prep, embedder.identity)
     stats.seconds = time.perf_counter() - t0
