@@ -8,6 +8,7 @@ import json
 import math
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,24 +66,27 @@ def first_line(e: BaseException, limit: int = 200) -> str:
 
 
 def prefetched(
-    work: Callable[[T], R], items: Sequence[T], name: str = "facenet-prefetch"
+    work: Callable[[T], R], items: Sequence[T], name: str = "facenet-prefetch", workers: int = 1
 ) -> Iterator[R]:
-    """``work(item)`` for each item, in order, each computed in one worker thread while the caller
-    uses the one before: a two-stage pipeline (e.g. decode and detect the next chunk of photos
-    while the network embeds this one; decoding, OpenCV and torch release the GIL).
+    """``work(item)`` for each item, in order, computed by ``workers`` threads ahead of the caller,
+    who uses each result while the next ``workers`` items are worked on: a two-stage pipeline
+    (e.g. decode and detect the next chunks of photos while the network embeds this one;
+    decoding, OpenCV and torch release the GIL).
 
     An exception from ``work`` is raised where its result is taken. A caller that stops early
-    waits only for the one item already started.
+    waits only for the items already started; the rest never start.
     """
-    if not items:
-        return
-    with ThreadPoolExecutor(1, thread_name_prefix=name) as pool:
-        pending = pool.submit(work, items[0])
-        for n in range(len(items)):
-            result = pending.result()
-            if n + 1 < len(items):
-                pending = pool.submit(work, items[n + 1])
+    workers = max(1, int(workers))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    try:
+        pending = deque(pool.submit(work, item) for item in items[:workers])
+        for n in range(workers, len(items) + workers):
+            result = pending.popleft().result()
+            if n < len(items):
+                pending.append(pool.submit(work, items[n]))
             yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def open_npz(path: str | os.PathLike) -> Any:

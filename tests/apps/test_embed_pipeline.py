@@ -43,6 +43,28 @@ def test_prefetched_starts_the_next_item_before_the_caller_is_done_with_this_one
     assert threading.current_thread().name not in threads
 
 
+def test_prefetched_with_several_workers_keeps_that_many_items_ahead_in_order():
+    started = [threading.Event() for _ in range(8)]
+    release = threading.Event()
+
+    def work(i: int) -> int:
+        started[i].set()
+        if i == 0:
+            release.wait(WAIT_S)  # item 0 is slow: items 1..3 must not wait for it
+        return i
+
+    gen = prefetched(work, list(range(8)), workers=3)
+    first = threading.Thread(target=lambda: got.append(next(gen)))
+    got: list[int] = []
+    first.start()
+    assert all(started[i].wait(WAIT_S) for i in (1, 2)), "workers did not run side by side"
+    assert not started[3].is_set()  # three in flight at most, item 0 among them
+    release.set()
+    first.join(WAIT_S)
+    got.extend(gen)
+    assert got == list(range(8))
+
+
 def test_prefetched_raises_a_failure_where_its_result_is_taken():
     def work(i: int) -> int:
         if i == 1:
@@ -56,17 +78,20 @@ def test_prefetched_raises_a_failure_where_its_result_is_taken():
     assert got == [0]
 
 
-def test_prefetched_stopped_early_runs_nothing_past_the_item_already_started():
+def test_prefetched_stopped_early_runs_nothing_past_the_items_in_flight():
     done: list[int] = []
 
     def work(i: int) -> int:
         done.append(i)
         return i
 
-    gen = prefetched(work, list(range(10)))
-    assert next(gen) == 0
-    gen.close()  # waits for item 1, which had started; item 2 never does
-    assert done == [0, 1]
+    for workers in (1, 3):
+        done.clear()
+        gen = prefetched(work, list(range(10)), f"test-stop-{workers}", workers)
+        assert next(gen) == 0
+        gen.close()  # items already started finish; queued ones are cancelled
+        assert done[0] == 0 and set(done) <= set(range(workers + 1))
+        assert not [t for t in threading.enumerate() if t.name.startswith(f"test-stop-{workers}")]
 
 
 class ThreadRecordingTiles:
@@ -155,3 +180,80 @@ def test_embed_files_keeps_only_each_photos_main_face_when_asked(photos):
     main = list(embedder.embed_files(photos, subject_only=True, chunk=2))
     for a, b in zip(every, main, strict=True):
         assert len(b.faces) == min(1, len(a.faces))
+
+
+class NamedTiles(ThreadRecordingTiles):
+    """The tiles detector built by name (``create_detector``), recording which instance each
+    thread used."""
+
+    used: list[tuple[str, int]] = []
+    meet: threading.Barrier | None = None  # set: the first calls wait until two run at once
+
+    def detect_batch(self, images):
+        NamedTiles.used.append((threading.current_thread().name, id(self)))
+        if NamedTiles.meet is not None:
+            NamedTiles.meet.wait(WAIT_S)  # raises BrokenBarrierError when alone
+            NamedTiles.meet = None
+        return [self.detect(im) for im in images]
+
+
+@pytest.fixture()
+def named_tiles(monkeypatch):
+    import facenet.detect.base as base
+
+    monkeypatch.setitem(base.DETECTORS, "tiles", (__name__, "NamedTiles", "test tiles"))
+    NamedTiles.used = []
+    NamedTiles.meet = None
+    return "tiles"
+
+
+def test_several_detect_workers_each_use_their_own_detector_and_give_the_same_results(
+    photos, named_tiles
+):
+    torch.manual_seed(0)
+    embedder = Embedder(create_model("tiny"), detector=named_tiles)
+    threads = torch.get_num_threads()
+    serial = list(embedder.embed_files(photos, chunk=1, workers=1))
+    assert all(name.startswith("facenet-embed-detect") for name, _ in NamedTiles.used)
+    NamedTiles.used = []
+    NamedTiles.meet = threading.Barrier(2)
+    parallel = list(embedder.embed_files(photos, chunk=1, workers=3))
+    assert torch.get_num_threads() == threads  # the caller's torch threads are as they were
+
+    by_thread: dict[str, set[int]] = {}
+    for name, instance in NamedTiles.used:
+        by_thread.setdefault(name, set()).add(instance)
+    assert len(by_thread) > 1  # and two of them ran at once (the barrier)
+    assert all(len(ids) == 1 for ids in by_thread.values())
+    owners = [i for ids in by_thread.values() for i in ids]
+    assert len(owners) == len(set(owners)), "two workers shared one detector"
+
+    assert [r.path for r in parallel] == [r.path for r in serial]
+    for a, b in zip(parallel, serial, strict=True):
+        assert a.error == b.error
+        assert [f.box for f in a.faces] == [f.box for f in b.faces]
+        for fa, fb in zip(a.faces, b.faces, strict=True):
+            np.testing.assert_array_equal(fa.embedding, fb.embedding)
+
+
+def test_a_detector_object_is_never_shared_between_threads(photos):
+    detector = ThreadRecordingTiles()
+    embedder = Embedder(create_model("tiny"), detector=detector)
+    assert embedder.detect_workers() == 1
+    results = list(embedder.embed_files(photos, chunk=1, workers=4))
+    assert len(results) == len(photos)
+    assert len(set(detector.threads)) == 1
+
+
+def test_the_real_mtcnn_in_several_workers_finds_what_one_finds(lfw_dir):
+    photos = sorted(lfw_dir.glob("*/*.jpg"))[:24]
+    embedder = Embedder(create_model("tiny"), detector="mtcnn")
+    one = list(embedder.embed_files(photos, chunk=4, workers=1))
+    two = list(embedder.embed_files(photos, chunk=4, workers=2))
+    assert sum(len(r.faces) for r in one) >= len(photos)  # LFW: a face in every photo
+    for a, b in zip(one, two, strict=True):
+        assert len(a.faces) == len(b.faces), a.path
+        for fa, fb in zip(a.faces, b.faces, strict=True):
+            # one torch thread per worker against two: float sums in another order at most
+            np.testing.assert_allclose(fa.box, fb.box, atol=1e-2)
+            np.testing.assert_allclose(fa.embedding, fb.embedding, atol=1e-4)
