@@ -97,11 +97,16 @@ def _positive_int(name: str, value: Any) -> int:
     return number
 
 
+def _name_of(image: ImageInput, index: int) -> str:
+    """What answers and messages call an input: a file by its path, anything else by position."""
+    return str(image) if isinstance(image, (str, os.PathLike)) else f"<input {index}>"
+
+
 def _as_array(image: ImageInput, index: int) -> tuple[np.ndarray, str]:
     """(uint8 RGB (H, W, 3), a name for messages) of any accepted input."""
+    name = _name_of(image, index)
     if isinstance(image, (str, os.PathLike)):
-        return load_image(image), str(image)
-    name = f"<input {index}>"
+        return load_image(image), name
     if isinstance(image, (bytes, bytearray, memoryview)):
         return decode_image(bytes(image), name), name
     if isinstance(image, Image.Image):
@@ -148,17 +153,28 @@ class FaceNet:
 
     def embed(self, images: ImageInput | Sequence[ImageInput]) -> EmbedResult:
         """Every face of every image, embedded. An unreadable image or one without a face gets
-        an ``error`` and no faces; the others are answered."""
+        an ``error`` and no faces; the others are answered.
+
+        Many images go through the batched pipeline (``Embedder.embed_images``): decoded and
+        detected in worker threads while the network embeds the ones before.
+        """
+        items = _many(images)
+        # why: a PIL image may load lazily, so the same object twice must not be read by two
+        # threads at once; files, bytes and arrays are only read
+        shared = any(isinstance(image, Image.Image) for image in items)
         out = []
-        for i, image in enumerate(_many(images)):
-            try:
-                array, name = _as_array(image, i)
-            except ImageError as e:
-                out.append(ImageAnswer(e.path, (), str(e)))
+        for r in self.embedder.embed_images(
+            [_name_of(image, i) for i, image in enumerate(items)],
+            lambda i: _as_array(items[i], i)[0],
+            workers=1 if shared else None,
+        ):
+            if r.error is not None:
+                out.append(ImageAnswer(r.path, (), r.error))
                 continue
-            faces = self.embedder.faces(array, name)
-            error = None if faces else str(NoFaceError(name))
-            out.append(ImageAnswer(name, faces_of(faces, self.embedder.crop_mode), error, "all"))
+            error = None if r.faces else str(NoFaceError(r.path))
+            out.append(
+                ImageAnswer(r.path, faces_of(r.faces, self.embedder.crop_mode), error, "all")
+            )
         return EmbedResult(tuple(out))
 
     def _pick(self, image: ImageInput, index: int, face: int | None) -> Pick:

@@ -54,8 +54,8 @@ def test_every_input_form_gives_the_same_embedding(fn, pictures):
     forms = [path, str(path), path.read_bytes(), Image.open(path), array]
     result = fn.embed(forms)
     vectors = [image.faces[0].embedding for image in result.images]
-    for v in vectors[1:]:
-        np.testing.assert_array_equal(v, vectors[0])
+    for v in vectors[1:]:  # one batch: rows may differ in the last float bit
+        np.testing.assert_allclose(v, vectors[0], rtol=0, atol=1e-6)
     assert [i.image for i in result.images][:2] == [str(path)] * 2
     assert result.images[2].image == "<input 2>"
     grey = fn.embed(array[..., 0]).images[0].faces[0]
@@ -70,6 +70,37 @@ def test_a_bad_input_is_named_and_the_rest_answered(fn, pictures):
     assert "uint8" in wrong.error
     text = dumps_json(result.to_dict())  # strict JSON: no NaN or Infinity
     assert json.loads(text)["images"][1]["faces"][0]["crop"] == "none"
+
+
+def test_many_images_are_embedded_in_the_pipeline_as_each_alone_would_be(fn, pictures, monkeypatch):
+    """A long mixed list (files, bytes, arrays, PIL images, bad inputs) gives, in order, what
+    each input gives alone; the decoding ran in the pipeline's worker threads."""
+    import threading
+
+    import facenet.api as api
+
+    inputs = []
+    for k in range(40):
+        path = pictures[k % 3]
+        inputs.append([path, path.read_bytes(), np.asarray(Image.open(path)), b"junk"][k % 4])
+    decoded_in: set[str] = set()
+    as_array = api._as_array
+
+    def recording(image, index):
+        decoded_in.add(threading.current_thread().name)
+        return as_array(image, index)
+
+    monkeypatch.setattr(api, "_as_array", recording)
+    together = fn.embed(inputs).images
+    assert decoded_in and threading.current_thread().name not in decoded_in
+    alone = [fn.embed([x]).images[0] for x in inputs]
+    pil = fn.embed([Image.open(pictures[k % 3]) for k in range(40)]).images  # one worker
+    for k, (a, b) in enumerate(zip(together, alone, strict=True)):
+        assert (a.error is None) == (b.error is None) == (k % 4 != 3)
+        assert a.image == (str(inputs[k]) if k % 4 == 0 else f"<input {k}>")
+        if a.error is None:  # batched against alone: the last float bit at most
+            np.testing.assert_allclose(a.faces[0].embedding, b.faces[0].embedding, atol=1e-6)
+            np.testing.assert_allclose(a.faces[0].embedding, pil[k].faces[0].embedding, atol=1e-6)
 
 
 def test_a_pil_image_is_read_as_its_file_would_be(fn, pictures, tmp_path):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -403,65 +403,83 @@ class Embedder:
         chunk: int = 16,
         workers: int | None = None,
     ) -> Iterator[PhotoResult]:
-        """Embed the faces of many photos, batched; yields one ``PhotoResult`` per path, in order.
+        """Embed the faces of many photo files: ``embed_images`` of the files, each named by its
+        path; a file that cannot be read yields a result with ``error`` set."""
+        paths = [str(p) for p in paths]
+        return self.embed_images(
+            paths, lambda i: load_image(paths[i]), subject_only, progress, chunk, workers
+        )
 
-        A photo that cannot be read yields a result with ``error`` set (the batch continues);
-        a photo without a face yields an empty ``faces`` list. Pipelined: the next chunks of
-        photos are decoded and detected in worker threads while this chunk is embedded.
+    def embed_images(
+        self,
+        names: Sequence[str],
+        decode: Callable[[int], np.ndarray],
+        subject_only: bool = False,
+        progress: bool = False,
+        chunk: int = 16,
+        workers: int | None = None,
+    ) -> Iterator[PhotoResult]:
+        """Embed the faces of many images, batched; yields one ``PhotoResult`` per name, in order.
+
+        Pipelined: the next chunks of images are decoded and detected in worker threads while
+        this chunk is embedded. An image that ``decode`` cannot give (``ImageError``) yields a
+        result with ``error`` set (the batch continues); an image without a face yields an
+        empty ``faces`` list.
 
         Args:
-            subject_only: keep only each photo's main face.
+            names: one per image, what results and messages call it.
+            decode: ``decode(i)`` -> image ``i`` as uint8 RGB (H, W, 3); called in a worker
+                thread, once per image.
+            subject_only: keep only each image's main face.
             progress: show a progress bar.
-            chunk: photos detected together.
+            chunk: images detected together.
             workers: threads that decode and detect, each with its own detector and one torch
                 thread when there are several; default ``detect_workers()``.
         """
-        paths = [str(p) for p in paths]
         step = max(1, int(chunk))
-        chunks = [paths[i : i + step] for i in range(0, len(paths), step)]
+        chunks = [range(i, min(i + step, len(names))) for i in range(0, len(names), step)]
         workers = self.detect_workers() if workers is None else max(1, int(workers))
+        workers = min(workers, max(1, len(chunks)))  # why: one chunk uses the shared detector
         if workers > 1 and not isinstance(self._detector_arg, (str, type(None))):
             workers = 1  # why: a detector object may not be safe to call from two threads
         own = threading.local()
         threads = torch.get_num_threads()
 
-        def found_in(group: list[str]) -> tuple[dict[str, list[Face]], dict[str, str]]:
-            """Decode, detect and crop one chunk: a worker thread's half of the pipeline."""
+        def found_in(group: range) -> dict[int, list[Face] | str]:
+            """Decode, detect and crop one chunk (a worker thread's half of the pipeline):
+            each image's faces, or why it could not be read."""
             if workers > 1 and not hasattr(own, "detector"):
-                torch.set_num_threads(1)  # why: per thread (OpenMP); several photos at once
+                torch.set_num_threads(1)  # why: per thread (OpenMP); several images at once
                 own.detector = self._new_detector() if self._detector_arg is not None else None
-            images: list[np.ndarray] = []
-            ok: list[str] = []
-            errors: dict[str, str] = {}
-            for p in group:
+            out: dict[int, list[Face] | str] = {}
+            images: dict[int, np.ndarray] = {}
+            for i in group:
                 try:
-                    images.append(load_image(p))
-                    ok.append(p)
+                    images[i] = decode(i)
                 except ImageError as e:
-                    errors[p] = str(e)
-            found = dict(
-                zip(ok, self._faces_in(images, ok, getattr(own, "detector", None)), strict=True)
-            )
-            if subject_only:
-                shapes = dict(zip(ok, (im.shape for im in images), strict=True))
-                found = {p: [f[subject_index(f, shapes[p])]] if f else [] for p, f in found.items()}
-            return found, errors
+                    out[i] = str(e)
+            detector = getattr(own, "detector", None)
+            found = self._faces_in(list(images.values()), [names[i] for i in images], detector)
+            for (i, image), faces in zip(images.items(), found, strict=True):
+                if subject_only and faces:
+                    faces = [faces[subject_index(faces, image.shape)]]
+                out[i] = faces
+            return out
 
-        if workers == 1:
+        if workers == 1 and chunks:
             self.detector  # noqa: B018 - why: built here, not by a worker while this thread waits
-        bar = tqdm(total=len(paths), desc="embedding", unit=" photos", disable=not progress)
+        bar = tqdm(total=len(names), desc="embedding", unit=" photos", disable=not progress)
         try:
             # why: the next chunks are decoded and detected in worker threads while the network
             # embeds this one (a worker's detector is used by that thread only)
-            for group, (found, errors) in zip(
+            for group, found in zip(
                 chunks, prefetched(found_in, chunks, "facenet-embed-detect", workers), strict=True
             ):
-                self._embed_faces([f for faces in found.values() for f in faces])
-                for p in group:
-                    if p in errors:
-                        yield PhotoResult(p, [], errors[p])
-                    else:
-                        yield PhotoResult(p, found[p])
+                self._embed_faces([f for v in found.values() if not isinstance(v, str) for f in v])
+                for i in group:
+                    v = found[i]
+                    error = v if isinstance(v, str) else None
+                    yield PhotoResult(names[i], [] if error else v, error)  # type: ignore[arg-type]
                 bar.update(len(group))
         finally:
             bar.close()
