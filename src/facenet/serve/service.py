@@ -1,6 +1,7 @@
 """What each endpoint does, as small functions over the embedder and the gallery.
 
-Threads: decoding and detection run in a pool of ``settings.workers`` threads; the model runs in
+Threads: decoding and detection run in a pool of ``settings.workers`` threads, each with its own
+instance of the named detector (``Embedder.detector``); the model runs in
 the micro-batcher's thread; the gallery lives in one thread of its own (a SQLite connection
 belongs to the thread that opened it, and SQLite takes one writer at a time anyway), so every
 gallery call, reads and writes, is serialised there and concurrent enrolments never interleave.
