@@ -243,8 +243,8 @@ class Embedder:
     def detect_workers(self) -> int:
         """Threads ``embed_images`` decodes and detects in by default: one per torch thread on
         CPU with a named detector (each thread its own instance, one torch thread each: MTCNN
-        gains ~1.1x from a second intra-op thread but ~1.9x from a second photo at once), else 1
-        (a GPU, or a detector object that may not be safe to share)."""
+        gains only ~1.1x from a second intra-op thread, while two photos at once keep two cores
+        busy), else 1 (a GPU, or a detector object that may not be safe to share)."""
         if self.device != "cpu" or not isinstance(self._detector_arg, str):
             return 1
         return max(1, torch.get_num_threads())
