@@ -10,7 +10,7 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -66,27 +66,38 @@ def first_line(e: BaseException, limit: int = 200) -> str:
 
 
 def prefetched(
-    work: Callable[[T], R], items: Sequence[T], name: str = "facenet-prefetch", workers: int = 1
+    work: Callable[[T], R],
+    items: Sequence[T],
+    name: str = "facenet-prefetch",
+    workers: int = 1,
+    pool: Executor | None = None,
 ) -> Iterator[R]:
-    """``work(item)`` for each item, in order, computed by ``workers`` threads ahead of the caller,
-    who uses each result while the next ``workers`` items are worked on: a two-stage pipeline
-    (e.g. decode and detect the next chunks of photos while the network embeds this one;
-    decoding, OpenCV and torch release the GIL).
+    """``work(item)`` for each item, in order, computed ``workers`` items ahead of the caller,
+    who uses each result while the next ones are worked on: a two-stage pipeline (e.g. decode
+    and detect the next chunks of photos while the network embeds this one; decoding, OpenCV and
+    torch release the GIL).
 
-    An exception from ``work`` is raised where its result is taken. A caller that stops early
-    waits only for the items already started; the rest never start.
+    The work runs in ``pool`` when given (it stays open: its threads may keep state between
+    calls), else in a pool of ``workers`` threads of its own. An exception from ``work`` is
+    raised where its result is taken. A caller that stops early waits only for the items
+    already started; the rest never start.
     """
     workers = max(1, int(workers))
-    pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+    own = pool is None
+    runner = pool if pool is not None else ThreadPoolExecutor(workers, thread_name_prefix=name)
+    pending: deque[Future[R]] = deque()
     try:
-        pending = deque(pool.submit(work, item) for item in items[:workers])
+        pending.extend(runner.submit(work, item) for item in items[:workers])
         for n in range(workers, len(items) + workers):
             result = pending.popleft().result()
             if n < len(items):
-                pending.append(pool.submit(work, items[n]))
+                pending.append(runner.submit(work, items[n]))
             yield result
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        started = [f for f in pending if not f.cancel()]
+        wait(started)
+        if own:
+            runner.shutdown(wait=True)
 
 
 def open_npz(path: str | os.PathLike) -> Any:

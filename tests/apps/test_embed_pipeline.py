@@ -90,7 +90,7 @@ def test_prefetched_stopped_early_runs_nothing_past_the_items_in_flight():
         gen = prefetched(work, list(range(10)), f"test-stop-{workers}", workers)
         assert next(gen) == 0
         gen.close()  # items already started finish; queued ones are cancelled
-        assert done[0] == 0 and set(done) <= set(range(workers + 1))
+        assert 0 in done and set(done) <= set(range(workers + 1))
         assert not [t for t in threading.enumerate() if t.name.startswith(f"test-stop-{workers}")]
 
 
@@ -187,13 +187,15 @@ class NamedTiles(ThreadRecordingTiles):
     thread used."""
 
     used: list[tuple[str, int]] = []
-    meet: threading.Barrier | None = None  # set: the first calls wait until two run at once
+    meet: threading.Barrier | None = None  # set: the first two calls wait for each other
+    lock = threading.Lock()
 
     def detect_batch(self, images):
-        NamedTiles.used.append((threading.current_thread().name, id(self)))
-        if NamedTiles.meet is not None:
-            NamedTiles.meet.wait(WAIT_S)  # raises BrokenBarrierError when alone
-            NamedTiles.meet = None
+        with NamedTiles.lock:
+            NamedTiles.used.append((threading.current_thread().name, id(self)))
+            meet = NamedTiles.meet if len(NamedTiles.used) <= 2 else None
+        if meet is not None:
+            meet.wait(WAIT_S)  # BrokenBarrierError unless two threads detect at once
         return [self.detect(im) for im in images]
 
 
@@ -218,7 +220,12 @@ def test_several_detect_workers_each_use_their_own_detector_and_give_the_same_re
     NamedTiles.used = []
     NamedTiles.meet = threading.Barrier(2)
     parallel = list(embedder.embed_files(photos, chunk=1, workers=3))
-    assert torch.get_num_threads() == threads  # the caller's torch threads are as they were
+    # the process default is as it was, for this thread and for threads started later
+    later: list[int] = []
+    reader = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    reader.start()
+    reader.join(WAIT_S)
+    assert torch.get_num_threads() == threads and later == [threads]
 
     by_thread: dict[str, set[int]] = {}
     for name, instance in NamedTiles.used:
@@ -293,3 +300,42 @@ def test_opencvs_mtcnn_shared_by_service_threads_answers_as_alone(lfw_dir):
             )
         )
     assert together == [alone[k % 20] for k in range(len(together))]
+
+
+def test_detection_threads_and_their_detectors_are_kept_between_calls(photos, named_tiles):
+    embedder = Embedder(create_model("tiny"), detector=named_tiles)
+    for _ in range(3):
+        NamedTiles.meet = threading.Barrier(2)  # both threads detect in every call
+        list(embedder.embed_files(photos, chunk=1, workers=2))
+        NamedTiles.used.append(("call ended", 0))
+    by_thread: dict[str, set[int]] = {}
+    for name, instance in NamedTiles.used:
+        by_thread.setdefault(name, set()).add(instance)
+    del by_thread["call ended"]
+    assert len(by_thread) == 2 and all(len(ids) == 1 for ids in by_thread.values())
+    ran_one_torch_thread: list[int] = []
+    embedder._detect_pool(2).submit(lambda: ran_one_torch_thread.append(torch.get_num_threads()))
+    embedder._detect_pool(2).submit(lambda: None).result(WAIT_S)
+    assert ran_one_torch_thread == [1]
+
+
+def test_the_python_api_embeds_many_files_in_several_workers_and_pil_images_in_one(
+    photos, named_tiles
+):
+    from facenet.api import FaceNet
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two detection workers by default
+    try:
+        fn = FaceNet(Embedder(create_model("tiny"), detector=named_tiles))
+        files = [p for p in photos if p.suffix == ".png"]
+        NamedTiles.meet = threading.Barrier(2)  # the first two chunks detected at once
+        by_file = fn.embed(files * 4).images
+    finally:
+        torch.set_num_threads(threads)
+    assert len({name for name, _ in NamedTiles.used}) == 2
+    NamedTiles.used, NamedTiles.meet = [], None
+    by_pil = fn.embed([Image.open(p) for p in files * 4]).images
+    assert len({name for name, _ in NamedTiles.used}) == 1
+    for a, b in zip(by_file, by_pil, strict=True):
+        assert [f.box for f in a.faces] == [f.box for f in b.faces]

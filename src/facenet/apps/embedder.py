@@ -24,6 +24,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +47,7 @@ from facenet.preprocess import frame, model_margin_fraction
 from facenet.utils import prefetched
 
 CropMode = Literal["box", "similarity", "none"]
+MAX_DETECT_WORKERS = 8  # why: each holds a chunk of decoded photos
 CROP_MODES: tuple[str, ...] = ("box", "similarity", "none")
 
 
@@ -177,7 +179,7 @@ class Embedder:
             model_margin_fraction(model.spec) if margin_fraction is None else margin_fraction
         )
         self.batch_size = max(1, int(batch_size))
-        self.device = device
+        self.device = _pinned(device)
         self.max_side = max_side
         self.card = card_of(model)
         self.ref = ref or self.card.version or self.card.name
@@ -186,6 +188,8 @@ class Embedder:
             raise ValueError(f"unknown detector {detector!r}; available: {list_detectors()}")
         self._detector_arg = detector if crop != "none" else None
         self._local = threading.local()  # this thread's instance of a named detector
+        self._pools: dict[int, ThreadPoolExecutor] = {}  # detection threads, by count
+        self._pools_lock = threading.Lock()
         self._fingerprint: ModelFingerprint | None = None
 
     # ------------------------------------------------------------------ construction
@@ -247,7 +251,25 @@ class Embedder:
         busy), else 1 (a GPU, or a detector object that may not be safe to share)."""
         if self.device != "cpu" or not isinstance(self._detector_arg, str):
             return 1
-        return max(1, torch.get_num_threads())
+        return min(MAX_DETECT_WORKERS, max(1, torch.get_num_threads()))
+
+    def _detect_pool(self, workers: int) -> ThreadPoolExecutor:
+        """This embedder's ``workers`` detection threads, kept between calls so that each keeps
+        its detector; with several, each runs one torch thread (set once, as it starts)."""
+        with self._pools_lock:
+            pool = self._pools.get(workers)
+            if pool is None:
+                pool = ThreadPoolExecutor(workers, thread_name_prefix="facenet-embed-detect")
+                if workers > 1:
+                    threads = torch.get_num_threads()
+                    ready = threading.Barrier(workers + 1)
+                    for _ in range(workers):  # each waits for the others: one per thread
+                        pool.submit(_one_torch_thread, ready)
+                    ready.wait(60)
+                    # why: at::set_num_threads also moved the default that new threads read
+                    torch.set_num_threads(threads)
+                self._pools[workers] = pool
+            return pool
 
     def describe(self) -> str:
         return json.dumps(
@@ -438,19 +460,18 @@ class Embedder:
         step = max(1, int(chunk))
         chunks = [range(i, min(i + step, len(names))) for i in range(0, len(names), step)]
         workers = self.detect_workers() if workers is None else max(1, int(workers))
-        workers = min(workers, max(1, len(chunks)))
         if workers > 1 and not isinstance(self._detector_arg, (str, type(None))):
             workers = 1  # why: a detector object may not be safe to call from two threads
-        threads = torch.get_num_threads()
+        stop = threading.Event()  # set when the caller stops early: unstarted photos are left
 
         def found_in(group: range) -> dict[int, list[Face] | str]:
             """Decode, detect and crop one chunk (a worker thread's half of the pipeline):
             each image's faces, or why it could not be read."""
-            if workers > 1:
-                torch.set_num_threads(1)  # why: per thread (OpenMP); several images at once
             out: dict[int, list[Face] | str] = {}
             images: dict[int, np.ndarray] = {}
             for i in group:
+                if stop.is_set():
+                    return out
                 try:
                     images[i] = decode(i)
                 except ImageError as e:
@@ -466,8 +487,9 @@ class Embedder:
         try:
             # why: the next chunks are decoded and detected in worker threads while the network
             # embeds this one (each worker with its own instance of a named detector)
+            pool = self._detect_pool(workers) if chunks else None
             for group, found in zip(
-                chunks, prefetched(found_in, chunks, "facenet-embed-detect", workers), strict=True
+                chunks, prefetched(found_in, chunks, "", workers, pool), strict=True
             ):
                 self._embed_faces([f for v in found.values() if not isinstance(v, str) for f in v])
                 for i in group:
@@ -476,9 +498,25 @@ class Embedder:
                     yield PhotoResult(names[i], [] if error else v, error)  # type: ignore[arg-type]
                 bar.update(len(group))
         finally:
+            stop.set()
             bar.close()
-            if workers > 1:
-                torch.set_num_threads(threads)  # why: the workers' setting also moved the default
+
+
+def _one_torch_thread(ready: threading.Barrier) -> None:
+    """A detection thread's start: one torch thread for itself (OpenMP's setting is per thread;
+    its lazy initialisation runs first, or it would later overwrite this)."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+    ready.wait(60)
+
+
+def _pinned(device: str | torch.device) -> str:
+    """``device`` as text, a bare ``cuda`` pinned to the caller's current GPU (worker threads
+    would otherwise use GPU 0)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return str(dev)
 
 
 def subject_index(faces: Sequence[Face], shape: tuple[int, ...]) -> int:
