@@ -464,10 +464,10 @@ class Embedder:
             workers = 1  # why: a detector object may not be safe to call from two threads
         stop = threading.Event()  # set when the caller stops early: unstarted photos are left
 
-        def found_in(group: range) -> dict[int, list[Face] | str]:
-            """Decode, detect and crop one chunk (a worker thread's half of the pipeline):
-            each image's faces, or why it could not be read."""
-            out: dict[int, list[Face] | str] = {}
+        def found_in(group: range) -> dict[int, PhotoResult]:
+            """Decode, detect and crop one chunk (a worker thread's half of the pipeline): each
+            image's result, its faces not yet embedded."""
+            out: dict[int, PhotoResult] = {}
             images: dict[int, np.ndarray] = {}
             for i in group:
                 if stop.is_set():
@@ -475,27 +475,24 @@ class Embedder:
                 try:
                     images[i] = decode(i)
                 except ImageError as e:
-                    out[i] = str(e)
+                    out[i] = PhotoResult(names[i], [], str(e))
             found = self._faces_in(list(images.values()), [names[i] for i in images])
             for (i, image), faces in zip(images.items(), found, strict=True):
                 if subject_only and faces:
                     faces = [faces[subject_index(faces, image.shape)]]
-                out[i] = faces
+                out[i] = PhotoResult(names[i], faces)
             return out
 
         bar = tqdm(total=len(names), desc="embedding", unit=" photos", disable=not progress)
         try:
             # why: the next chunks are decoded and detected in worker threads while the network
             # embeds this one (each worker with its own instance of a named detector)
-            pool = self._detect_pool(workers) if chunks else None
+            pool = self._detect_pool(workers)
             for group, found in zip(
-                chunks, prefetched(found_in, chunks, "", workers, pool), strict=True
+                chunks, prefetched(found_in, chunks, workers=workers, pool=pool), strict=True
             ):
-                self._embed_faces([f for v in found.values() if not isinstance(v, str) for f in v])
-                for i in group:
-                    v = found[i]
-                    error = v if isinstance(v, str) else None
-                    yield PhotoResult(names[i], [] if error else v, error)  # type: ignore[arg-type]
+                self._embed_faces([f for r in found.values() for f in r.faces])
+                yield from (found[i] for i in group)
                 bar.update(len(group))
         finally:
             stop.set()
